@@ -3,3 +3,7 @@
 //! One library behind three thin programs: `x2nestos` converts a running Linux machine to
 //! NestOS, `hkd` keeps a node's OS deployments in step with its cluster, and `hkctl` steers
 //! rollouts from anywhere with a kubeconfig. See README.md for the map of modules.
+
+pub mod cli;
+pub mod config;
+pub mod logging;

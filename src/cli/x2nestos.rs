@@ -1,0 +1,42 @@
+//! `x2nestos`: the conversion tool's command line.
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use clap_verbosity_flag::{InfoLevel, Verbosity};
+
+use super::{CompletionsArgs, ManArgs, EXIT_CODES_HELP};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "x2nestos",
+    version,
+    about = "Convert this running Linux machine to NestOS For Container",
+    after_long_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub verbosity: Verbosity<InfoLevel>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Print the man page, or write all pages into a directory
+    Man(ManArgs),
+}
+
+/// Runs a parsed `x2nestos` command line, writing results to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Completions(args) => {
+            super::write_completions::<Cli>(&args, out);
+            Ok(())
+        }
+        Command::Man(args) => super::write_man::<Cli>(&args, out),
+    }
+}

@@ -1,0 +1,155 @@
+//! The settings of `hkd`, the node agent: the schema of /usr/lib|etc|run/hkd/config.d/*.toml.
+//!
+//! `config/hkd.toml` in the repository is the shipped, commented copy of these defaults; a
+//! unit test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Program name: names the drop-in directories (`/etc/hkd/config.d`).
+pub const APP: &str = "hkd";
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub os: Os,
+    pub state: State,
+    pub kubernetes: Kubernetes,
+    pub metrics: Metrics,
+}
+
+/// Which OS deployment backend to drive and how strictly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Os {
+    /// `auto` finds rpm-ostree on the system bus and falls back to plain OSTree.
+    pub backend: Backend,
+    /// Accept image references that carry no verification (`ostree-unverified-registry:` …).
+    /// Off by default: an unverified image is an unauthenticated root filesystem.
+    pub allow_unverified_images: bool,
+}
+
+impl Default for Os {
+    fn default() -> Self {
+        Os {
+            backend: Backend::Auto,
+            allow_unverified_images: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Auto,
+    RpmOstree,
+    Ostree,
+}
+
+/// Where the agent keeps its journal of upgrade steps.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct State {
+    pub dir: PathBuf,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: PathBuf::from("/var/lib/hkd"),
+        }
+    }
+}
+
+/// How the agent reaches its cluster. hkd runs on the host, not in a pod, so it reads a
+/// kubeconfig written by `hkctl install`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kubernetes {
+    pub kubeconfig: PathBuf,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            kubeconfig: PathBuf::from("/etc/hkd/kubeconfig"),
+        }
+    }
+}
+
+/// The Prometheus endpoint. Loopback by default: metrics are read by a local agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::fs;
+
+    /// The shipped commented defaults, with the comment markers of key and section lines
+    /// removed, must parse to exactly `Settings::default()`.
+    #[test]
+    fn shipped_defaults_file_matches_the_code() {
+        let shipped = include_str!("../../config/hkd.toml");
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("#"))
+            .map(str::trim_start)
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: Settings = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed, Settings::default());
+        // And nothing in the file is active: installed as is, it changes nothing.
+        let active: Settings = toml::from_str(shipped).unwrap();
+        assert_eq!(active, Settings::default());
+    }
+
+    #[test]
+    fn backend_names_are_kebab_case() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("etc/hkd/config.d");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("50-os.toml"), "[os]\nbackend = \"rpm-ostree\"\n").unwrap();
+        let loaded: config::Loaded<Settings> = config::load(root.path(), APP).unwrap();
+        assert_eq!(loaded.settings.os.backend, Backend::RpmOstree);
+
+        fs::write(dir.join("50-os.toml"), "[os]\nbackend = \"rpm_ostree\"\n").unwrap();
+        let err = config::load::<Settings>(root.path(), APP)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `os.backend`: unknown variant `rpm_ostree`, expected one of `auto`, `rpm-ostree`, `ostree`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_refused_with_the_key() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run/hkd/config.d");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("50-m.toml"), "[metrics]\nlisten = \"localhost\"\n").unwrap();
+        let err = config::load::<Settings>(root.path(), APP)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("50-m.toml:2: key `metrics.listen`: invalid socket address"),
+            "{err}"
+        );
+    }
+}
