@@ -1,0 +1,169 @@
+//! The one thing the image writer may write to: a block device or an existing regular file,
+//! named explicitly by the caller. Nothing here picks a disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Sector size assumed for a regular-file target (what a loop device over it shows).
+pub const FILE_SECTOR_SIZE: u32 = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    BlockDevice,
+    File,
+}
+
+/// An opened write target with its size and logical sector size.
+#[derive(Debug)]
+pub struct Target {
+    path: PathBuf,
+    file: File,
+    kind: TargetKind,
+    size: u64,
+    sector_size: u32,
+}
+
+impl Target {
+    /// Opens `path` for writing. Symlinks (such as /dev/disk/by-id names) are followed. A block
+    /// device is opened exclusively (`O_EXCL`), so the kernel refuses one that is mounted or
+    /// held by LVM, MD or dm-crypt. A regular file must already exist: its length is the
+    /// "disk" size. Anything else is refused.
+    pub fn open(path: &Path) -> io::Result<Target> {
+        let meta = std::fs::metadata(path).map_err(|e| annotate(path, "looking up", e))?;
+        let kind = if meta.file_type().is_block_device() {
+            TargetKind::BlockDevice
+        } else if meta.is_file() {
+            TargetKind::File
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is neither a block device nor a regular file; name the disk to write",
+                    path.display()
+                ),
+            ));
+        };
+        let mut options = OpenOptions::new();
+        options.write(true);
+        if kind == TargetKind::BlockDevice {
+            options.custom_flags(libc::O_EXCL);
+        }
+        let mut file = options.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "opening {} exclusively: it is in use (mounted, swap, or held by \
+                         LVM/MD/dm-crypt); release it first",
+                        path.display()
+                    ),
+                )
+            } else {
+                annotate(path, "opening for writing", e)
+            }
+        })?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| annotate(path, "measuring", e))?;
+        let sector_size = match kind {
+            TargetKind::BlockDevice => logical_sector_size(&file)
+                .map_err(|e| annotate(path, "reading the sector size of", e))?,
+            TargetKind::File => FILE_SECTOR_SIZE,
+        };
+        Ok(Target {
+            path: path.to_owned(),
+            file,
+            kind,
+            size,
+            sector_size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Logical sector size in bytes.
+    pub fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Pretends a file target has another sector size (a 4Kn disk image file, say).
+    pub fn with_sector_size(mut self, sector_size: u32) -> Target {
+        if self.kind == TargetKind::File {
+            self.sector_size = sector_size;
+        }
+        self
+    }
+}
+
+fn annotate(path: &Path, action: &str, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
+}
+
+fn logical_sector_size(file: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at a live c_int;
+    // the descriptor is open for the duration of the call.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::BLKSSZGET,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(size).map_err(|_| io::Error::other(format!("odd sector size {size}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_target_has_its_length_as_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let target = Target::open(&path).unwrap();
+        assert_eq!(target.size(), 8192);
+        assert_eq!(target.sector_size(), 512);
+        assert_eq!(target.kind(), TargetKind::File);
+        assert_eq!(target.with_sector_size(4096).sector_size(), 4096);
+    }
+
+    #[test]
+    fn missing_paths_and_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = Target::open(&missing).unwrap_err().to_string();
+        assert!(
+            err.starts_with("looking up ") && err.contains("nope"),
+            "{err}"
+        );
+        assert!(!missing.exists(), "a missing target is never created");
+        let err = Target::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("neither a block device nor a regular file"),
+            "{err}"
+        );
+        let err = Target::open(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither a block device"), "{err}");
+    }
+}

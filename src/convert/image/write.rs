@@ -1,0 +1,357 @@
+//! Streaming an image onto a [`Target`].
+//!
+//! Guarantees, in order:
+//! 1. Nothing is written before the first chunk has been decompressed and its sector size
+//!    checked against the target's.
+//! 2. The first MiB of the target is written only after the whole stream was read, its
+//!    SHA-256 matched (when one is given) and everything else was written and fsynced; so on
+//!    any error the target's first MiB is as it was.
+//! 3. Memory is bounded: a fixed pool of chunk buffers circulates between the decompressing
+//!    thread and the writing thread; xz's threaded decoder gets its own memory limit.
+//!
+//! Assumptions: the caller chose the target (see [`Target::open`]) and decided whether an
+//! unverified image is acceptable (`sha256: None`). Caveat: on failure after guarantee 1, the
+//! rest of the target beyond the first MiB holds part of the new image.
+
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+
+use super::format::{self, Format, SNIFF_LEN};
+use super::target::Target;
+use super::verify::HashingReader;
+
+/// The part of the disk written last: it holds the partition table(s) and boot code, so a
+/// disk whose image did not verify has no table that points at the half-written rest.
+pub const HOLD_BACK: usize = 1 << 20;
+
+/// How the writer runs.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Expected SHA-256 of the image stream as read (compressed). `None` writes an unverified
+    /// image: the caller's `--insecure` decision.
+    pub sha256: Option<[u8; 32]>,
+    /// Bytes per write; rounded up to a whole number of MiB (so every write but the last is
+    /// aligned to any sector size).
+    pub chunk_size: usize,
+    /// Chunks in flight between the decompressor and the writer.
+    pub queue_depth: usize,
+    /// Worker threads for xz streams made of several blocks (single-block streams always
+    /// decode on one thread).
+    pub xz_threads: u32,
+    /// Memory liblzma may use for threaded decoding; beyond it it uses fewer threads.
+    pub xz_memory: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            sha256: None,
+            chunk_size: 4 << 20,
+            queue_depth: 4,
+            xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            // Enough for two workers on `xz -T` images of the default preset (24 MiB blocks
+            // decode into 24 MiB of output each) while the whole writer stays near 64 MiB.
+            xz_memory: 40 << 20,
+        }
+    }
+}
+
+/// Where the write stands; passed to the progress callback after every chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Image bytes read (compressed).
+    pub read: u64,
+    /// Uncompressed bytes written or held back.
+    pub written: u64,
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    pub format: Format,
+    pub compressed_bytes: u64,
+    pub image_bytes: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Why a write failed. Whatever the variant, the target's first MiB was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("reading the image: {0}")]
+    Read(#[source] io::Error),
+    #[error("decompressing the {format} image after {read} bytes read: {source}; the image is corrupt or truncated")]
+    Decompress {
+        format: Format,
+        read: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the image is empty")]
+    Empty,
+    #[error("image checksum mismatch: expected sha256 {expected}, got {actual}; the image is corrupt, truncated, or not the one the checksum is for")]
+    Checksum { expected: String, actual: String },
+    #[error("the image is larger than {path} ({target} bytes): at least {image} bytes; choose a larger disk")]
+    TooLarge {
+        path: PathBuf,
+        image: u64,
+        target: u64,
+    },
+    #[error("the image is built for {image}-byte sectors but {path} has {target}-byte sectors; use the image made for this disk's sector size")]
+    SectorSize {
+        path: PathBuf,
+        image: u32,
+        target: u32,
+    },
+    #[error("writing to {path} at offset {offset}: {source}")]
+    Write {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flushing {path} to stable storage: {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the xz decoder: {0}")]
+    XzSetup(String),
+}
+
+enum Message {
+    /// A buffer holding decompressed bytes (its length), and the bytes read so far.
+    Data(Vec<u8>, u64),
+    End {
+        sha256: [u8; 32],
+        read: u64,
+    },
+}
+
+/// Streams `source` onto `target` by the guarantees of this module.
+pub fn write_image(
+    source: impl Read + Send,
+    target: &Target,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<WriteReport, ImageError> {
+    let chunk_size = options.chunk_size.max(1).div_ceil(HOLD_BACK) * HOLD_BACK;
+    let depth = options.queue_depth.max(1);
+    let (data_tx, data_rx) = mpsc::sync_channel::<Result<Message, ImageError>>(depth);
+    let (pool_tx, pool_rx) = mpsc::sync_channel::<Vec<u8>>(depth + 2);
+    for _ in 0..depth + 2 {
+        pool_tx
+            .send(Vec::with_capacity(chunk_size))
+            .expect("the pool holds exactly this many buffers");
+    }
+    let format = std::sync::OnceLock::new();
+    std::thread::scope(|scope| {
+        let format = &format;
+        scope.spawn(move || produce(source, options, chunk_size, data_tx, pool_rx, format));
+        consume(target, options, data_rx, pool_tx, progress).map(
+            |(image_bytes, compressed_bytes, sha256)| WriteReport {
+                format: *format.get().unwrap_or(&Format::Raw),
+                compressed_bytes,
+                image_bytes,
+                sha256,
+            },
+        )
+    })
+}
+
+/// Counts bytes read, for progress, while the decoder owns the reader.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The reading and decompressing side: fills pool buffers and sends them on.
+fn produce(
+    source: impl Read,
+    options: &WriteOptions,
+    chunk_size: usize,
+    data_tx: SyncSender<Result<Message, ImageError>>,
+    pool_rx: Receiver<Vec<u8>>,
+    format_out: &std::sync::OnceLock<Format>,
+) {
+    let count = Arc::new(AtomicU64::new(0));
+    let mut hashing = HashingReader::new(Counted {
+        inner: source,
+        count: count.clone(),
+    });
+    let result = (|| -> Result<(), ImageError> {
+        let mut head = Vec::with_capacity(SNIFF_LEN);
+        (&mut hashing)
+            .take(SNIFF_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(ImageError::Read)?;
+        let format = format::sniff(&head);
+        let _ = format_out.set(format);
+        let stream = io::Cursor::new(head).chain(&mut hashing);
+        let mut decoder = decoder(format, stream, options)?;
+        loop {
+            let Ok(mut buf) = pool_rx.recv() else {
+                return Ok(()); // the writer stopped; it reports why
+            };
+            buf.clear();
+            let filled = (&mut decoder)
+                .take(chunk_size as u64)
+                .read_to_end(&mut buf)
+                .map_err(|source| classify(format, count.load(Ordering::Relaxed), source))?;
+            if filled == 0 {
+                break;
+            }
+            let read = count.load(Ordering::Relaxed);
+            if data_tx.send(Ok(Message::Data(buf, read))).is_err() {
+                return Ok(());
+            }
+        }
+        drop(decoder);
+        Ok(())
+    })();
+    let message = result.and_then(|()| {
+        let (sha256, read) = hashing.finish().map_err(ImageError::Read)?;
+        Ok(Message::End { sha256, read })
+    });
+    let _ = data_tx.send(message);
+}
+
+/// An error from the source itself stays a read error; anything else came from the decoder.
+fn classify(format: Format, read: u64, source: io::Error) -> ImageError {
+    if format == Format::Raw {
+        ImageError::Read(source)
+    } else {
+        ImageError::Decompress {
+            format,
+            read,
+            source,
+        }
+    }
+}
+
+fn decoder<'a>(
+    format: Format,
+    stream: impl Read + 'a,
+    options: &WriteOptions,
+) -> Result<Box<dyn Read + 'a>, ImageError> {
+    Ok(match format {
+        Format::Raw => Box::new(stream),
+        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(1 << 16, stream),
+        )),
+        Format::Zstd => {
+            Box::new(zstd::Decoder::new(stream).map_err(|e| ImageError::XzSetup(e.to_string()))?)
+        }
+        Format::Xz => {
+            let xz = liblzma::stream::MtStreamBuilder::new()
+                .threads(options.xz_threads.max(1))
+                .memlimit_threading(options.xz_memory)
+                .memlimit_stop(u64::MAX)
+                .timeout_ms(0)
+                .decoder()
+                .map_err(|e| ImageError::XzSetup(e.to_string()))?;
+            Box::new(liblzma::read::XzDecoder::new_stream(stream, xz))
+        }
+    })
+}
+
+/// The writing side. Returns (image bytes, compressed bytes, digest).
+fn consume(
+    target: &Target,
+    options: &WriteOptions,
+    data_rx: Receiver<Result<Message, ImageError>>,
+    pool_tx: SyncSender<Vec<u8>>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(u64, u64, [u8; 32]), ImageError> {
+    let path = || target.path().to_owned();
+    let mut held: Vec<u8> = Vec::new();
+    let mut offset: u64 = 0;
+    loop {
+        // A closed channel without End means the producer died: report it as a read failure.
+        let message = data_rx.recv().map_err(|_| {
+            ImageError::Read(io::Error::other("the decompressing thread stopped"))
+        })??;
+        match message {
+            Message::Data(buf, read) => {
+                let end = offset + buf.len() as u64;
+                if end > target.size() {
+                    return Err(ImageError::TooLarge {
+                        path: path(),
+                        image: end,
+                        target: target.size(),
+                    });
+                }
+                let mut body = &buf[..];
+                if offset == 0 {
+                    let keep = buf.len().min(HOLD_BACK);
+                    held.extend_from_slice(&buf[..keep]);
+                    if let Some(image) = format::gpt_sector_size(&held) {
+                        if image != target.sector_size() {
+                            return Err(ImageError::SectorSize {
+                                path: path(),
+                                image,
+                                target: target.sector_size(),
+                            });
+                        }
+                    }
+                    body = &buf[keep..];
+                }
+                let at = offset + (buf.len() - body.len()) as u64;
+                target
+                    .file()
+                    .write_all_at(body, at)
+                    .map_err(|source| ImageError::Write {
+                        path: path(),
+                        offset: at,
+                        source,
+                    })?;
+                offset = end;
+                let _ = pool_tx.send(buf);
+                progress(&Progress {
+                    read,
+                    written: offset,
+                });
+            }
+            Message::End { sha256, read } => {
+                if offset == 0 {
+                    return Err(ImageError::Empty);
+                }
+                if let Some(expected) = options.sha256 {
+                    if expected != sha256 {
+                        return Err(ImageError::Checksum {
+                            expected: hex::encode(expected),
+                            actual: hex::encode(sha256),
+                        });
+                    }
+                }
+                let sync = |source| ImageError::Sync {
+                    path: path(),
+                    source,
+                };
+                target.file().sync_all().map_err(sync)?;
+                target
+                    .file()
+                    .write_all_at(&held, 0)
+                    .map_err(|source| ImageError::Write {
+                        path: path(),
+                        offset: 0,
+                        source,
+                    })?;
+                target.file().sync_all().map_err(sync)?;
+                return Ok((offset, read, sha256));
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! x2nestos: turning a running Linux machine into NestOS.
+//!
+//! Rooms that decide do no I/O and are tested with plain unit tests over captured text;
+//! rooms that act decide nothing and are tested against the real thing (files, loop devices,
+//! `ignition-validate`).
+//!
+//! - [`sshkeys`], [`network`], [`ignition`]: the machine's identity, captured from text and
+//!   rendered as one Ignition config (pure).
+//! - [`disk`]: which whole disk a name means and what else lives on it (pure over a sysfs tree
+//!   and the text of mountinfo and swaps).
+//! - [`preflight`]: what blocks or warns before anything changes (pure), plus the readers that
+//!   gather its facts from /proc and /sys.
+//! - [`image`]: sniffing, verifying, decompressing and writing a disk image (the one room here
+//!   that writes to a device, and only to the one it is handed).
+
+pub mod image;
+pub mod sshkeys;
