@@ -3,8 +3,9 @@
 # On a fresh Debian 12 machine it installs what the tiers need, builds, and runs:
 #   1. formatting and lints
 #   2. unit tests and the component-free integration tests (plain `cargo test` runs these too)
-#   3. integration tests against a real kube-apiserver       (feature kube-tests)
-#   4. whole-machine scenarios under QEMU                    (feature vm-tests)
+#   3. integration tests against host tools: ignition-validate, loop devices (feature host-tests)
+#   4. integration tests against a real kube-apiserver       (feature kube-tests)
+#   5. whole-machine scenarios under QEMU                    (feature vm-tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/lib.sh
@@ -17,6 +18,10 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
 step "unit and component-free tests" cargo nextest run --no-fail-fast
+
+# --- tier: host tools (host-tests) ---
+step "host packages for x2nestos" need_packages ignition mount xz-utils
+step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 

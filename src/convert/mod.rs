@@ -13,5 +13,6 @@
 //! - [`image`]: sniffing, verifying, decompressing and writing a disk image (the one room here
 //!   that writes to a device, and only to the one it is handed).
 
+pub mod ignition;
 pub mod image;
 pub mod sshkeys;

@@ -1,0 +1,264 @@
+//! x2nestos pieces against real host tools: Debian's `ignition-validate` on the configs we
+//! generate, and the image writer on loop devices (over files in a temp dir; never a real
+//! disk). Built only with `--features host-tests`; tools/test-all.sh installs the packages
+//! first. A missing tool fails the test with what to install.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use housekeeper::convert::ignition::{self, ExtraFile, Identity, UserKeys};
+use housekeeper::convert::image::{write_image, ImageError, Target, TargetKind, WriteOptions};
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+const OLD: u8 = 0xA5;
+
+fn tool(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{name} is missing: apt-get install {package}");
+}
+
+fn identity() -> Identity {
+    Identity {
+        hostname: Some("converted".into()),
+        users: vec![UserKeys {
+            name: "root".into(),
+            keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl a@b".into()],
+        }],
+        host_keys: vec![("ssh_host_ed25519_key".into(), b"private\n".to_vec())],
+        keyfiles: vec![(
+            "carried-eth0.nmconnection".into(),
+            "[connection]\nid=eth0\ntype=ethernet\n".into(),
+        )],
+        timezone: Some("Asia/Shanghai".into()),
+        files: vec![ExtraFile {
+            path: "/etc/issue.d/x2nestos.issue".into(),
+            contents: b"converted\n".to_vec(),
+            mode: 0o644,
+        }],
+    }
+}
+
+fn ignition_validate(config: &str) -> (bool, String) {
+    let validate = tool("ignition-validate", "ignition");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.ign");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(validate).arg(&path).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn ignition_validate_accepts_generated_configs() {
+    let alone = ignition::render(&identity(), None).unwrap().to_json();
+    let (ok, text) = ignition_validate(&alone);
+    assert!(ok, "ignition-validate rejected our config: {text}\n{alone}");
+
+    let admin = ignition::parse_admin(include_str!("fixtures/convert/ignition/admin.ign")).unwrap();
+    let merged = ignition::render(&identity(), Some(&admin))
+        .unwrap()
+        .to_json();
+    let (ok, text) = ignition_validate(&merged);
+    assert!(
+        ok,
+        "ignition-validate rejected the merged config: {text}\n{merged}"
+    );
+
+    for golden in ["identity.ign", "merged.ign"] {
+        let text =
+            std::fs::read_to_string(Path::new("tests/fixtures/convert/ignition").join(golden))
+                .unwrap();
+        let (ok, out) = ignition_validate(&text);
+        assert!(ok, "{golden}: {out}");
+    }
+}
+
+#[test]
+fn ignition_validate_is_real_and_rejects_what_we_refuse() {
+    // The same mistakes our own checks refuse are refused by Ignition itself.
+    let (ok, _) = ignition_validate(
+        r#"{"ignition":{"version":"3.3.0"},"storage":{"files":[{"path":"etc/x"}]}}"#,
+    );
+    assert!(!ok, "ignition-validate accepted a relative path");
+    let (ok, _) = ignition_validate(r#"{"ignition":{"version":"3.4.0"}}"#);
+    assert!(
+        !ok,
+        "ignition-validate 2.14 accepted spec 3.4.0; SPEC_VERSION may move up"
+    );
+}
+
+/// A loop device over a file in a temp dir, detached on drop.
+struct Loop {
+    device: PathBuf,
+    backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Loop {
+    fn new(len: usize, sector_size: u32) -> Loop {
+        let losetup = tool("losetup", "mount");
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("disk.img");
+        std::fs::write(&backing, vec![OLD; len]).unwrap();
+        let out = Command::new(losetup)
+            .args([
+                "--find",
+                "--show",
+                "--sector-size",
+                &sector_size.to_string(),
+            ])
+            .arg(&backing)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup over {}: {} (needs root and /dev/loop-control)",
+            backing.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        Loop {
+            device,
+            backing,
+            _dir: dir,
+        }
+    }
+
+    fn read(&self) -> Vec<u8> {
+        let mut data = Vec::new();
+        std::fs::File::open(&self.device)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        data
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("losetup", "mount"))
+            .arg("--detach")
+            .arg(&self.device)
+            .status();
+        let _ = &self.backing;
+    }
+}
+
+fn image(len: usize) -> Vec<u8> {
+    let mut data: Vec<u8> = (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect();
+    data[512..520].copy_from_slice(b"EFI PART");
+    data
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .threads(2)
+        .block_size(MIB as u64)
+        .preset(1)
+        .encoder()
+        .unwrap();
+    let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn verified(source: &[u8]) -> WriteOptions {
+    WriteOptions {
+        sha256: Some(Sha256::digest(source).into()),
+        ..WriteOptions::default()
+    }
+}
+
+#[test]
+fn writes_an_xz_image_onto_a_loop_device() {
+    let disk = Loop::new(16 * MIB, 512);
+    let raw = image(10 * MIB);
+    let source = xz(&raw);
+    let target = Target::open(&disk.device).unwrap();
+    assert_eq!(target.kind(), TargetKind::BlockDevice);
+    assert_eq!(target.size(), 16 * MIB as u64);
+    assert_eq!(target.sector_size(), 512);
+    let report = write_image(&source[..], &target, &verified(&source), &mut |_| {}).unwrap();
+    drop(target);
+    assert_eq!(report.image_bytes, raw.len() as u64);
+    let now = disk.read();
+    assert!(
+        now[..raw.len()] == raw[..],
+        "the loop device does not hold the image"
+    );
+    assert!(now[raw.len()..].iter().all(|&b| b == OLD));
+}
+
+#[test]
+fn a_corrupted_image_leaves_the_loop_devices_first_mib_untouched() {
+    let disk = Loop::new(16 * MIB, 512);
+    let raw = image(10 * MIB);
+    let good = xz(&raw);
+    let mut bad = good.clone();
+    let at = bad.len() * 3 / 4;
+    bad[at] ^= 1;
+    let target = Target::open(&disk.device).unwrap();
+    let err = write_image(&bad[..], &target, &verified(&good), &mut |_| {}).unwrap_err();
+    drop(target);
+    assert!(
+        matches!(
+            err,
+            ImageError::Checksum { .. } | ImageError::Decompress { .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        disk.read()[..MIB].iter().all(|&b| b == OLD),
+        "the first MiB was written"
+    );
+}
+
+#[test]
+fn a_4kn_loop_device_refuses_a_512_byte_sector_image() {
+    let disk = Loop::new(8 * MIB, 4096);
+    let raw = image(4 * MIB);
+    let target = Target::open(&disk.device).unwrap();
+    assert_eq!(target.sector_size(), 4096);
+    let err = write_image(&raw[..], &target, &verified(&raw), &mut |_| {}).unwrap_err();
+    drop(target);
+    assert!(
+        matches!(
+            err,
+            ImageError::SectorSize {
+                image: 512,
+                target: 4096,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        disk.read().iter().all(|&b| b == OLD),
+        "something was written"
+    );
+}
+
+#[test]
+fn a_device_in_use_is_refused() {
+    let disk = Loop::new(4 * MIB, 512);
+    // Someone else holds it exclusively, as a mount or LVM would.
+    let _holder = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&disk.device)
+        .unwrap();
+    let err = Target::open(&disk.device).unwrap_err().to_string();
+    assert!(err.contains("it is in use"), "{err}");
+}
