@@ -24,6 +24,8 @@ step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
 
 # --- tier: real Kubernetes API server (kube-tests) ---
+step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
+step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api
 
 # --- tier: QEMU machines (vm-tests) ---
 
