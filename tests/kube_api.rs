@@ -16,7 +16,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{
-    DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    DeleteParams, DynamicObject, EvictParams, ListParams, ObjectMeta, Patch, PatchParams,
+    PostParams, WatchEvent, WatchParams,
 };
 use kube::Api;
 use serde_json::json;
@@ -235,6 +236,39 @@ async fn eviction_with_grace_period_zero_removes_the_pod_at_once() -> Result<()>
     ensure!(
         pods.get_opt("quick").await?.is_none(),
         "pod evicted with gracePeriodSeconds 0 still exists: the grace period did not arrive"
+    );
+    Ok(())
+}
+
+/// Pins the kube crate trap that makes us send our own Eviction body: kube 5.0.0's
+/// `Api::evict` puts the delete options under `delete_options`, which the server ignores, so
+/// a grace period of 0 never arrives. When an upgrade of kube fixes this, this test fails and
+/// `Api::evict` may be used again.
+#[tokio::test]
+async fn kube_crate_evict_drops_the_grace_period() -> Result<()> {
+    let env = TestEnv::new("kube-evict").await?;
+    let kubelet = KubeletStandIn::new(env.admin.clone());
+    let node = kubelet.register_node(&env, "n1", NodeRole::Worker).await?;
+    let node = node.metadata.name.context("node name")?;
+    kubelet.run_pod(&env.ns, "p", &node, &[]).await?;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    let params = EvictParams {
+        delete_options: Some(DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pods.evict("p", &params)
+        .await
+        .context("kube's Api::evict")?;
+    let pod = pods.get_opt("p").await?.context(
+        "kube's evict with grace 0 removed the pod: the kube crate's eviction body is fixed",
+    )?;
+    ensure!(
+        pod.metadata.deletion_grace_period_seconds == Some(30),
+        "grace {:?}",
+        pod.metadata.deletion_grace_period_seconds
     );
     Ok(())
 }
