@@ -13,6 +13,8 @@
 //! - [`image`]: sniffing, verifying, decompressing and writing a disk image (the one room here
 //!   that writes to a device, and only to the one it is handed).
 
+pub mod disk;
 pub mod ignition;
 pub mod image;
+pub mod preflight;
 pub mod sshkeys;
