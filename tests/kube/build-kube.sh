@@ -97,7 +97,8 @@ build() {
     local goroot=$work/toolchain/usr/lib/go-1.19
     [ -x "$goroot/bin/go" ] || { echo "error: no go binary in $goroot after unpacking ${TOOL_PACKAGES[*]}" >&2; return 1; }
 
-    # dpkg-source applies Debian's patches (security fixes of the deb12u* updates).
+    # dpkg-source applies Debian's patches (security fixes of the deb12u* updates). --no-check:
+    # apt-get already verified the files against the archive's signed index.
     (cd "$work" && dpkg-source --no-check -x "$srcdir"/kubernetes_*.dsc tree >/dev/null) || return 1
     local tree=$work/tree
 
@@ -133,7 +134,8 @@ need_packages_waiting() {
     local i
     for i in $(seq 1 30); do
         need_packages "$@" && return 0
-        pgrep -x 'apt-get|apt|dpkg' >/dev/null || return 1
+        # (read /proc directly: procps may not be installed on a fresh machine)
+        cat /proc/[0-9]*/comm 2>/dev/null | grep -qxE 'apt-get|apt|dpkg' || return 1
         echo "another apt-get/dpkg is running; retrying in 10s ($i/30)"
         sleep 10
     done
