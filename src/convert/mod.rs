@@ -4,7 +4,7 @@
 //! rooms that act decide nothing and are tested against the real thing (files, loop devices,
 //! `ignition-validate`).
 //!
-//! - [`sshkeys`], [`network`], [`ignition`]: the machine's identity, captured from text and
+//! - [`sshkeys`], [`ignition`]: the machine's identity, captured from text and
 //!   rendered as one Ignition config (pure).
 //! - [`disk`]: which whole disk a name means and what else lives on it (pure over a sysfs tree
 //!   and the text of mountinfo and swaps).
