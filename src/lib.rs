@@ -9,3 +9,5 @@ pub mod config;
 pub mod convert;
 pub mod logging;
 pub mod node;
+pub mod os;
+pub mod sys;

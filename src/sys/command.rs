@@ -1,0 +1,162 @@
+//! The one door through which the library runs external programs.
+//!
+//! Every command is built as a value, logged at debug level, run, and on failure reported
+//! with its whole command line, exit status and the tail of its stderr — so an admin can run
+//! the same line by hand.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::process::{Command, Output, Stdio};
+
+/// How much of a failing command's stderr goes into the error.
+const STDERR_TAIL: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("running `{line}`: {source}; is {program} installed?")]
+    Spawn {
+        line: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{line}` failed ({status}): {stderr}")]
+    Failed {
+        line: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+impl CommandError {
+    /// The failing command's stderr, for callers that classify known failures.
+    pub fn stderr(&self) -> &str {
+        match self {
+            CommandError::Failed { stderr, .. } => stderr,
+            CommandError::Spawn { .. } => "",
+        }
+    }
+}
+
+/// A command line, printable and runnable.
+pub struct Cmd {
+    inner: Command,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        let mut inner = Command::new(program);
+        inner.stdin(Stdio::null());
+        Cmd { inner }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.inner.arg(arg);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.inner.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.inner.env(key, value);
+        self
+    }
+
+    /// Runs to completion; Ok with stdout when it exits 0.
+    pub fn run(mut self) -> Result<String, CommandError> {
+        let line = self.to_string();
+        tracing::debug!(command = %line, "running");
+        let output: Output = self.inner.output().map_err(|source| CommandError::Spawn {
+            program: self.inner.get_program().to_string_lossy().into_owned(),
+            line: line.clone(),
+            source,
+        })?;
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim();
+        let start = stderr.len().saturating_sub(STDERR_TAIL);
+        let start = (start..stderr.len())
+            .find(|&i| stderr.is_char_boundary(i))
+            .unwrap_or(0);
+        Err(CommandError::Failed {
+            line,
+            status: output.status.to_string(),
+            stderr: stderr[start..]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quote = |s: &OsStr| {
+            let s = s.to_string_lossy();
+            if !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+            {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        };
+        write!(f, "{}", quote(self.inner.get_program()))?;
+        for arg in self.inner.get_args() {
+            write!(f, " {}", quote(arg))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_a_line_that_a_shell_runs_the_same() {
+        let cmd = Cmd::new("ostree").args(["admin", "deploy", "--os=testos", "it's here", ""]);
+        assert_eq!(
+            cmd.to_string(),
+            r#"ostree admin deploy --os=testos 'it'\''s here' ''"#
+        );
+    }
+
+    #[test]
+    fn a_failure_carries_the_line_status_and_stderr() {
+        let script = "echo out; printf 'bad  thing\\nhappened\\n' >&2; exit 3";
+        let err = Cmd::new("sh").args(["-c", script]).run().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`sh -c '{}'` failed (exit status: 3): bad thing happened",
+                script.replace('\'', r"'\''")
+            )
+        );
+        assert_eq!(err.stderr(), "bad thing happened");
+    }
+
+    #[test]
+    fn a_missing_program_says_so() {
+        let err = Cmd::new("/nonexistent/tool").run().unwrap_err().to_string();
+        assert!(
+            err.starts_with("running `/nonexistent/tool`: No such file"),
+            "{err}"
+        );
+        assert!(err.ends_with("is /nonexistent/tool installed?"), "{err}");
+    }
+
+    #[test]
+    fn stdout_is_returned() {
+        assert_eq!(Cmd::new("echo").arg("hi").run().unwrap(), "hi\n");
+    }
+}
