@@ -34,7 +34,7 @@ make_image() {
     local raw=$work/disk.raw data_mib=$((SIZE_MIB * 6 / 10))
     truncate -s "${SIZE_MIB}M" "$raw"
     printf 'EFI PART' | dd of="$raw" bs=1 seek=512 conv=notrunc status=none
-    tar -cf - /usr/lib /usr/share /usr/bin 2>/dev/null | head -c "$((data_mib << 20))" |
+    { tar -cf - /usr/lib /usr/share /usr/bin 2>/dev/null || true; } | head -c "$((data_mib << 20))" |
         dd of="$raw" bs=1M seek=1 conv=notrunc status=none iflag=fullblock
 }
 step "make a ${SIZE_MIB} MiB raw image" make_image
