@@ -1,0 +1,6 @@
+//! Whole-machine scenarios under QEMU (feature `vm-tests`): `cargo nextest run --features
+//! vm-tests --test vm`. The images are built (or taken from the cache) on first use; see
+//! vm-tests/README.md for the bench, its markers and how to add a scenario.
+
+mod bench;
+mod smoke;
