@@ -8,12 +8,13 @@
 pub mod image_ref;
 pub mod ostree;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub use image_ref::{ImageRef, ImageRefError};
 
 /// One deployment, as the agent and `hkd status` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub osname: String,
@@ -30,7 +31,7 @@ pub struct Deployment {
 }
 
 /// All deployments in boot order: the first is what the next boot starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployments {
     pub deployments: Vec<Deployment>,
