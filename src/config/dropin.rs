@@ -3,7 +3,8 @@
 //! Rules (each one is a unit test below):
 //! - directories are searched in the order given; a later directory wins for the same file name;
 //! - a file name whose newest entry is a symlink to `/dev/null` is masked (removed);
-//! - only `*.toml` files are read, in file-name order; anything else is reported as ignored;
+//! - only `*.toml` files are read (or, for check directories, executables), in file-name
+//!   order; anything else is reported as ignored;
 //! - dot files are left alone silently (editors' swap files, `.keep`);
 //! - a directory that does not exist is fine; one that cannot be read is an error.
 //!
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::ConfigError;
@@ -31,12 +33,22 @@ pub struct Scan {
     pub masked: Vec<PathBuf>,
 }
 
-/// The drop-in directories of program `app` below `root`, lowest priority first.
-pub fn directories(root: &Path, app: &str) -> Vec<PathBuf> {
+/// The drop-in directories `usr/lib/REL`, `etc/REL`, `run/REL` below `root`, lowest
+/// priority first (REL is e.g. `hkd/config.d`).
+pub fn directories(root: &Path, rel: &str) -> Vec<PathBuf> {
     ["usr/lib", "etc", "run"]
         .iter()
-        .map(|base| root.join(base).join(app).join("config.d"))
+        .map(|base| root.join(base).join(rel))
         .collect()
+}
+
+/// What a drop-in directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// Configuration fragments: `*.toml`.
+    Toml,
+    /// Programs to run (health checks): executable files of any name.
+    Executables,
 }
 
 enum Entry {
@@ -46,7 +58,7 @@ enum Entry {
 }
 
 /// Lists the fragments in `dirs` (lowest priority first) by the rules above.
-pub fn scan(dirs: &[PathBuf]) -> Result<Scan, ConfigError> {
+pub fn scan(dirs: &[PathBuf], wanted: Wanted) -> Result<Scan, ConfigError> {
     let mut by_name: BTreeMap<OsString, Entry> = BTreeMap::new();
     for dir in dirs {
         let listing = match fs::read_dir(dir) {
@@ -68,7 +80,7 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Scan, ConfigError> {
             if name.as_encoded_bytes().starts_with(b".") {
                 continue;
             }
-            by_name.insert(name, classify(entry.path()));
+            by_name.insert(name, classify(entry.path(), wanted));
         }
     }
 
@@ -83,15 +95,22 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Scan, ConfigError> {
     Ok(scan)
 }
 
-fn classify(path: PathBuf) -> Entry {
+fn classify(path: PathBuf, wanted: Wanted) -> Entry {
     if fs::read_link(&path).is_ok_and(|target| target == Path::new(MASK_TARGET)) {
         return Entry::Mask(path);
     }
-    if path.extension().is_none_or(|ext| ext != "toml") {
+    if wanted == Wanted::Toml && path.extension().is_none_or(|ext| ext != "toml") {
         return Entry::Ignored(path, "only *.toml files are read");
     }
     // Follows symlinks: a fragment linked from elsewhere is read like any other.
     match fs::metadata(&path) {
+        Ok(meta)
+            if meta.is_file()
+                && wanted == Wanted::Executables
+                && meta.permissions().mode() & 0o111 == 0 =>
+        {
+            Entry::Ignored(path, "not executable")
+        }
         Ok(meta) if meta.is_file() => Entry::File(path),
         Ok(_) => Entry::Ignored(path, "not a regular file"),
         Err(_) => Entry::Ignored(path, "a symlink whose target does not exist"),
@@ -115,7 +134,7 @@ mod tests {
             }
         }
         fn dirs(&self) -> Vec<PathBuf> {
-            directories(self.root.path(), "hkd")
+            directories(self.root.path(), "hkd/config.d")
         }
         fn path(&self, rel: &str) -> PathBuf {
             self.root.path().join(rel)
@@ -136,7 +155,7 @@ mod tests {
 
     #[test]
     fn directories_are_lowest_priority_first() {
-        let dirs = directories(Path::new("/x"), "hkd");
+        let dirs = directories(Path::new("/x"), "hkd/config.d");
         assert_eq!(
             dirs,
             [
@@ -151,7 +170,7 @@ mod tests {
     #[test]
     fn missing_directories_give_an_empty_scan() {
         let tree = Tree::new();
-        assert_eq!(scan(&tree.dirs()).unwrap(), Scan::default());
+        assert_eq!(scan(&tree.dirs(), Wanted::Toml).unwrap(), Scan::default());
     }
 
     #[test]
@@ -160,7 +179,10 @@ mod tests {
         let b = tree.file("usr/lib/hkd/config.d/20-b.toml");
         let c = tree.file("etc/hkd/config.d/30-c.toml");
         let a = tree.file("run/hkd/config.d/10-a.toml");
-        assert_eq!(scan(&tree.dirs()).unwrap().fragments, vec![a, b, c]);
+        assert_eq!(
+            scan(&tree.dirs(), Wanted::Toml).unwrap().fragments,
+            vec![a, b, c]
+        );
     }
 
     #[test]
@@ -168,9 +190,15 @@ mod tests {
         let tree = Tree::new();
         tree.file("usr/lib/hkd/config.d/50-x.toml");
         let etc = tree.file("etc/hkd/config.d/50-x.toml");
-        assert_eq!(scan(&tree.dirs()).unwrap().fragments, vec![etc.clone()]);
+        assert_eq!(
+            scan(&tree.dirs(), Wanted::Toml).unwrap().fragments,
+            vec![etc.clone()]
+        );
         let run = tree.file("run/hkd/config.d/50-x.toml");
-        assert_eq!(scan(&tree.dirs()).unwrap().fragments, vec![run]);
+        assert_eq!(
+            scan(&tree.dirs(), Wanted::Toml).unwrap().fragments,
+            vec![run]
+        );
     }
 
     #[test]
@@ -179,7 +207,7 @@ mod tests {
         tree.file("usr/lib/hkd/config.d/50-x.toml");
         let keep = tree.file("usr/lib/hkd/config.d/60-y.toml");
         let mask = tree.link("etc/hkd/config.d/50-x.toml", "/dev/null");
-        let found = scan(&tree.dirs()).unwrap();
+        let found = scan(&tree.dirs(), Wanted::Toml).unwrap();
         assert_eq!(found.fragments, vec![keep]);
         assert_eq!(found.masked, vec![mask]);
     }
@@ -189,7 +217,10 @@ mod tests {
         let tree = Tree::new();
         tree.link("usr/lib/hkd/config.d/50-x.toml", "/dev/null");
         let run = tree.file("run/hkd/config.d/50-x.toml");
-        assert_eq!(scan(&tree.dirs()).unwrap().fragments, vec![run]);
+        assert_eq!(
+            scan(&tree.dirs(), Wanted::Toml).unwrap().fragments,
+            vec![run]
+        );
     }
 
     #[test]
@@ -199,7 +230,7 @@ mod tests {
         let conf = tree.file("etc/hkd/config.d/20-old.conf");
         let bak = tree.file("etc/hkd/config.d/10-good.toml.bak");
         tree.file("etc/hkd/config.d/.10-good.toml.swp");
-        let found = scan(&tree.dirs()).unwrap();
+        let found = scan(&tree.dirs(), Wanted::Toml).unwrap();
         assert_eq!(found.fragments, vec![good]);
         let ignored: Vec<_> = found.ignored.iter().map(|(p, _)| p.clone()).collect();
         assert_eq!(ignored, vec![bak, conf]);
@@ -211,9 +242,20 @@ mod tests {
         let target = tree.file("srv/site.toml");
         let link = tree.link("etc/hkd/config.d/50-site.toml", target.to_str().unwrap());
         let dangling = tree.link("etc/hkd/config.d/60-gone.toml", "/nonexistent/x.toml");
-        let found = scan(&tree.dirs()).unwrap();
+        let found = scan(&tree.dirs(), Wanted::Toml).unwrap();
         assert_eq!(found.fragments, vec![link]);
         assert_eq!(found.ignored[0].0, dangling);
+    }
+
+    #[test]
+    fn check_directories_take_executables_of_any_name() {
+        let tree = Tree::new();
+        let check = tree.file("etc/hkd/config.d/10-kubelet");
+        fs::set_permissions(&check, fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = tree.file("etc/hkd/config.d/20-notes.txt");
+        let found = scan(&tree.dirs(), Wanted::Executables).unwrap();
+        assert_eq!(found.fragments, vec![check]);
+        assert_eq!(found.ignored, vec![(plain, "not executable")]);
     }
 
     #[test]
@@ -221,7 +263,7 @@ mod tests {
         let tree = Tree::new();
         let dir = tree.path("etc/hkd/config.d/50-dir.toml");
         fs::create_dir_all(&dir).unwrap();
-        let found = scan(&tree.dirs()).unwrap();
+        let found = scan(&tree.dirs(), Wanted::Toml).unwrap();
         assert!(found.fragments.is_empty());
         assert_eq!(found.ignored, vec![(dir, "not a regular file")]);
     }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,7 @@ pub struct Settings {
     pub state: State,
     pub kubernetes: Kubernetes,
     pub metrics: Metrics,
+    pub health: Health,
 }
 
 /// Which OS deployment backend to drive and how strictly.
@@ -90,6 +92,34 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+        }
+    }
+}
+
+/// The health gate after booting into a new deployment (see `node::health`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    /// How long after the boot the gate may take before the deployment is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Pause between rounds of checks while the gate has not passed.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one check program may run.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// systemd units that must be active.
+    pub units: Vec<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            timeout: Duration::from_secs(600),
+            interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(120),
+            units: Vec::new(),
         }
     }
 }

@@ -77,7 +77,10 @@ pub fn load<T>(root: &Path, app: &str) -> Result<Loaded<T>, ConfigError>
 where
     T: DeserializeOwned + Default,
 {
-    let scan = dropin::scan(&dropin::directories(root, app))?;
+    let scan = dropin::scan(
+        &dropin::directories(root, &format!("{app}/config.d")),
+        dropin::Wanted::Toml,
+    )?;
     let mut merged = toml::Table::new();
     let mut provenance = BTreeMap::new();
     for path in &scan.fragments {

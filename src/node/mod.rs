@@ -2,5 +2,6 @@
 //! survive restarts, SIGKILL and power loss.
 
 pub mod journal;
+pub mod health;
 pub mod machine;
 pub mod status;

@@ -6,7 +6,11 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// How much of a failing command's stderr goes into the error.
 const STDERR_TAIL: usize = 2000;
@@ -19,6 +23,8 @@ pub enum CommandError {
         program: String,
         source: std::io::Error,
     },
+    #[error("`{line}` did not finish within {limit} and was killed")]
+    TimedOut { line: String, limit: String },
     #[error("`{line}` failed ({status}): {stderr}")]
     Failed {
         line: String,
@@ -32,7 +38,7 @@ impl CommandError {
     pub fn stderr(&self) -> &str {
         match self {
             CommandError::Failed { stderr, .. } => stderr,
-            CommandError::Spawn { .. } => "",
+            CommandError::Spawn { .. } | CommandError::TimedOut { .. } => "",
         }
     }
 }
@@ -72,11 +78,75 @@ impl Cmd {
     pub fn run(mut self) -> Result<String, CommandError> {
         let line = self.to_string();
         tracing::debug!(command = %line, "running");
-        let output: Output = self.inner.output().map_err(|source| CommandError::Spawn {
+        let output: Output = self
+            .inner
+            .output()
+            .map_err(|source| self.spawn_error(&line, source))?;
+        finish(line, output)
+    }
+
+    /// Runs with a time limit: past it, the command and everything it started (its process
+    /// group) are killed.
+    pub fn run_with_timeout(mut self, timeout: Duration) -> Result<String, CommandError> {
+        let line = self.to_string();
+        tracing::debug!(command = %line, ?timeout, "running");
+        self.inner
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = self
+            .inner
+            .spawn()
+            .map_err(|source| self.spawn_error(&line, source))?;
+        let pgid = child.id() as i32;
+        // Drain both pipes while waiting, so a chatty command cannot block on a full pipe.
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let out = thread::spawn(move || read_all(&mut stdout));
+        let err = thread::spawn(move || read_all(&mut stderr));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => break None,
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(source) => return Err(self.spawn_error(&line, source)),
+            }
+        };
+        let Some(status) = status else {
+            // SAFETY: kill(2) on our own child's process group; no memory is involved.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(CommandError::TimedOut {
+                line,
+                limit: humantime::format_duration(timeout).to_string(),
+            });
+        };
+        let output = Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        };
+        finish(line, output)
+    }
+
+    fn spawn_error(&self, line: &str, source: std::io::Error) -> CommandError {
+        CommandError::Spawn {
             program: self.inner.get_program().to_string_lossy().into_owned(),
-            line: line.clone(),
+            line: line.to_owned(),
             source,
-        })?;
+        }
+    }
+}
+
+fn read_all(from: &mut impl Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = from.read_to_end(&mut buf);
+    buf
+}
+
+fn finish(line: String, output: Output) -> Result<String, CommandError> {
+    {
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
         }
@@ -153,6 +223,27 @@ mod tests {
             "{err}"
         );
         assert!(err.ends_with("is /nonexistent/tool installed?"), "{err}");
+    }
+
+    #[test]
+    fn a_command_past_its_time_is_killed_with_its_children() {
+        let started = Instant::now();
+        let err = Cmd::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .run_with_timeout(Duration::from_millis(300))
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the children"
+        );
+        assert_eq!(
+            err.to_string(),
+            "`sh -c 'sleep 30 & sleep 30'` did not finish within 300ms and was killed"
+        );
+        let ok = Cmd::new("sh")
+            .args(["-c", "echo fine; echo note >&2"])
+            .run_with_timeout(Duration::from_secs(5));
+        assert_eq!(ok.unwrap(), "fine\n");
     }
 
     #[test]
