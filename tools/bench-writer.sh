@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "build the writer (release)" cargo build --release --quiet --example write_image
-writer=target/release/examples/write_image
+writer=${CARGO_TARGET_DIR:-target}/release/examples/write_image
 
 # A disk-like image: a GPT signature, ~60% real files from /usr (text, binaries, already
 # compressed data), the rest zeros, as a filesystem image with free space looks.
