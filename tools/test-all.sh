@@ -24,7 +24,7 @@ step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
 
 step "host packages for the OSTree backend" need_packages ostree
-step "host-tests: the OSTree backend on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree
+step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree --test node_agent
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh

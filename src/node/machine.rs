@@ -97,6 +97,8 @@ pub struct Observation {
     pub boot_id: String,
     pub booted: String,
     pub staged: Option<String>,
+    /// What the next boot starts (a finalized target, before its reboot).
+    pub default: Option<String>,
 }
 
 /// Something that happened: an outcome of an action, a wish of the cluster, or an observation.
@@ -147,6 +149,9 @@ pub enum Action {
     CheckHealth,
     /// Make the previous deployment the default and reboot.
     Rollback,
+    /// Make the booted deployment the default again, without rebooting: an upgrade given up
+    /// after finalizing must not leave the target to boot unverified at some later reboot.
+    RestoreBooted,
     /// Tell the cluster side and the status how this upgrade ended.
     Report(Outcome),
 }
@@ -525,7 +530,9 @@ fn observe(
                 };
                 next.failed_target = Some(target.clone());
                 actions.push(A::Report(Outcome::RolledBack { reason }));
-            } else if seen.staged.as_deref() != Some(checksum) {
+            } else if seen.staged.as_deref() != Some(checksum)
+                && seen.default.as_deref() != Some(checksum)
+            {
                 fail(
                     next,
                     actions,
@@ -536,6 +543,7 @@ fn observe(
                     ),
                 );
             } else if *attempt >= MAX_REBOOT_ATTEMPTS {
+                actions.push(A::RestoreBooted);
                 fail(
                     next,
                     actions,

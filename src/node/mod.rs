@@ -2,6 +2,7 @@
 //! survive restarts, SIGKILL and power loss.
 
 pub mod journal;
+pub mod agent;
 pub mod health;
 pub mod machine;
 pub mod status;

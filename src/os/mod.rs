@@ -7,6 +7,7 @@
 
 pub mod image_ref;
 pub mod ostree;
+pub mod rpmostree;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -100,11 +101,25 @@ pub trait Backend: Send + Sync {
     /// Removes what [`Backend::stage`] prepared; nothing staged is fine.
     fn unstage(&self) -> Result<(), OsError>;
 
-    /// Makes the staged `checksum` what the next boot starts. Does not reboot.
+    /// Makes the staged `checksum` what the next boot starts.
+    ///
+    /// Plain OSTree only changes the boot order; the caller reboots. rpm-ostree cannot finalize
+    /// without rebooting: its `FinalizeDeployment` unlocks the staged deployment and then runs
+    /// `systemctl reboot` itself (logind honours delay inhibitors such as the kubelet's; root's
+    /// reboot is not held by block inhibitors). So callers call this only where they would
+    /// reboot, after their own reboot checks, and treat success as "the reboot may have begun".
     fn finalize(&self, checksum: &str) -> Result<(), OsError>;
 
     /// Makes the rollback deployment what the next boot starts. Does not reboot.
     fn rollback(&self) -> Result<(), OsError>;
+
+    /// Makes the booted deployment what the next boot starts again (after a finalized target
+    /// was given up without its reboot). Nothing to do when it already is.
+    fn restore_booted(&self) -> Result<(), OsError> {
+        Err(OsError::Failed(
+            "this backend cannot make the booted deployment the default again".into(),
+        ))
+    }
 
     /// Removes deployments that are neither booted, default, rollback nor pinned, and prunes.
     fn cleanup(&self) -> Result<(), OsError>;

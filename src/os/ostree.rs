@@ -255,6 +255,18 @@ impl Backend for Ostree {
         self.deploy(&previous.checksum, &origin, false)
     }
 
+    fn restore_booted(&self) -> Result<(), OsError> {
+        let all = self.status()?;
+        let (Some(booted), Some(default)) = (all.booted(), all.default_deployment()) else {
+            return Ok(()); // nothing booted (an image being built): nothing to restore
+        };
+        if booted == default {
+            return Ok(());
+        }
+        let origin = self.plain_origin(booted)?;
+        self.deploy(&booted.checksum.clone(), &origin, false)
+    }
+
     fn cleanup(&self) -> Result<(), OsError> {
         let all = self.status()?;
         let keep_rollback = all.rollback().map(|d| (d.checksum.clone(), d.serial));

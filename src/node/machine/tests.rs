@@ -17,6 +17,7 @@ fn seen(boot: &str, booted: &str, staged: Option<&str>) -> Event {
         boot_id: boot.into(),
         booted: booted.into(),
         staged: staged.map(Into::into),
+        default: Some(booted.into()),
     })
 }
 
@@ -148,7 +149,7 @@ fn a_restart_on_the_same_boot_asks_for_the_reboot_again_then_gives_up() {
     let s = at(&m, seen("boot-a", OLD, Some(SUM)));
     assert_eq!(s.machine.state.phase(), "failed");
     assert!(
-        matches!(&s.actions[..], [Action::Report(Outcome::Failed { reason })] if reason.contains("did not reboot"))
+        matches!(&s.actions[..], [Action::RestoreBooted, Action::Report(Outcome::Failed { reason })] if reason.contains("did not reboot"))
     );
 }
 
@@ -166,6 +167,20 @@ fn a_staged_deployment_replaced_by_someone_else_is_noticed() {
     // Just before the reboot: fail rather than reboot into nothing.
     let s = at(&rebooting_machine(), seen("boot-a", OLD, None));
     assert_eq!(s.machine.state.phase(), "failed");
+    // Unless it was finalized already (it is what boots next): then ask for the reboot again.
+    let finalized = Event::Observed(Observation {
+        boot_id: "boot-a".into(),
+        booted: OLD.into(),
+        staged: None,
+        default: Some(SUM.into()),
+    });
+    let s = at(&rebooting_machine(), finalized);
+    assert_eq!(
+        s.actions,
+        vec![Action::Reboot {
+            checksum: SUM.into()
+        }]
+    );
 }
 
 #[test]
@@ -463,6 +478,7 @@ fn perform(action: &Action, host: &mut Host, sc: &Scenario) -> Vec<Event> {
             host.rollbacks += 1;
             vec![host.observe()]
         }
+        Action::RestoreBooted => vec![],
         Action::Report(_) => vec![],
     }
 }
