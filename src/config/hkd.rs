@@ -20,6 +20,7 @@ pub struct Settings {
     pub kubernetes: Kubernetes,
     pub metrics: Metrics,
     pub health: Health,
+    pub reboot: Reboot,
 }
 
 /// Which OS deployment backend to drive and how strictly.
@@ -120,6 +121,27 @@ impl Default for Health {
             interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(120),
             units: Vec::new(),
+        }
+    }
+}
+
+/// How reboots are asked for (see `node::reboot`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Reboot {
+    /// `wait`: a block inhibitor postpones the reboot; `ignore`: reboot through it.
+    pub on_blocked: crate::node::reboot::OnBlocked,
+    /// How long to wait before asking again when a reboot did not happen. After the third
+    /// request the upgrade is given up and the booted deployment stays the default.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for Reboot {
+    fn default() -> Self {
+        Reboot {
+            on_blocked: Default::default(),
+            retry: Duration::from_secs(120),
         }
     }
 }

@@ -180,6 +180,9 @@ impl Agent {
                     step.machine.state.phase()
                 );
                 self.machine = step.machine;
+                // A no-op outside systemd.
+                let status = format!("upgrade: {}", self.machine.state.phase());
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
             }
             wake = step.wake_after.map(Duration::from_secs);
             self.publish();

@@ -1,8 +1,13 @@
-//! The node agent's own machine: the upgrade state machine and the journal that makes it
-//! survive restarts, SIGKILL and power loss.
+//! The node agent: the upgrade state machine (`machine`, pure), the journal that makes it
+//! survive restarts, SIGKILL and power loss, the executor (`agent`) and what it acts through
+//! (health gate, logind reboots), its status document and local socket, and the daemon that
+//! wires them (`daemon`).
 
-pub mod journal;
 pub mod agent;
+pub mod daemon;
 pub mod health;
+pub mod journal;
 pub mod machine;
+pub mod reboot;
+pub mod socket;
 pub mod status;

@@ -269,7 +269,9 @@ mod tests {
         render(&status, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
-            text.starts_with("Upgrade: rolledBack\n  target: v3\n  reason: health check failed: kubelet\n"),
+            text.starts_with(
+                "Upgrade: rolledBack\n  target: v3\n  reason: health check failed: kubelet\n"
+            ),
             "{text}"
         );
         assert!(text.contains("not retried: v3"), "{text}");

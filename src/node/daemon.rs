@@ -1,0 +1,128 @@
+//! `hkd run`: wires the agent to the host and serves its local socket.
+//!
+//! Threads: the agent (blocking work: pulls, deploys, health checks), the socket server, and
+//! — under systemd with `WatchdogSec=` — the watchdog. systemd is told READY once the journal
+//! is loaded and the host observed; the agent tells it STATUS on every change of phase.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use anyhow::Context as _;
+
+use super::agent::{Agent, Observer, Parts, Standalone};
+use super::health::Gate;
+use super::journal::Journal;
+use super::machine::Limits;
+use super::reboot::Logind;
+use super::socket::Server;
+use crate::config::hkd::{Backend as BackendChoice, Settings};
+use crate::os::ostree::Ostree;
+use crate::os::Backend;
+
+/// The running kernel's boot id, from /proc.
+pub struct ProcBootId {
+    pub proc_root: PathBuf,
+}
+
+impl Observer for ProcBootId {
+    fn boot_id(&self) -> Result<String, String> {
+        crate::sys::boot_id(&self.proc_root).map_err(|e| format!("reading the boot id: {e}"))
+    }
+}
+
+/// The plain OSTree backend for the sysroot at `root`, deploying into the booted stateroot.
+pub fn ostree_backend(root: &Path, allow_unverified: bool) -> anyhow::Result<Ostree> {
+    let mut backend = Ostree {
+        sysroot: root.to_owned(),
+        osname: String::new(),
+        run_dir: root.join("run"),
+        allow_unverified,
+    };
+    let all = backend.status()?;
+    let current = all
+        .booted()
+        .or(all.default_deployment())
+        .context("this host has no OSTree deployment; hkd manages OSTree-based systems only")?;
+    backend.osname = current.osname.clone();
+    Ok(backend)
+}
+
+fn backend(settings: &Settings, root: &Path) -> anyhow::Result<(Box<dyn Backend>, &'static str)> {
+    let allow = settings.os.allow_unverified_images;
+    match settings.os.backend {
+        BackendChoice::Ostree | BackendChoice::Auto => {
+            Ok((Box::new(ostree_backend(root, allow)?), "ostree"))
+        }
+        BackendChoice::RpmOstree => anyhow::bail!(
+            "os.backend = \"rpm-ostree\" is not wired into hkd run yet; use \"ostree\" or \"auto\""
+        ),
+    }
+}
+
+/// Runs the node agent until it fails. `root` is `/` on a host.
+pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()> {
+    if settings.os.allow_unverified_images {
+        tracing::warn!("os.allow_unverified_images is on: images nobody verified will be deployed");
+    }
+    let (backend, backend_name) = backend(settings, root)?;
+    let parts = Parts {
+        backend,
+        backend_name: backend_name.into(),
+        rebooter: Box::new(Logind::system(settings.reboot.on_blocked).map_err(anyhow::Error::msg)?),
+        cluster: Box::new(Standalone),
+        observer: Box::new(ProcBootId {
+            proc_root: root.join("proc"),
+        }),
+        gate: Gate {
+            root: root.to_owned(),
+            settings: settings.health.clone(),
+            extra: Vec::new(),
+        },
+        journal: Journal::open(
+            &root.join(
+                settings
+                    .state
+                    .dir
+                    .strip_prefix("/")
+                    .unwrap_or(&settings.state.dir),
+            ),
+        )?,
+        allow_unverified: settings.os.allow_unverified_images,
+        limits: Limits {
+            health_timeout: settings.health.timeout.as_secs(),
+        },
+        reboot_retry: settings.reboot.retry,
+    };
+    let (agent, first) = Agent::start(parts).context("starting the node agent")?;
+    let shared = agent.shared();
+    let (events, inbox) = mpsc::channel();
+    let server = Server::bind(socket, shared.clone(), events.clone(), true)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    thread::Builder::new()
+        .name("socket".into())
+        .spawn(move || server.serve())?;
+    start_watchdog();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let agent_thread = thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || agent.run(first, inbox))?;
+    // Keep a sender alive: the agent runs until its inbox closes, i.e. never while we live.
+    let _events = events;
+    agent_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the node agent panicked"))?
+}
+
+fn start_watchdog() {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = timeout / 2;
+    let _ = thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            thread::sleep(period);
+        });
+}
