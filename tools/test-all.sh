@@ -26,6 +26,9 @@ step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no
 step "host packages for the OSTree backend" need_packages ostree
 step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree --test node_agent
 
+step "host packages for the rpm-ostree backend (dbus-daemon)" need_packages dbus
+step "host-tests: the rpm-ostree backend against the rpm-ostreed stand-in on a private bus" cargo nextest run --no-fail-fast --features host-tests --test os_rpmostree
+
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
 step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api
