@@ -139,7 +139,8 @@ mod tests {
 
     #[test]
     fn finished_messages_are_classified() {
-        let cases: [(&str, fn(&OsError) -> bool); 5] = [
+        type Check = fn(&OsError) -> bool;
+        let cases: [(&str, Check); 5] = [
             (
                 "Operation was cancelled",
                 |e| matches!(e, OsError::Failed(m) if m.contains("was cancelled")),
