@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod os;
 pub mod sys;

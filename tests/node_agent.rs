@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use housekeeper::config::hkd::Health;
+use housekeeper::metrics::Metrics;
 use housekeeper::node::agent::{Agent, ClusterSide, Observer, Parts, Rebooter};
 use housekeeper::node::health::{Check, Gate};
 use housekeeper::node::journal::Journal;
@@ -79,6 +80,7 @@ struct Node {
     boots: Boots,
     cluster: Cluster,
     state_dir: std::path::PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -90,6 +92,7 @@ impl Node {
             boots: Boots::default(),
             cluster: Cluster::default(),
             state_dir,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -118,6 +121,7 @@ impl Node {
             allow_unverified: true,
             limits: Limits { health_timeout: 1 },
             reboot_retry: Duration::ZERO,
+            metrics: self.metrics.clone(),
         }
     }
 

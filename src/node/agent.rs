@@ -18,6 +18,7 @@ use super::journal::Journal;
 use super::machine::{self, Action, Event, Limits, Machine, Observation, Outcome};
 use super::status::NodeStatus;
 use crate::logging::msgid;
+use crate::metrics::Metrics;
 use crate::os::{Backend, ImageRef, OsError};
 
 /// Reboots the machine. Returns once the reboot is under way (the process is then stopped
@@ -60,6 +61,20 @@ pub trait Observer: Send + Sync {
     fn boot_id(&self) -> Result<String, String>;
 }
 
+/// Where an upgrade that ended badly failed, for the failures metric: from the phase it
+/// left and the one it ended in.
+pub fn failure_class(from: &str, to: &str) -> Option<&'static str> {
+    match (from, to) {
+        ("staging", "failed") => Some("stage"),
+        ("granted" | "draining", "failed") => Some("drain"),
+        ("rebooting", "failed") => Some("reboot"),
+        ("rebooting" | "verifying", "rolledBack") => Some("not_booted"),
+        ("rollingBack", "rolledBack") => Some("health"),
+        ("rollingBack", "failed") => Some("rollback"),
+        _ => None,
+    }
+}
+
 /// What an agent needs, wired.
 pub struct Parts {
     pub backend: Box<dyn Backend>,
@@ -73,6 +88,7 @@ pub struct Parts {
     pub limits: Limits,
     /// How long to wait before asking again when a reboot did not happen.
     pub reboot_retry: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The agent's view for `hkd status`, shared with the socket server.
@@ -173,12 +189,15 @@ impl Agent {
             if step.machine != self.machine {
                 // Intent first: the journal must hold the step before any action runs.
                 self.parts.journal.save(&step.machine)?;
-                tracing::info!(
-                    phase = step.machine.state.phase(),
-                    "upgrade phase {} → {}",
-                    self.machine.state.phase(),
-                    step.machine.state.phase()
-                );
+                let (from, to) = (self.machine.state.phase(), step.machine.state.phase());
+                tracing::info!(phase = to, "upgrade phase {from} → {to}");
+                self.parts.metrics.transition(from, to);
+                if let Some(class) = failure_class(from, to) {
+                    self.parts.metrics.failure(class);
+                }
+                if to == "done" {
+                    self.parts.metrics.success();
+                }
                 self.machine = step.machine;
                 // A no-op outside systemd.
                 let status = format!("upgrade: {}", self.machine.state.phase());
@@ -345,5 +364,21 @@ impl Agent {
             };
             wake = self.handle(next)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_class;
+
+    #[test]
+    fn failures_are_classed_by_where_they_happened() {
+        assert_eq!(failure_class("staging", "failed"), Some("stage"));
+        assert_eq!(failure_class("draining", "failed"), Some("drain"));
+        assert_eq!(failure_class("rebooting", "rolledBack"), Some("not_booted"));
+        assert_eq!(failure_class("rollingBack", "rolledBack"), Some("health"));
+        assert_eq!(failure_class("rollingBack", "failed"), Some("rollback"));
+        assert_eq!(failure_class("verifying", "done"), None);
+        assert_eq!(failure_class("staged", "staging"), None);
     }
 }

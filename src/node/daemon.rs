@@ -5,7 +5,7 @@
 //! is loaded and the host observed; the agent tells it STATUS on every change of phase.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use anyhow::Context as _;
@@ -17,6 +17,7 @@ use super::machine::Limits;
 use super::reboot::Logind;
 use super::socket::Server;
 use crate::config::hkd::{Backend as BackendChoice, Settings};
+use crate::metrics::Metrics;
 use crate::os::ostree::Ostree;
 use crate::os::Backend;
 
@@ -66,6 +67,12 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
         tracing::warn!("os.allow_unverified_images is on: images nobody verified will be deployed");
     }
     let (backend, backend_name) = backend(settings, root)?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = crate::metrics::bind(settings.metrics.listen)?;
+    let served = metrics.clone();
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || served.serve(listener))?;
     let parts = Parts {
         backend,
         backend_name: backend_name.into(),
@@ -93,6 +100,7 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
             health_timeout: settings.health.timeout.as_secs(),
         },
         reboot_retry: settings.reboot.retry,
+        metrics: metrics.clone(),
     };
     let (agent, first) = Agent::start(parts).context("starting the node agent")?;
     let shared = agent.shared();
