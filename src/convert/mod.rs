@@ -16,5 +16,6 @@
 pub mod disk;
 pub mod ignition;
 pub mod image;
+pub mod network;
 pub mod preflight;
 pub mod sshkeys;
