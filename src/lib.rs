@@ -5,6 +5,7 @@
 //! rollouts from anywhere with a kubeconfig. See README.md for the map of modules.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod logging;

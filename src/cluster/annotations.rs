@@ -1,0 +1,286 @@
+//! The per-node protocol: annotations on the Node object, and the planner's view of a Node.
+//!
+//! All rollout state lives in API objects (DESIGN.md I7), so a coordinator that takes over
+//! reads exactly what its predecessor wrote. Two writers, each owning its keys:
+//!
+//! | key | writer | value |
+//! |---|---|---|
+//! | `housekeeper.io/grant` | coordinator | `<Update uid>/<generation>`: this node may go |
+//! | `housekeeper.io/phase` | agent | `Staging`, `Staged`, `Draining`, `Rebooting`, `Verifying`, `Done`, `Failed` |
+//! | `housekeeper.io/phase-grant` | agent | the grant the phase answers (a phase for an older grant is stale) |
+//! | `housekeeper.io/reason` | agent | one line: why it failed or what it waits for |
+//! | `housekeeper.io/since` | agent | RFC 3339 time of the last phase change (age in `hkctl status`) |
+//! | `housekeeper.io/os-image` | agent | the booted deployment's image reference |
+//! | `housekeeper.io/cordoned-by-hkd` | agent | the grant under which hkd cordoned the node |
+//!
+//! The coordinator writes a grant with a resourceVersion precondition; the agent reports by
+//! copying the grant into `phase-grant`. A grant is never removed while its node is in flight:
+//! the coordinator replaces it only with a newer grant after a terminal phase, so the number of
+//! nodes in flight can be computed from the Nodes alone at any moment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+
+pub const GRANT: &str = "housekeeper.io/grant";
+pub const PHASE: &str = "housekeeper.io/phase";
+pub const PHASE_GRANT: &str = "housekeeper.io/phase-grant";
+pub const REASON: &str = "housekeeper.io/reason";
+pub const SINCE: &str = "housekeeper.io/since";
+pub const OS_IMAGE: &str = "housekeeper.io/os-image";
+pub const CORDONED_BY_HKD: &str = "housekeeper.io/cordoned-by-hkd";
+
+/// Labels kubeadm puts on control-plane nodes (`master` before 1.24, `control-plane` after).
+pub const CONTROL_PLANE_LABELS: &[&str] = &[
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
+
+/// Permission for one node to upgrade, under one generation of one Update.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grant {
+    pub uid: String,
+    pub generation: i64,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.uid, self.generation)
+    }
+}
+
+impl FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Grant, String> {
+        let (uid, generation) = s
+            .rsplit_once('/')
+            .ok_or_else(|| format!("grant {s:?} is not <uid>/<generation>"))?;
+        let generation = generation
+            .parse()
+            .map_err(|_| format!("grant {s:?} has no numeric generation"))?;
+        if uid.is_empty() {
+            return Err(format!("grant {s:?} has an empty uid"));
+        }
+        Ok(Grant {
+            uid: uid.to_owned(),
+            generation,
+        })
+    }
+}
+
+/// Where the agent is with a grant. `Done` and `Failed` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgentPhase {
+    Staging,
+    Staged,
+    Draining,
+    Rebooting,
+    Verifying,
+    Done,
+    Failed,
+}
+
+impl AgentPhase {
+    pub const ALL: [AgentPhase; 7] = [
+        AgentPhase::Staging,
+        AgentPhase::Staged,
+        AgentPhase::Draining,
+        AgentPhase::Rebooting,
+        AgentPhase::Verifying,
+        AgentPhase::Done,
+        AgentPhase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentPhase::Staging => "Staging",
+            AgentPhase::Staged => "Staged",
+            AgentPhase::Draining => "Draining",
+            AgentPhase::Rebooting => "Rebooting",
+            AgentPhase::Verifying => "Verifying",
+            AgentPhase::Done => "Done",
+            AgentPhase::Failed => "Failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AgentPhase::Done | AgentPhase::Failed)
+    }
+}
+
+impl FromStr for AgentPhase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AgentPhase, String> {
+        AgentPhase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown phase {s:?}"))
+    }
+}
+
+/// What the planner needs to know about one Node, read from its labels, annotations and status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub control_plane: bool,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// `spec.unschedulable`: cordoned, by anyone.
+    pub unschedulable: bool,
+    /// hkd cordoned it (the annotation is set); otherwise a cordon is someone else's.
+    pub cordoned_by_hkd: bool,
+    pub os_image: Option<String>,
+    pub kubelet_version: Option<String>,
+    pub grant: Option<Grant>,
+    pub phase: Option<AgentPhase>,
+    pub phase_grant: Option<Grant>,
+    pub reason: Option<String>,
+    pub since: Option<Timestamp>,
+    /// Annotations that did not parse, each as one line: shown in status, never guessed at.
+    pub problems: Vec<String>,
+}
+
+impl NodeView {
+    /// Cordoned by someone other than hkd (an admin, another tool).
+    pub fn cordoned_by_others(&self) -> bool {
+        self.unschedulable && !self.cordoned_by_hkd
+    }
+
+    /// The agent's phase when it answers `grant`; a phase for another grant is stale.
+    pub fn phase_for(&self, grant: &Grant) -> Option<AgentPhase> {
+        match (&self.phase_grant, self.phase) {
+            (Some(g), Some(p)) if g == grant => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Read a Node object. Malformed annotations are recorded in `problems`, not fatal: one
+    /// bad hand edit must not stop a rollout's accounting.
+    pub fn from_node(node: &Node) -> NodeView {
+        let meta = &node.metadata;
+        let labels = meta.labels.clone().unwrap_or_default();
+        let ann = meta.annotations.clone().unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut parse = |key: &str| -> Option<Grant> {
+            let v = ann.get(key)?;
+            match v.parse() {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    problems.push(format!("annotation {key}: {e}"));
+                    None
+                }
+            }
+        };
+        let grant = parse(GRANT);
+        let phase_grant = parse(PHASE_GRANT);
+        let phase = ann.get(PHASE).and_then(|p| match p.parse() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.push(format!("annotation {PHASE}: {e}"));
+                None
+            }
+        });
+        let since = ann.get(SINCE).and_then(|s| match s.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("annotation {SINCE}: {e}"));
+                None
+            }
+        });
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        NodeView {
+            name: meta.name.clone().unwrap_or_default(),
+            control_plane: CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l)),
+            labels,
+            ready,
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            cordoned_by_hkd: ann.contains_key(CORDONED_BY_HKD),
+            os_image: ann.get(OS_IMAGE).cloned(),
+            kubelet_version: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.kubelet_version.clone())
+                .filter(|v| !v.is_empty()),
+            grant,
+            phase,
+            phase_grant,
+            reason: ann.get(REASON).cloned(),
+            since,
+            problems,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn grant_round_trips_and_rejects_junk() {
+        let g: Grant = "0b1c-uid/7".parse().unwrap();
+        assert_eq!(g.to_string(), "0b1c-uid/7");
+        assert_eq!(g.generation, 7);
+        for bad in ["", "uid", "/3", "uid/x"] {
+            assert!(bad.parse::<Grant>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_view_reads_the_protocol() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": "cp-1",
+                "labels": {"node-role.kubernetes.io/master": ""},
+                "annotations": {
+                    GRANT: "u/2", PHASE: "Draining", PHASE_GRANT: "u/2",
+                    SINCE: "2024-03-01T10:00:00Z", CORDONED_BY_HKD: "u/2",
+                    OS_IMAGE: "nestos:nestos/x86_64/stable",
+                },
+            },
+            "spec": {"unschedulable": true},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "nodeInfo": {"kubeletVersion": "v1.20.2", "architecture": "", "bootID": "",
+                    "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "",
+                    "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""},
+            },
+        }))
+        .unwrap();
+        let v = NodeView::from_node(&node);
+        assert!(v.control_plane && v.ready && v.unschedulable && v.cordoned_by_hkd);
+        assert!(!v.cordoned_by_others());
+        let g: Grant = "u/2".parse().unwrap();
+        assert_eq!(v.grant.as_ref(), Some(&g));
+        assert_eq!(v.phase_for(&g), Some(AgentPhase::Draining));
+        assert_eq!(v.phase_for(&"u/1".parse().unwrap()), None);
+        assert_eq!(v.kubelet_version.as_deref(), Some("v1.20.2"));
+        assert!(v.problems.is_empty());
+    }
+
+    #[test]
+    fn bad_annotations_are_problems_not_guesses() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "w", "annotations": {GRANT: "junk", PHASE: "Dancing"}},
+            "spec": {"unschedulable": true},
+        }))
+        .unwrap();
+        let v = NodeView::from_node(&node);
+        assert_eq!(v.grant, None);
+        assert_eq!(v.phase, None);
+        assert_eq!(v.problems.len(), 2);
+        assert!(!v.ready);
+        assert!(v.cordoned_by_others());
+    }
+}

@@ -1,0 +1,530 @@
+//! The coordinator's planner: which nodes to grant now, and what the Update's status says.
+//!
+//! Pure: the Update, the Nodes (as [`NodeView`]s built from the annotation protocol) and `now`
+//! go in; grants, a halt reason, when to look again and the new status come out. The
+//! coordinator writes the grants (with resourceVersion preconditions) and the status, and
+//! calls again on every watch event or after `wake_after`.
+//!
+//! Rules, in order:
+//! - an invalid spec (see [`validate`]) halts: no grants;
+//! - only nodes matching `nodeSelector` belong to the rollout;
+//! - a node is done when it answered its grant (for the current target) with `Done`, or when
+//!   it already runs the target (its `os-image` annotation, and its kubelet version when
+//!   `kubeVersion` is set);
+//! - more failures than `maxFailed` halt (I6); a failed control-plane node halts too when
+//!   `kubeVersion` is set, since workers' kubelets must never be newer than the API server;
+//! - `paused`: no grants; outside every maintenance window: no grants, and `wake_after` says
+//!   when the next one opens;
+//! - control-plane nodes first, one at a time; workers only once no control-plane node is
+//!   pending, waiting or in flight;
+//! - never more than `maxUnavailable` out of service (I1), counted as follows.
+//!
+//! **What counts as out of service.** Every selected node granted by this Update and not yet
+//! `Done`/`Failed` (in flight, whatever its generation), plus every other selected node that
+//! is already unavailable: NotReady, cordoned by someone else (an admin's cordon is a node out
+//! of service as far as workloads go), or in flight for another Update. Those are never
+//! granted while so — hkd neither reboots a node someone else took out nor upgrades a node
+//! that cannot report — and they use up the budget, like unavailable pods in a Deployment's
+//! `maxUnavailable`: taking a second node down while one is already down is what the budget
+//! is there to prevent. Status names them, so a rollout that waits says on whom.
+//!
+//! A grant is `<uid>/<generation>`; `status.targetGeneration` records when the target last
+//! changed, so a `Done` or `Failed` answer to a grant older than that is for an old target.
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::annotations::{AgentPhase, Grant, NodeView};
+use super::selector::Selector;
+use super::update::{
+    target_image, validate, Counts, ImagePolicy, NodeSummary, Target, Update, UpdateCondition,
+    UpdateStatus, MAX_NODE_SUMMARIES,
+};
+use super::window;
+
+/// What the coordinator should do now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Nodes to grant, in the order to write them.
+    pub grants: Vec<String>,
+    /// Why the rollout is halted, when it is.
+    pub halt: Option<String>,
+    /// Plan again after this long even without events (a window opens or closes).
+    pub wake_after: Option<Duration>,
+    /// The grant value to write (`<uid>/<generation>`).
+    pub grant: Option<Grant>,
+    pub status: UpdateStatus,
+}
+
+/// Where one selected node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Class {
+    Done(String),
+    Failed(String),
+    /// Granted by this Update, not finished; the label is the agent's phase or "Granted".
+    InFlight(String),
+    /// Could be granted; only its turn is missing.
+    Pending,
+    /// Held back by its own state; it counts as out of service.
+    Waiting(String),
+}
+
+pub const PROGRESSING: &str = "Progressing";
+pub const COMPLETE: &str = "Complete";
+pub const HALTED: &str = "Halted";
+pub const PAUSED: &str = "Paused";
+
+/// How many failed nodes a Halted message names before "and N more".
+const NAMED_IN_MESSAGE: usize = 5;
+
+fn same_image(a: &str, b: &str, policy: ImagePolicy) -> bool {
+    let norm = |s: &str| {
+        target_image(s, policy)
+            .map(|r| r.raw)
+            .unwrap_or_else(|_| s.to_owned())
+    };
+    norm(a) == norm(b)
+}
+
+fn same_kube_version(a: &str, b: &str) -> bool {
+    a.trim_start_matches('v') == b.trim_start_matches('v')
+}
+
+/// Decide. See the module documentation for the rules.
+pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePolicy) -> Plan {
+    let spec = &update.spec;
+    let prev = update.status.clone().unwrap_or_default();
+    let generation = update.metadata.generation.unwrap_or(1);
+    let mut status = UpdateStatus {
+        observed_generation: Some(generation),
+        ..Default::default()
+    };
+    let halt = |status: &mut UpdateStatus, reason: &str, message: String| {
+        status.state = Some(HALTED.into());
+        set_conditions(
+            status,
+            &prev,
+            now,
+            &[
+                (HALTED, true, reason, &message),
+                (PROGRESSING, false, reason, ""),
+                (COMPLETE, false, reason, ""),
+                (PAUSED, spec.paused, "", ""),
+            ],
+        );
+        Plan {
+            grants: Vec::new(),
+            halt: Some(message),
+            wake_after: None,
+            grant: None,
+            status: status.clone(),
+        }
+    };
+    if let Err(errors) = validate(spec, policy) {
+        return halt(&mut status, "InvalidSpec", errors.join("; "));
+    }
+    let Some(uid) = update.metadata.uid.clone() else {
+        return halt(&mut status, "NoUid", "the Update has no uid yet".into());
+    };
+    let grant = Grant { uid, generation };
+    let target = Target {
+        os_image_url: spec.os_image_url.clone(),
+        kube_version: spec.kube_version().map(str::to_owned),
+    };
+    let target_generation = match (&prev.target, prev.target_generation) {
+        (Some(t), Some(g)) if *t == target => g,
+        _ => generation,
+    };
+    status.target = Some(target.clone());
+    status.target_generation = Some(target_generation);
+    let selector = match &spec.node_selector {
+        Some(s) => Selector::from_label_selector(s).unwrap_or_default(),
+        None => Selector::default(),
+    };
+
+    let at_target = |n: &NodeView| {
+        n.os_image
+            .as_deref()
+            .is_some_and(|i| same_image(i, &target.os_image_url, policy))
+            && target.kube_version.as_deref().is_none_or(|want| {
+                n.kubelet_version
+                    .as_deref()
+                    .is_some_and(|have| same_kube_version(have, want))
+            })
+    };
+    let classify = |n: &NodeView| -> Class {
+        if let Some(g) = n.grant.as_ref().filter(|g| g.uid == grant.uid) {
+            let current = g.generation >= target_generation;
+            let reason = n.reason.clone().unwrap_or_default();
+            match n.phase_for(g) {
+                Some(AgentPhase::Done) if current || at_target(n) => return Class::Done(reason),
+                Some(AgentPhase::Failed) if current => return Class::Failed(reason),
+                Some(p) if p.is_terminal() => {} // an answer for an older target
+                Some(p) => return Class::InFlight(p.as_str().into()),
+                None => return Class::InFlight("Granted".into()),
+            }
+        }
+        if at_target(n) {
+            return Class::Done("already at the target".into());
+        }
+        if let Some(g) = n.grant.as_ref().filter(|g| g.uid != grant.uid) {
+            if !n.phase_for(g).is_some_and(AgentPhase::is_terminal) {
+                return Class::Waiting(format!("in the rollout of another Update ({})", g.uid));
+            }
+        }
+        if !n.ready {
+            return Class::Waiting("NotReady".into());
+        }
+        if n.cordoned_by_others() {
+            return Class::Waiting("cordoned by someone else".into());
+        }
+        Class::Pending
+    };
+
+    let mut selected: Vec<(&NodeView, Class)> = nodes
+        .iter()
+        .filter(|n| selector.matches(&n.labels))
+        .map(|n| (n, classify(n)))
+        .collect();
+    selected.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+
+    let mut counts = Counts {
+        total: selected.len() as i32,
+        ..Default::default()
+    };
+    // Out of service now: in flight, or unavailable for reasons of its own.
+    let mut out_of_service = 0usize;
+    for (n, class) in &selected {
+        match class {
+            Class::Done(_) => counts.done += 1,
+            Class::Failed(_) => counts.failed += 1,
+            Class::InFlight(_) => counts.in_flight += 1,
+            Class::Pending => counts.pending += 1,
+            Class::Waiting(_) => counts.waiting += 1,
+        }
+        let unavailable = match class {
+            Class::InFlight(_) | Class::Waiting(_) => true,
+            Class::Done(_) | Class::Failed(_) => !n.ready || n.cordoned_by_others(),
+            Class::Pending => false,
+        };
+        out_of_service += usize::from(unavailable);
+    }
+    let max_unavailable = spec.max_unavailable.max(1) as usize;
+    let mut budget = max_unavailable.saturating_sub(out_of_service);
+
+    let failed: Vec<String> = selected
+        .iter()
+        .filter_map(|(n, c)| match c {
+            Class::Failed(r) if r.is_empty() => Some(n.name.clone()),
+            Class::Failed(r) => Some(format!("{} ({r})", n.name)),
+            _ => None,
+        })
+        .collect();
+    let name_failed = || {
+        let mut m = failed
+            .iter()
+            .take(NAMED_IN_MESSAGE)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if failed.len() > NAMED_IN_MESSAGE {
+            m.push_str(&format!(" and {} more", failed.len() - NAMED_IN_MESSAGE));
+        }
+        m
+    };
+
+    let cp_open: Vec<&(&NodeView, Class)> = selected
+        .iter()
+        .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
+        .collect();
+    let cp_failed: Vec<&str> = selected
+        .iter()
+        .filter(|(n, c)| n.control_plane && matches!(c, Class::Failed(_)))
+        .map(|(n, _)| n.name.as_str())
+        .collect();
+
+    let halted = if counts.failed > spec.max_failed {
+        Some((
+            "FailureBudgetExceeded",
+            format!(
+                "{} node(s) failed, more than maxFailed {}: {}",
+                counts.failed,
+                spec.max_failed,
+                name_failed()
+            ),
+        ))
+    } else if !cp_failed.is_empty() && target.kube_version.is_some() {
+        Some((
+            "ControlPlaneFailed",
+            format!(
+                "control-plane node(s) {} failed; workers are not upgraded past their API server: {}",
+                cp_failed.join(", "),
+                name_failed()
+            ),
+        ))
+    } else {
+        None
+    };
+
+    let (window_open, window_change) =
+        window::status(&spec.maintenance_windows, now).unwrap_or((false, None));
+    let wake_after = window_change.map(|t| {
+        let d = now.duration_until(t);
+        if d.is_negative() {
+            Duration::ZERO
+        } else {
+            d.unsigned_abs()
+        }
+    });
+
+    // Why no (more) grants, for the Progressing condition.
+    let mut holding: Option<(String, String)> = None;
+    let mut grants = Vec::new();
+    if halted.is_some() {
+    } else if spec.paused {
+        holding = Some(("Paused".into(), "paused: no new grants".into()));
+    } else if !window_open {
+        let when = window_change
+            .map(|t| format!("; the next opens at {t}"))
+            .unwrap_or_default();
+        holding = Some((
+            "OutsideMaintenanceWindow".into(),
+            format!("outside every maintenance window{when}"),
+        ));
+    } else if let Some((n, _)) = cp_open
+        .iter()
+        .find(|(_, c)| matches!(c, Class::InFlight(_)))
+    {
+        holding = Some((
+            "ControlPlaneInFlight".into(),
+            format!("control-plane node {} is upgrading; control-plane nodes go one at a time, workers after them", n.name),
+        ));
+    } else if let Some((n, _)) = cp_open.iter().find(|(_, c)| matches!(c, Class::Pending)) {
+        if budget >= 1 {
+            grants.push(n.name.clone());
+        } else {
+            holding = Some((
+                "MaxUnavailable".into(),
+                unavailable_message(&selected, max_unavailable),
+            ));
+        }
+    } else if let Some((n, Class::Waiting(why))) = cp_open.first().map(|x| (x.0, x.1.clone())) {
+        holding = Some((
+            "ControlPlaneWaiting".into(),
+            format!(
+                "control-plane node {} waits ({why}); workers go after the control plane",
+                n.name
+            ),
+        ));
+    } else {
+        for (n, c) in &selected {
+            if budget == 0 {
+                break;
+            }
+            if !n.control_plane && *c == Class::Pending {
+                grants.push(n.name.clone());
+                budget -= 1;
+            }
+        }
+        let still_pending = counts.pending as usize > grants.len();
+        if still_pending && budget == 0 {
+            holding = Some((
+                "MaxUnavailable".into(),
+                unavailable_message(&selected, max_unavailable),
+            ));
+        }
+    }
+
+    // Status.
+    let granted_now = grants.len() as i32;
+    counts.pending -= granted_now;
+    counts.in_flight += granted_now;
+    let open = counts.pending + counts.waiting + counts.in_flight;
+    let complete = halted.is_none() && counts.total > 0 && open == 0;
+    status.counts = counts.clone();
+    status.nodes = Vec::new();
+    let mut summaries: Vec<(u8, NodeSummary)> = selected
+        .iter()
+        .map(|(n, c)| {
+            let (rank, phase, reason) = match c {
+                _ if grants.contains(&n.name) => (1, "Granted".to_owned(), String::new()),
+                Class::Failed(r) => (0, "Failed".into(), r.clone()),
+                Class::InFlight(p) => (1, p.clone(), n.reason.clone().unwrap_or_default()),
+                Class::Waiting(r) => (2, "Waiting".into(), r.clone()),
+                Class::Pending => (3, "Pending".into(), String::new()),
+                Class::Done(r) => (4, "Done".into(), r.clone()),
+            };
+            let mut reason = reason;
+            if !n.problems.is_empty() {
+                if !reason.is_empty() {
+                    reason.push_str("; ");
+                }
+                reason.push_str(&n.problems.join("; "));
+            }
+            let since = match c {
+                Class::Pending | Class::Waiting(_) => None,
+                _ if grants.contains(&n.name) => Some(now),
+                _ => n.since,
+            };
+            (
+                rank,
+                NodeSummary {
+                    name: n.name.clone(),
+                    phase,
+                    reason,
+                    since: since.map(Time),
+                },
+            )
+        })
+        .collect();
+    summaries.sort_by_key(|(rank, s)| (*rank, Reverse(s.since.is_some()), s.name.clone()));
+    status.nodes_omitted = summaries.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
+    status.nodes = summaries
+        .into_iter()
+        .take(MAX_NODE_SUMMARIES)
+        .map(|(_, s)| s)
+        .collect();
+
+    if let Some((reason, message)) = halted {
+        let mut p = halt(&mut status, reason, message);
+        p.wake_after = None;
+        return p;
+    }
+
+    let (state, prog, prog_reason, prog_msg) = if counts.total == 0 {
+        (
+            "Waiting",
+            false,
+            "NoNodesSelected".to_owned(),
+            "the node selector matches no node".to_owned(),
+        )
+    } else if complete {
+        let msg = if counts.failed > 0 {
+            format!(
+                "{} node(s) done, {} failed within maxFailed {}: {}",
+                counts.done,
+                counts.failed,
+                spec.max_failed,
+                name_failed()
+            )
+        } else {
+            format!("{} node(s) done", counts.done)
+        };
+        ("Complete", false, "Complete".to_owned(), msg)
+    } else if spec.paused {
+        (
+            "Paused",
+            false,
+            "Paused".to_owned(),
+            "paused: no new grants; nodes already granted finish".to_owned(),
+        )
+    } else if let Some((reason, message)) = holding {
+        let state = if counts.in_flight > 0 {
+            "Progressing"
+        } else {
+            "Waiting"
+        };
+        (state, true, reason, message)
+    } else {
+        (
+            "Progressing",
+            true,
+            "Granting".to_owned(),
+            format!(
+                "{} node(s) in flight, {} pending",
+                counts.in_flight,
+                counts.pending + counts.waiting
+            ),
+        )
+    };
+    status.state = Some(state.into());
+    let complete_msg = if complete {
+        prog_msg.clone()
+    } else {
+        String::new()
+    };
+    set_conditions(
+        &mut status,
+        &prev,
+        now,
+        &[
+            (PROGRESSING, prog, &prog_reason, &prog_msg),
+            (
+                COMPLETE,
+                complete,
+                if complete { "Complete" } else { "NotComplete" },
+                &complete_msg,
+            ),
+            (HALTED, false, "WithinBudget", ""),
+            (
+                PAUSED,
+                spec.paused,
+                if spec.paused { "Paused" } else { "NotPaused" },
+                "",
+            ),
+        ],
+    );
+    Plan {
+        grants,
+        halt: None,
+        wake_after: if complete { None } else { wake_after },
+        grant: Some(grant),
+        status,
+    }
+}
+
+fn unavailable_message(selected: &[(&NodeView, Class)], max: usize) -> String {
+    let names: Vec<String> = selected
+        .iter()
+        .filter_map(|(n, c)| match c {
+            Class::InFlight(p) => Some(format!("{} ({p})", n.name)),
+            Class::Waiting(w) => Some(format!("{} ({w})", n.name)),
+            Class::Done(_) | Class::Failed(_) if !n.ready => Some(format!("{} (NotReady)", n.name)),
+            Class::Done(_) | Class::Failed(_) if n.cordoned_by_others() => {
+                Some(format!("{} (cordoned by someone else)", n.name))
+            }
+            _ => None,
+        })
+        .take(NAMED_IN_MESSAGE)
+        .collect();
+    format!("maxUnavailable {max} reached: {}", names.join(", "))
+}
+
+/// Set conditions, keeping `lastTransitionTime` where the status did not change.
+fn set_conditions(
+    status: &mut UpdateStatus,
+    prev: &UpdateStatus,
+    now: Timestamp,
+    conds: &[(&str, bool, &str, &str)],
+) {
+    status.conditions = conds
+        .iter()
+        .map(|(type_, on, reason, message)| {
+            let value = if *on { "True" } else { "False" };
+            let since = prev
+                .conditions
+                .iter()
+                .find(|c| c.type_ == *type_ && c.status == value)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            UpdateCondition {
+                type_: (*type_).into(),
+                status: value.into(),
+                reason: if reason.is_empty() {
+                    (*type_).into()
+                } else {
+                    (*reason).into()
+                },
+                message: (*message).into(),
+                last_transition_time: since,
+            }
+        })
+        .collect();
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

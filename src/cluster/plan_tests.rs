@@ -1,0 +1,402 @@
+//! The planner's rules, one by one, and the invariants over random rollouts.
+
+use super::*;
+use crate::cluster::annotations::AgentPhase;
+use crate::cluster::update::UpdateSpec;
+use proptest::prelude::*;
+use serde_json::json;
+
+const IMG: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
+const OLD: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:1";
+
+fn update(extra: serde_json::Value) -> Update {
+    let mut spec = json!({"osImageURL": IMG});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let spec: UpdateSpec = serde_json::from_value(spec).unwrap();
+    let mut u = Update::new("roll", spec);
+    u.metadata.uid = Some("uid-1".into());
+    u.metadata.generation = Some(1);
+    u
+}
+
+fn node(name: &str, cp: bool) -> NodeView {
+    NodeView {
+        name: name.into(),
+        control_plane: cp,
+        ready: true,
+        os_image: Some(OLD.into()),
+        ..Default::default()
+    }
+}
+
+fn now() -> Timestamp {
+    "2024-03-02T10:00:00Z".parse().unwrap()
+}
+
+fn strict() -> ImagePolicy {
+    ImagePolicy::default()
+}
+
+fn grant(n: &mut NodeView, g: &Grant, phase: Option<AgentPhase>) {
+    n.grant = Some(g.clone());
+    if let Some(p) = phase {
+        n.phase = Some(p);
+        n.phase_grant = Some(g.clone());
+    }
+    if phase == Some(AgentPhase::Done) {
+        n.os_image = Some(IMG.into());
+    }
+}
+
+fn cond<'a>(p: &'a Plan, t: &str) -> &'a UpdateCondition {
+    p.status.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[test]
+fn control_plane_first_one_at_a_time() {
+    let u = update(json!({"maxUnavailable": 3}));
+    let mut nodes = vec![node("cp-b", true), node("cp-a", true), node("w-1", false)];
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["cp-a"]);
+    let g = p.grant.clone().unwrap();
+    assert_eq!(g.to_string(), "uid-1/1");
+    // cp-a in flight: nothing else, not even workers, though the budget allows.
+    grant(&mut nodes[1], &g, Some(AgentPhase::Draining));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, "ControlPlaneInFlight");
+    grant(&mut nodes[1], &g, Some(AgentPhase::Done));
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["cp-b"]);
+    grant(&mut nodes[0], &g, Some(AgentPhase::Done));
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["w-1"]);
+    grant(&mut nodes[2], &g, Some(AgentPhase::Done));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(p.status.state.as_deref(), Some("Complete"));
+    assert_eq!(cond(&p, COMPLETE).status, "True");
+    assert_eq!(p.status.counts.done, 3);
+    assert_eq!(p.wake_after, None);
+}
+
+#[test]
+fn max_unavailable_counts_in_flight_notready_and_foreign_cordons() {
+    let u = update(json!({"maxUnavailable": 3}));
+    let mut nodes: Vec<_> = (1..=6).map(|i| node(&format!("w-{i}"), false)).collect();
+    let g = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    grant(&mut nodes[0], &g, Some(AgentPhase::Rebooting));
+    nodes[1].ready = false;
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["w-3"], "3 - in flight - NotReady = 1");
+    nodes[2].unschedulable = true; // an admin's cordon
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, "MaxUnavailable");
+    let msg = &cond(&p, PROGRESSING).message;
+    assert!(
+        msg.contains("w-2 (NotReady)") && msg.contains("w-3 (cordoned by someone else)"),
+        "{msg}"
+    );
+    assert_eq!(p.status.counts.waiting, 2);
+    // hkd's own cordon is not someone else's.
+    nodes[2].cordoned_by_hkd = true;
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["w-3"]);
+}
+
+#[test]
+fn done_by_version_and_selector() {
+    let u = update(json!({"nodeSelector": {"matchLabels": {"pool": "a"}}}));
+    let mut a = node("a", false);
+    a.labels.insert("pool".into(), "a".into());
+    let mut b = node("b", false);
+    b.labels.insert("pool".into(), "a".into());
+    b.os_image = Some(IMG.into());
+    let c = node("c", false);
+    let p = plan(&u, &[a, b, c], now(), strict());
+    assert_eq!(p.grants, vec!["a"]);
+    assert_eq!(p.status.counts.total, 2);
+    assert_eq!(p.status.counts.done, 1);
+    // Nothing selected: said so.
+    let u = update(json!({"nodeSelector": {"matchLabels": {"pool": "zz"}}}));
+    let p = plan(&u, &[node("a", false)], now(), strict());
+    assert_eq!(cond(&p, PROGRESSING).reason, "NoNodesSelected");
+}
+
+#[test]
+fn kube_version_needs_the_kubelet_too() {
+    let u = update(json!({"kubeVersion": "v1.29.1"}));
+    let mut n = node("w", false);
+    n.os_image = Some(IMG.into());
+    n.kubelet_version = Some("v1.28.0".into());
+    assert_eq!(plan(&u, &[n.clone()], now(), strict()).grants, vec!["w"]);
+    n.kubelet_version = Some("v1.29.1".into());
+    assert!(plan(&u, &[n], now(), strict()).grants.is_empty());
+}
+
+#[test]
+fn failures_beyond_the_budget_halt() {
+    let u = update(json!({"maxUnavailable": 2, "maxFailed": 1}));
+    let g = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    let mut nodes: Vec<_> = (1..=5).map(|i| node(&format!("w-{i}"), false)).collect();
+    grant(&mut nodes[0], &g, Some(AgentPhase::Failed));
+    nodes[0].reason = Some("health gate: kubelet not Ready".into());
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["w-2", "w-3"], "one failure is within budget");
+    grant(&mut nodes[1], &g, Some(AgentPhase::Failed));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    let halted = cond(&p, HALTED);
+    assert_eq!(halted.status, "True");
+    assert_eq!(halted.reason, "FailureBudgetExceeded");
+    assert!(
+        halted
+            .message
+            .contains("w-1 (health gate: kubelet not Ready)"),
+        "{}",
+        halted.message
+    );
+    assert!(p.halt.is_some());
+    assert_eq!(p.status.nodes[0].phase, "Failed");
+}
+
+#[test]
+fn failed_control_plane_halts_a_kube_upgrade() {
+    let u = update(json!({"kubeVersion": "v1.29.1", "maxFailed": 3}));
+    let g = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    let mut nodes = vec![node("cp", true), node("w", false)];
+    grant(&mut nodes[0], &g, Some(AgentPhase::Failed));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, HALTED).reason, "ControlPlaneFailed");
+    // OS only: workers may go.
+    let u = update(json!({"maxFailed": 3}));
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["w"]);
+}
+
+#[test]
+fn paused_and_invalid_grant_nothing() {
+    let p = plan(
+        &update(json!({"paused": true})),
+        &[node("w", false)],
+        now(),
+        strict(),
+    );
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PAUSED).status, "True");
+    assert_eq!(p.status.state.as_deref(), Some("Paused"));
+    let p = plan(
+        &update(json!({"osImageURL": "docker://x/y"})),
+        &[node("w", false)],
+        now(),
+        strict(),
+    );
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, HALTED).reason, "InvalidSpec");
+}
+
+#[test]
+fn windows_across_midnight_in_shanghai_and_wake_after() {
+    // Sat 22:00 – Sun 04:00 Asia/Shanghai. now() is Sat 18:00 local.
+    let u = update(json!({"maintenanceWindows": [
+        {"days": ["Sat"], "start": "22:00", "end": "04:00", "timeZone": "Asia/Shanghai"}]}));
+    let nodes = [node("w", false)];
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, "OutsideMaintenanceWindow");
+    assert_eq!(p.wake_after, Some(Duration::from_secs(4 * 3600)));
+    // Sun 01:30 local: inside the Saturday opening; wake at its close.
+    let inside: Timestamp = "2024-03-02T17:30:00Z".parse().unwrap();
+    let p = plan(&u, &nodes, inside, strict());
+    assert_eq!(p.grants, vec!["w"]);
+    assert_eq!(p.wake_after, Some(Duration::from_secs(2 * 3600 + 1800)));
+}
+
+#[test]
+fn window_on_a_dst_night_in_berlin() {
+    // 2024-03-31 01:00–05:00 Europe/Berlin is 3 real hours (02:00 → 03:00 skipped).
+    let u = update(json!({"maintenanceWindows": [
+        {"start": "01:00", "end": "05:00", "timeZone": "Europe/Berlin"}]}));
+    let t: Timestamp = "2024-03-31T00:00:00Z".parse().unwrap();
+    let p = plan(&u, &[node("w", false)], t, strict());
+    assert_eq!(p.grants, vec!["w"]);
+    assert_eq!(p.wake_after, Some(Duration::from_secs(3 * 3600)));
+}
+
+#[test]
+fn a_changed_target_reopens_done_and_failed_nodes() {
+    let mut u = update(json!({"maxFailed": 5}));
+    let g1 = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    let mut nodes = vec![node("a", false), node("b", false)];
+    grant(&mut nodes[0], &g1, Some(AgentPhase::Done));
+    grant(&mut nodes[1], &g1, Some(AgentPhase::Failed));
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.status.counts.failed, 1);
+    u.status = Some(p.status);
+    // The admin edits osImageURL in place (NKD style): generation 2, a new target.
+    u.spec.os_image_url = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:3".into();
+    u.metadata.generation = Some(2);
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.status.target_generation, Some(2));
+    assert_eq!(
+        p.grants,
+        vec!["a"],
+        "a is done for the old target only, b may retry"
+    );
+    // Pausing (generation 3) is not a new target: b's failure would stay.
+    u.status = Some(p.status);
+    u.metadata.generation = Some(3);
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.status.target_generation, Some(2));
+}
+
+#[test]
+fn condition_times_move_only_on_change() {
+    let mut u = update(json!({}));
+    let p1 = plan(&u, &[node("w", false)], now(), strict());
+    u.status = Some(p1.status.clone());
+    let later: Timestamp = "2024-03-02T11:00:00Z".parse().unwrap();
+    let p2 = plan(&u, &[node("w", false)], later, strict());
+    assert_eq!(
+        cond(&p1, PROGRESSING).last_transition_time,
+        cond(&p2, PROGRESSING).last_transition_time
+    );
+}
+
+#[test]
+fn node_summaries_are_bounded_and_failures_first() {
+    let u = update(json!({"maxFailed": 1000}));
+    let g = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    let mut nodes: Vec<_> = (0..120)
+        .map(|i| node(&format!("w-{i:03}"), false))
+        .collect();
+    grant(&mut nodes[119], &g, Some(AgentPhase::Failed));
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.status.nodes.len(), MAX_NODE_SUMMARIES);
+    assert_eq!(p.status.nodes_omitted, 120 - MAX_NODE_SUMMARIES as i32);
+    assert_eq!(p.status.nodes[0].name, "w-119");
+}
+
+#[test]
+fn another_updates_node_is_out_of_service() {
+    let u = update(json!({}));
+    let mut a = node("a", false);
+    a.grant = Some(Grant {
+        uid: "other".into(),
+        generation: 4,
+    });
+    let p = plan(&u, &[a, node("b", false)], now(), strict());
+    assert!(
+        p.grants.is_empty(),
+        "maxUnavailable 1 is used by the other rollout"
+    );
+    assert!(cond(&p, PROGRESSING).message.contains("another Update"));
+}
+
+/// A random rollout: nodes, then a sequence of events; the planner is asked after each.
+#[derive(Debug, Clone)]
+enum Ev {
+    Finish(usize, bool),
+    Advance(usize),
+    Ready(usize, bool),
+    Cordon(usize, bool),
+    Pause(bool),
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        4 => (0..40usize, any::<bool>()).prop_map(|(i, ok)| Ev::Finish(i, ok || i % 7 != 0)),
+        2 => (0..40usize).prop_map(Ev::Advance),
+        1 => (0..40usize, any::<bool>()).prop_map(|(i, r)| Ev::Ready(i, r)),
+        1 => (0..40usize, any::<bool>()).prop_map(|(i, c)| Ev::Cordon(i, c)),
+        1 => any::<bool>().prop_map(Ev::Pause),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn i1_and_control_plane_first_hold(
+        kinds in prop::collection::vec((any::<bool>(), any::<bool>(), 0u8..10), 1..30),
+        max_unavailable in 1i32..6,
+        max_failed in 0i32..4,
+        events in prop::collection::vec(ev(), 0..120),
+    ) {
+        let mut u = update(json!({"maxUnavailable": max_unavailable, "maxFailed": max_failed}));
+        let mut nodes: Vec<NodeView> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, (cp, at_target, r))| {
+                let mut n = node(&format!("n-{i:02}"), *cp && *r < 3);
+                if *at_target && *r > 7 { n.os_image = Some(IMG.into()); }
+                n
+            })
+            .collect();
+        let in_flight = |nodes: &[NodeView]| nodes.iter().filter(|n| {
+            n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))
+        }).count();
+        for e in events.iter().map(Some).chain(std::iter::once(None)) {
+            let p = plan(&u, &nodes, now(), strict());
+            u.status = Some(p.status.clone());
+            // Control-plane first: a worker is granted only when no control-plane node is
+            // open; control-plane nodes one at a time and alone.
+            let cp_open = nodes.iter().any(|n| n.control_plane && !n.grant.as_ref().is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal)) && n.os_image.as_deref() != Some(IMG));
+            for name in &p.grants {
+                let n = nodes.iter().find(|n| &n.name == name).unwrap();
+                prop_assert!(n.control_plane || !cp_open, "worker {name} granted while a control-plane node is open");
+            }
+            let cp_granted = p.grants.iter().filter(|g| nodes.iter().any(|n| &n.name == *g && n.control_plane)).count();
+            prop_assert!(cp_granted <= 1);
+            if cp_granted == 1 { prop_assert_eq!(p.grants.len(), 1); }
+            if p.halt.is_some() || u.spec.paused { prop_assert!(p.grants.is_empty()); }
+            let g = p.grant.clone();
+            for name in &p.grants {
+                let n = nodes.iter_mut().find(|n| &n.name == name).unwrap();
+                prop_assert!(n.ready && !n.cordoned_by_others(), "{name} granted while out of service");
+                n.grant = g.clone();
+            }
+            // I1.
+            prop_assert!(in_flight(&nodes) <= max_unavailable as usize,
+                "{} in flight > maxUnavailable {max_unavailable}", in_flight(&nodes));
+            let cps = nodes.iter().filter(|n| n.control_plane && n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))).count();
+            prop_assert!(cps <= 1, "{cps} control-plane nodes in flight");
+            let Some(e) = e else { break };
+            let len = nodes.len();
+            match e.clone() {
+                Ev::Finish(i, ok) => {
+                    let n = &mut nodes[i % len];
+                    if let Some(g) = n.grant.clone() {
+                        if !n.phase_for(&g).is_some_and(AgentPhase::is_terminal) {
+                            grant(n, &g, Some(if ok { AgentPhase::Done } else { AgentPhase::Failed }));
+                        }
+                    }
+                }
+                Ev::Advance(i) => {
+                    let n = &mut nodes[i % len];
+                    if let Some(g) = n.grant.clone() {
+                        if n.phase_for(&g).is_none() { grant(n, &g, Some(AgentPhase::Rebooting)); }
+                    }
+                }
+                Ev::Ready(i, r) => nodes[i % len].ready = r,
+                Ev::Cordon(i, c) => nodes[i % len].unschedulable = c,
+                Ev::Pause(p) => u.spec.paused = p,
+            }
+        }
+    }
+}
