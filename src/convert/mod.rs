@@ -6,6 +6,10 @@
 //!
 //! - [`sshkeys`], [`ignition`]: the machine's identity, captured from text and
 //!   rendered as one Ignition config (pure).
+//! - [`identity`]: gathers that identity from a root directory (host name, login keys, host
+//!   keys, time zone, extra files).
+//! - [`network`]: the running network (`ip -json`, resolv.conf, NetworkManager keyfiles) as
+//!   keyfiles matched by MAC (pure, plus one reader).
 //! - [`disk`]: which whole disk a name means and what else lives on it (pure over a sysfs tree
 //!   and the text of mountinfo and swaps).
 //! - [`preflight`]: what blocks or warns before anything changes (pure), plus the readers that
@@ -14,6 +18,7 @@
 //!   that writes to a device, and only to the one it is handed).
 
 pub mod disk;
+pub mod identity;
 pub mod ignition;
 pub mod image;
 pub mod network;
