@@ -14,6 +14,9 @@
 //!   and the text of mountinfo and swaps).
 //! - [`preflight`]: what blocks or warns before anything changes (pure), plus the readers that
 //!   gather its facts from /proc and /sys.
+//! - [`overlay`]: the live ISO / PXE path: the live image's boot entry and installer prefix
+//!   read from its own files, and the overlay initramfs (newc cpio, written here) with the
+//!   install directives and the Ignition config.
 //! - [`image`]: sniffing, verifying, decompressing and writing a disk image (the one room here
 //!   that writes to a device, and only to the one it is handed).
 
@@ -22,5 +25,6 @@ pub mod identity;
 pub mod ignition;
 pub mod image;
 pub mod network;
+pub mod overlay;
 pub mod preflight;
 pub mod sshkeys;
