@@ -1,7 +1,8 @@
-//! Thin wrappers over the host: external commands, the kernel's boot identity.
+//! Thin wrappers over the host: external commands, kexec, the kernel's boot identity.
 //! Nothing here decides; callers do.
 
 pub mod command;
+pub mod kexec;
 
 use std::path::Path;
 

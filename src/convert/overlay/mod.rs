@@ -76,7 +76,6 @@ fn pad4(out: &mut impl Write, len: usize) -> io::Result<()> {
     out.write_all(&[0u8; 3][..pad])
 }
 
-#[allow(clippy::too_many_arguments)]
 fn header(
     out: &mut impl Write,
     ino: u32,
