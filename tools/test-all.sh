@@ -22,6 +22,8 @@ step "unit and component-free tests" cargo nextest run --no-fail-fast
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
+step "host packages for the conversion initramfs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd
+step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --features host-tests --test convert_initramfs
 
 step "host packages for the OSTree backend" need_packages ostree
 step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree --test node_agent
