@@ -33,7 +33,7 @@ step "host-tests: the rpm-ostree backend against the rpm-ostreed stand-in on a p
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
-step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api
+step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api --test cluster_drain
 
 # --- tier: QEMU machines (vm-tests) ---
 

@@ -163,11 +163,11 @@ fn api_code(e: &kube::Error) -> Option<u16> {
 
 /// The Eviction `apiVersion` the server takes: `pods/eviction` in core/v1 discovery names it
 /// on servers that say; else the policy group's preferred version (policy/v1beta1 on 1.20).
-pub async fn eviction_api_version(client: &Client) -> Result<String, String> {
+pub async fn eviction_api_version(client: &Client) -> anyhow::Result<String> {
     let core = client
         .list_core_api_resources("v1")
         .await
-        .map_err(|e| format!("discovering core/v1 resources: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("discovering core/v1 resources: {e}"))?;
     if let Some(r) = core.resources.iter().find(|r| r.name == "pods/eviction") {
         if let (Some(g), Some(v)) = (&r.group, &r.version) {
             if !g.is_empty() && !v.is_empty() {
@@ -177,7 +177,7 @@ pub async fn eviction_api_version(client: &Client) -> Result<String, String> {
     }
     let policy = discovery::group(client, "policy")
         .await
-        .map_err(|e| format!("discovering the policy API group: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("discovering the policy API group: {e}"))?;
     Ok(format!("policy/{}", policy.preferred_version_or_latest()))
 }
 
@@ -219,7 +219,7 @@ impl Drainer {
 
     /// Cordon `node` and record that hkd did, under `grant`. A node already cordoned by someone
     /// else stays theirs: no annotation is added. Returns whether hkd holds the cordon.
-    pub async fn cordon(&self, node: &str, grant: &str) -> Result<bool, String> {
+    pub async fn cordon(&self, node: &str, grant: &str) -> anyhow::Result<bool> {
         self.node_write(node, "cordoning", |n| {
             let ann = n.metadata.annotations.clone().unwrap_or_default();
             let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
@@ -243,7 +243,7 @@ impl Drainer {
     }
 
     /// Lift hkd's cordon. Does nothing (and returns false) when the cordon is not hkd's.
-    pub async fn uncordon(&self, node: &str) -> Result<bool, String> {
+    pub async fn uncordon(&self, node: &str) -> anyhow::Result<bool> {
         self.node_write(node, "uncordoning", |n| {
             let ours = n
                 .metadata
@@ -271,13 +271,13 @@ impl Drainer {
         node: &str,
         what: &str,
         decide: impl Fn(&Node) -> (Option<Value>, bool),
-    ) -> Result<bool, String> {
+    ) -> anyhow::Result<bool> {
         let nodes = self.nodes();
         for _ in 0..CONFLICT_RETRIES {
             let n = nodes
                 .get(node)
                 .await
-                .map_err(|e| format!("{what} node {node}: reading it: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{what} node {node}: reading it: {e}"))?;
             let (patch, result) = decide(&n);
             let Some(mut patch) = patch else {
                 return Ok(result);
@@ -289,26 +289,26 @@ impl Drainer {
             {
                 Ok(_) => return Ok(result),
                 Err(e) if api_code(&e) == Some(409) => continue,
-                Err(e) => return Err(format!("{what} node {node}: {e}")),
+                Err(e) => return Err(anyhow::anyhow!("{what} node {node}: {e}")),
             }
         }
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{what} node {node}: {CONFLICT_RETRIES} conflicting writes in a row"
         ))
     }
 
     /// The pods bound to `node`, in every namespace.
-    pub async fn pods_on(&self, node: &str) -> Result<Vec<Pod>, String> {
+    pub async fn pods_on(&self, node: &str) -> anyhow::Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::all(self.client.clone());
         pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
             .await
             .map(|l| l.items)
-            .map_err(|e| format!("listing pods on node {node}: {e}"))
+            .map_err(|e| anyhow::anyhow!("listing pods on node {node}: {e}"))
     }
 
     /// Drain `node` under `policy`: evict what [`drain::plan`] says, wait for each pod to be
     /// gone or replaced, and after `policy.timeoutSeconds` apply `policy.onTimeout`.
-    pub async fn drain(&self, node: &str, policy: &DrainPolicy) -> Result<DrainReport, String> {
+    pub async fn drain(&self, node: &str, policy: &DrainPolicy) -> anyhow::Result<DrainReport> {
         let deadline = Instant::now() + Duration::from_secs(policy.timeout_seconds.max(1) as u64);
         let pods = self.pods_on(node).await?;
         let plan = drain::plan(&pods, policy);
@@ -444,12 +444,12 @@ impl Drainer {
         match self.wait_gone(pod, deadline).await {
             Ok(true) => PodEnd::Gone,
             Ok(false) => PodEnd::Stuck(Stuck::StillTerminating),
-            Err(e) => PodEnd::Stuck(Stuck::Error(e)),
+            Err(e) => PodEnd::Stuck(Stuck::Error(format!("{e:#}"))),
         }
     }
 
     /// Wait until the pod is gone or a pod of another UID has its name.
-    async fn wait_gone(&self, pod: &PodRef, until: Instant) -> Result<bool, String> {
+    async fn wait_gone(&self, pod: &PodRef, until: Instant) -> anyhow::Result<bool> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         loop {
             match pods.get_opt(&pod.name).await {
@@ -458,7 +458,7 @@ impl Drainer {
                     return Ok(true)
                 }
                 Ok(Some(_)) => {}
-                Err(e) => return Err(format!("waiting for pod {pod} to go: {e}")),
+                Err(e) => return Err(anyhow::anyhow!("waiting for pod {pod} to go: {e}")),
             }
             if Instant::now() >= until {
                 return Ok(false);
@@ -472,7 +472,7 @@ impl Drainer {
         pod: &PodRef,
         grace: Option<i64>,
         until: Instant,
-    ) -> Result<bool, String> {
+    ) -> anyhow::Result<bool> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let dp = DeleteParams {
             grace_period_seconds: grace.map(|g| g as u32),
@@ -485,7 +485,7 @@ impl Drainer {
         match pods.delete(&pod.name, &dp).await {
             Ok(_) => {}
             Err(e) if matches!(api_code(&e), Some(404 | 409)) => return Ok(true),
-            Err(e) => return Err(format!("deleting pod {pod}: {e}")),
+            Err(e) => return Err(anyhow::anyhow!("deleting pod {pod}: {e}")),
         }
         self.wait_gone(pod, until).await
     }

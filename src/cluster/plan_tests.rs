@@ -400,3 +400,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn status_serialises_without_nulls() {
+    let p = plan(&update(json!({})), &[], now(), strict());
+    let s = serde_json::to_string(&p.status).unwrap();
+    assert!(!s.contains("null"), "{s}");
+}

@@ -202,7 +202,9 @@ pub struct UpdateCondition {
     #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     pub reason: String,
-    #[serde(default)]
+    // Omitted when empty: the 1.20 API server turned an empty string in this merge-patched
+    // list into null, which the schema then refused (tests/cluster_drain.rs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     pub last_transition_time: Time,
 }
