@@ -262,3 +262,58 @@ fn a_device_in_use_is_refused() {
     let err = Target::open(&disk.device).unwrap_err().to_string();
     assert!(err.contains("it is in use"), "{err}");
 }
+
+/// The whole capture path on fixtures: an identity gathered from a root tree, with the network
+/// captured from `ip -json` output and carried NetworkManager keyfiles, rendered and checked by
+/// Ignition itself.
+#[test]
+fn ignition_validate_accepts_a_gathered_identity_with_its_network() {
+    use housekeeper::convert::identity::{gather, IdentityOptions};
+    use housekeeper::convert::network::{self, keyfile, CaptureOptions, HostText};
+
+    let root = tempfile::tempdir().unwrap();
+    let put = |path: &str, text: &str| {
+        let path = root.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    put("etc/hostname", "node-3\n");
+    put("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    put(
+        "root/.ssh/authorized_keys",
+        "command=\"echo no\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl a@b\n",
+    );
+    put("etc/ssh/ssh_host_ed25519_key", "PRIVATE\n");
+    put("etc/timezone", "Asia/Shanghai\n");
+    let mut gathered = gather(
+        root.path(),
+        &IdentityOptions {
+            host_keys: true,
+            ..IdentityOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(gathered.stripped.len(), 1);
+
+    for case in ["multi", "nm"] {
+        let dir = Path::new("tests/fixtures/convert/network").join(case);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        let capture = network::capture(
+            &HostText {
+                addr: read("addr.json"),
+                route4: read("route.json"),
+                route6: read("route6.json"),
+                resolv_conf: read("resolv.conf"),
+            },
+            CaptureOptions::default(),
+        )
+        .unwrap();
+        let existing = keyfile::read_existing(&dir).unwrap();
+        gathered.identity.keyfiles = keyfile::keyfiles(&capture, existing.as_deref()).files;
+        let config = ignition::render(&gathered.identity, None)
+            .unwrap()
+            .to_json();
+        let (ok, text) = ignition_validate(&config);
+        assert!(ok, "{case}: ignition-validate rejected: {text}\n{config}");
+    }
+}
