@@ -18,7 +18,7 @@
 #
 # A layer is rebuilt only when its hash changes; each step prints its time. HKD_BIN names the
 # hkd binary to install in testos (default: the newest of target/{debug,release}/hkd).
-set -euo pipefail
+set -Eeuo pipefail
 trap 'echo "error: image build failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -32,11 +32,12 @@ HOST_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils ostree fdisk e2fsprogs busy
     xz-utils binutils cpio openssh-client ca-certificates)
 
 die() { echo "error: $*" >&2; exit 1; }
-# timed CMD...: run CMD quietly, print its time (a sub-step of a layer).
+# timed LABEL CMD...: run CMD quietly, print its time (a sub-step of a layer).
 timed() {
-    local t0=$SECONDS
+    local label=$1 t0=$SECONDS
+    shift
     "$@" >/dev/null
-    echo "    $1 ${2:-}: $((SECONDS - t0))s"
+    echo "    $label: $((SECONDS - t0))s"
 }
 
 # --- hashing -------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ busybox_initramfs() {
         cp "$root/usr$m" "$d$m" 2>/dev/null || cp "$root$m" "$d$m"
         echo "$m" >>"$d/modules.order"
     done
-    [ -n "$extra" ] && cp -a "$extra/." "$d/"
+    if [ -n "$extra" ]; then cp -a "$extra/." "$d/"; fi
     (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible) | gzip -1 >"$out"
     rm -rf "$d"
 }
@@ -219,9 +220,10 @@ busybox_initramfs() {
 # which skips the slow in-guest decompression under emulation).
 extract_vmlinux() {
     local off
-    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$1" | head -n1 | cut -d: -f1)
+    off=$(LC_ALL=C grep -m1 -obUaP '\xfd7zXZ\x00' "$1" | head -n1 | cut -d: -f1)
     [ -n "$off" ] || die "no xz payload in $1"
-    tail -c +$((off + 1)) "$1" | xz -dc --single-stream >"$2"
+    # xz stops at the end of its stream; tail then dies of SIGPIPE, which is expected.
+    { tail -c +$((off + 1)) "$1" || true; } | xz -dc --single-stream >"$2"
 }
 
 # --- generic: a plain Debian 12 machine ----------------------------------------------------
@@ -316,10 +318,6 @@ build_tree_testos() {
     # Ignition writes keys to ~/.ssh/authorized_keys.d/ignition (NestOS reads that dir too).
     echo 'AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys.d/ignition' \
         >"$r/etc/ssh/sshd_config.d/10-ignition.conf"
-    # Debian's Ignition relabels for SELinux after writing files; testos has no SELinux policy
-    # (the initramfs carries a no-op setfiles), but Ignition reads this file to know the type.
-    mkdir -p "$r/etc/selinux"
-    printf 'SELINUX=disabled\nSELINUXTYPE=targeted\n' >"$r/etc/selinux/config"
     cat >"$r/usr/lib/tmpfiles.d/testos.conf" <<'EOF'
 d /var/home 0755 root root -
 d /var/roothome 0700 root root -
@@ -421,16 +419,17 @@ build_testos() {
     # The update server's repository: v1, v2 (a plain update), v3 (boots, fails health).
     local repo=$out/repo br=testos/x86_64/stable
     ostree --repo="$repo" init --mode=archive
+    # A build artefact, rebuilt rather than repaired: no fsync per object.
+    ostree --repo="$repo" config set core.fsync false
     # The base tree is checksummed once (ref `base`); each version is that plus a small layer.
-    timed ostree --repo="$repo" commit --branch=base --no-bindings --tree=dir="$t" --tree=dir="$o" \
-        --owner-uid=0 --owner-gid=0
+    timed "commit base tree" ostree --repo="$repo" commit --branch=base --no-bindings --tree=dir="$t" --tree=dir="$o"
     for v in 1 2 3; do
         local health=ok
         [ "$v" = 3 ] && health=fail
         write_version_overlay "$w/v$v" "$v" "$health"
-        timed ostree --repo="$repo" commit --branch="$br" --subject="testos $v" \
+        timed "commit v$v" ostree --repo="$repo" commit --branch="$br" --subject="testos $v" \
             --bind-ref="testos/x86_64/v$v" --add-metadata-string=version="$v" \
-            --tree=ref=base --tree=dir="$w/v$v" --owner-uid=0 --owner-gid=0
+            --tree=ref=base --tree=dir="$w/v$v"
         ostree --repo="$repo" refs --create="testos/x86_64/v$v" "$br"
     done
     ostree --repo="$repo" refs --delete base
@@ -446,7 +445,7 @@ build_testos() {
     ostree admin init-fs "$s" >/dev/null
     ostree admin os-init --sysroot="$s" testos >/dev/null
     ostree --repo="$s/ostree/repo" remote add --no-gpg-verify hk "$PLACEHOLDER_URL" "$br"
-    timed ostree --repo="$s/ostree/repo" pull-local --remote=hk "$repo" testos/x86_64/v1
+    timed "sysroot: pull v1" ostree --repo="$s/ostree/repo" pull-local --remote=hk "$repo" testos/x86_64/v1
     ostree admin deploy --sysroot="$s" --os=testos --karg=root=LABEL=root --karg=rw \
         --karg=console=ttyS0 --karg=net.ifnames=0 --karg=panic=-1 hk:testos/x86_64/v1 >/dev/null
     mv "$s/boot/"* "$b/"
@@ -459,10 +458,10 @@ build_testos() {
     printf 'label: gpt\nstart=2048, size=%d, name=boot\nsize=%d, name=root\n' \
         $((boot_mb * 2048)) $((root_mb * 2048)) | sfdisk -q "$w/metal.raw"
     mkfs.ext4 -q -F -L boot -E offset=$((2048 * 512)) -d "$b" "$w/metal.raw" "${boot_mb}M"
-    timed mkfs.ext4 -q -F -L root -E offset=$(((2048 + boot_mb * 2048) * 512)) -d "$s" "$w/metal.raw" "${root_mb}M"
-    timed qemu-img convert -O qcow2 "$w/metal.raw" "$out/metal.qcow2"
+    timed "mkfs root partition" mkfs.ext4 -q -F -L root -E offset=$(((2048 + boot_mb * 2048) * 512)) -d "$s" "$w/metal.raw" "${root_mb}M"
+    timed "metal.qcow2" qemu-img convert -O qcow2 "$w/metal.raw" "$out/metal.qcow2"
     # -0: most of the gain at a fraction of the time (compression dominated this layer).
-    timed xz -T2 -0 -k "$w/metal.raw"
+    timed "metal.raw.xz" xz -T2 -0 -k "$w/metal.raw"
     mv "$w/metal.raw.xz" "$out/metal.raw.xz"
     (cd "$out" && sha256sum metal.raw.xz >metal.raw.xz.sha256)
     cp "$HERE/initrd/testos-init" "$out/"
