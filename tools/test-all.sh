@@ -36,5 +36,10 @@ step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" 
 step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api --test cluster_drain
 
 # --- tier: QEMU machines (vm-tests) ---
+# shellcheck disable=SC2046 # one package per word
+step "vm-tests host packages" need_packages $(vm-tests/images/build.sh packages)
+step "hkd for the test OS image" cargo build --quiet --features vm-tests --bin hkd
+step "VM images (vm-tests/images/build.sh)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
+step "vm-tests: QEMU scenarios" cargo nextest run --no-fail-fast --features vm-tests --test vm
 
 echo "all test tiers passed in $((SECONDS - t_all))s"

@@ -2,6 +2,7 @@
 # Build the VM test images from Debian's packages, without mounting anything on the host.
 #
 #   vm-tests/images/build.sh [generic|testos|all]     (default: all)
+#   vm-tests/images/build.sh packages                 (the Debian packages the host needs)
 #
 # Everything lands in a cache outside the repository, one directory per layer named by a hash
 # of that layer's inputs (its recipe below, the files it reads, the layers it builds on):
@@ -29,7 +30,7 @@ CACHE=${HK_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/vm}
 SUITE=bookworm
 # The host packages this script and the harness use. `need_packages` installs what is missing.
 HOST_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils ostree fdisk e2fsprogs busybox-static
-    xz-utils binutils cpio openssh-client ca-certificates)
+    xz-utils binutils cpio openssh-client ca-certificates debian-archive-keyring)
 
 die() { echo "error: $*" >&2; exit 1; }
 # timed LABEL CMD...: run CMD quietly, print its time (a sub-step of a layer).
@@ -491,7 +492,11 @@ PLACEHOLDER_URL=http://10.0.2.2:8470/repo
 
 main() {
     local what=${1:-all}
-    case $what in generic | testos | all) ;; *) die "usage: $0 [generic|testos|all]" ;; esac
+    case $what in
+        generic | testos | all) ;;
+        packages) echo "${HOST_PACKAGES[*]}"; return 0 ;;
+        *) die "usage: $0 [generic|testos|all|packages]" ;;
+    esac
     check_tools
     mkdir -p "$CACHE/current"
     # Keys are shared by both kinds; each kind has its own lock so a generic-only run does not
