@@ -76,6 +76,37 @@ fn generic_boots_to_multi_user() -> Result<()> {
     })
 }
 
+/// The bench itself: a guest that cannot boot is reported with its serial log, and its QEMU
+/// is gone once the machine is dropped.
+#[test]
+fn generic_that_never_boots_is_reported() -> Result<()> {
+    scenario("generic-no-boot", |s: &Scenario| {
+        let g = images::generic()?;
+        let disk = s.overlay(&g.disk, "generic")?;
+        let cmdline = g
+            .cmdline
+            .replace("root=LABEL=root", "root=LABEL=no-such-disk");
+        let mut vm = s.boot_generic_with(g, &disk, "generic", &cmdline)?;
+        let pid = vm.pid().context("QEMU is not running")?;
+        let err = match vm.wait_mark("ready", BOOT_TIMEOUT) {
+            Ok(m) => anyhow::bail!("a machine without its root disk came up: {m:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let log = vm.serial_log().display().to_string();
+        ensure!(
+            err.contains("initrd-failed") && err.contains(&log),
+            "the error does not name the failure and the serial log {log}: {err}"
+        );
+        s.progress("the boot failure was reported with its serial log");
+        drop(vm);
+        ensure!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "QEMU (pid {pid}) outlived its machine"
+        );
+        Ok(())
+    })
+}
+
 #[test]
 fn generic_kexecs_into_a_second_kernel() -> Result<()> {
     scenario("generic-kexec", |s: &Scenario| {

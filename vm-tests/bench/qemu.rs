@@ -149,6 +149,11 @@ impl Machine {
         &self.serial_log
     }
 
+    /// QEMU's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn ssh_port(&self) -> u16 {
         self.ssh_port
     }

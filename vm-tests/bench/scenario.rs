@@ -117,11 +117,22 @@ impl Scenario {
 
     /// Boots the generic machine from `disk` (an overlay of its image).
     pub fn boot_generic(&self, g: &Generic, disk: &Path, machine: &str) -> Result<Machine> {
+        self.boot_generic_with(g, disk, machine, &g.cmdline)
+    }
+
+    /// Boots the generic machine with another kernel command line.
+    pub fn boot_generic_with(
+        &self,
+        g: &Generic,
+        disk: &Path,
+        machine: &str,
+        cmdline: &str,
+    ) -> Result<Machine> {
         let cfg = MachineConfig {
             name: machine.to_string(),
             kernel: g.kernel.clone(),
             initrd: g.initrd.clone(),
-            cmdline: g.cmdline.clone(),
+            cmdline: cmdline.to_string(),
             disk: disk.to_path_buf(),
             extra_disks: Vec::new(),
             timeout: MACHINE_TIMEOUT,
