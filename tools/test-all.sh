@@ -29,7 +29,7 @@ step "host packages for the OSTree backend" need_packages ostree
 step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree --test node_agent
 
 step "host packages for the rpm-ostree backend (dbus-daemon)" need_packages dbus
-step "host-tests: the rpm-ostree backend against the rpm-ostreed stand-in on a private bus" cargo nextest run --no-fail-fast --features host-tests --test os_rpmostree
+step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on a private bus" cargo nextest run --no-fail-fast --features host-tests --test os_rpmostree --test node_reboot
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh

@@ -24,6 +24,11 @@ use crate::os::{Backend, ImageRef, OsError};
 /// Reboots the machine. Returns once the reboot is under way (the process is then stopped
 /// by the shutdown), or with why it could not be started.
 pub trait Rebooter: Send + Sync {
+    /// Whether a reboot may start now (no block inhibitor, per policy). Asked before the
+    /// target is finalized: on rpm-ostree finalizing is itself the start of the reboot.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn reboot(&self, why: &str) -> Result<(), String>;
 }
 
@@ -249,9 +254,14 @@ impl Agent {
             Action::Reboot { checksum } => {
                 let result = self
                     .parts
-                    .backend
-                    .finalize(&checksum)
-                    .map_err(|e| e.to_string())
+                    .rebooter
+                    .check()
+                    .and_then(|()| {
+                        self.parts
+                            .backend
+                            .finalize(&checksum)
+                            .map_err(|e| e.to_string())
+                    })
                     .and_then(|()| {
                         tracing::info!(message_id = msgid::REBOOTING, "rebooting into {checksum}");
                         self.parts

@@ -19,6 +19,8 @@ use super::socket::Server;
 use crate::config::hkd::{Backend as BackendChoice, Settings};
 use crate::metrics::Metrics;
 use crate::os::ostree::Ostree;
+use crate::os::rpmostree::detect::{self, Choice};
+use crate::os::rpmostree::RpmOstree;
 use crate::os::Backend;
 
 /// The running kernel's boot id, from /proc.
@@ -51,13 +53,11 @@ pub fn ostree_backend(root: &Path, allow_unverified: bool) -> anyhow::Result<Ost
 
 fn backend(settings: &Settings, root: &Path) -> anyhow::Result<(Box<dyn Backend>, &'static str)> {
     let allow = settings.os.allow_unverified_images;
-    match settings.os.backend {
-        BackendChoice::Ostree | BackendChoice::Auto => {
-            Ok((Box::new(ostree_backend(root, allow)?), "ostree"))
-        }
-        BackendChoice::RpmOstree => anyhow::bail!(
-            "os.backend = \"rpm-ostree\" is not wired into hkd run yet; use \"ostree\" or \"auto\""
-        ),
+    // Only `auto` needs the fact; looking it up starts nothing.
+    let on_bus = settings.os.backend == BackendChoice::Auto && detect::rpm_ostreed_on_system_bus();
+    match detect::choose(settings.os.backend, on_bus) {
+        Choice::RpmOstree => Ok((Box::new(RpmOstree::system(allow)?), "rpm-ostree")),
+        Choice::Ostree => Ok((Box::new(ostree_backend(root, allow)?), "ostree")),
     }
 }
 
@@ -76,7 +76,7 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
     let parts = Parts {
         backend,
         backend_name: backend_name.into(),
-        rebooter: Box::new(Logind::system(settings.reboot.on_blocked).map_err(anyhow::Error::msg)?),
+        rebooter: Box::new(Logind::system(settings.reboot.on_blocked)),
         cluster: Box::new(Standalone),
         observer: Box::new(ProcBootId {
             proc_root: root.join("proc"),

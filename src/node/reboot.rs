@@ -51,27 +51,40 @@ fn delayers(inhibitors: &[Inhibitor]) -> Vec<String> {
         .collect()
 }
 
-/// logind on a bus (the system bus in production).
+/// logind on the system bus. The connection is made when a reboot is asked for and dropped
+/// after: an idle agent holds no bus connection, and so has no bus threads waking up.
 pub struct Logind {
-    pub bus: Connection,
     pub on_blocked: OnBlocked,
+    /// The bus to find logind on; None is the system bus.
+    pub address: Option<String>,
 }
 
 impl Logind {
-    pub fn system(on_blocked: OnBlocked) -> Result<Logind, String> {
-        let bus = Connection::system().map_err(|e| format!("connecting to the system bus: {e}"))?;
-        Ok(Logind { bus, on_blocked })
+    pub fn system(on_blocked: OnBlocked) -> Logind {
+        Logind {
+            on_blocked,
+            address: None,
+        }
     }
 
-    fn manager(&self) -> Result<Proxy<'_>, String> {
-        Proxy::new(&self.bus, LOGIND, MANAGER_PATH, MANAGER)
-            .map_err(|e| format!("reaching systemd-logind: {e}"))
+    fn connect(&self) -> Result<Connection, String> {
+        match &self.address {
+            None => Connection::system().map_err(|e| format!("connecting to the system bus: {e}")),
+            Some(address) => zbus::blocking::connection::Builder::address(address.as_str())
+                .and_then(|b| b.build())
+                .map_err(|e| format!("connecting to the bus at {address}: {e}")),
+        }
     }
 }
 
-impl Rebooter for Logind {
-    fn reboot(&self, why: &str) -> Result<(), String> {
-        let manager = self.manager()?;
+fn manager(bus: &Connection) -> Result<Proxy<'_>, String> {
+    Proxy::new(bus, LOGIND, MANAGER_PATH, MANAGER)
+        .map_err(|e| format!("reaching systemd-logind: {e}"))
+}
+
+impl Logind {
+    /// The inhibitors now; Err when a block inhibitor holds the shutdown and policy is wait.
+    fn inhibitors(&self, manager: &Proxy<'_>) -> Result<Vec<Inhibitor>, String> {
         let inhibitors: Vec<Inhibitor> = manager
             .call("ListInhibitors", &())
             .map_err(|e| format!("listing logind inhibitors: {e}"))?;
@@ -86,6 +99,21 @@ impl Rebooter for Logind {
                 }
             }
         }
+        Ok(inhibitors)
+    }
+}
+
+impl Rebooter for Logind {
+    fn check(&self) -> Result<(), String> {
+        let bus = self.connect()?;
+        let manager = manager(&bus)?;
+        self.inhibitors(&manager).map(drop)
+    }
+
+    fn reboot(&self, why: &str) -> Result<(), String> {
+        let bus = self.connect()?;
+        let manager = manager(&bus)?;
+        let inhibitors = self.inhibitors(&manager)?;
         let delayed = delayers(&inhibitors);
         if !delayed.is_empty() {
             tracing::info!("the shutdown waits for: {}", delayed.join("; "));

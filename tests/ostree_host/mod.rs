@@ -148,3 +148,27 @@ impl Host {
 pub fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+impl Drop for Host {
+    /// OSTree marks deployment directories immutable; lift that so the temporary directory
+    /// can be removed.
+    fn drop(&mut self) {
+        let deploy = self.backend.sysroot.join("ostree/deploy");
+        let _ = Command::new("find")
+            .arg(&deploy)
+            .args([
+                "-maxdepth",
+                "3",
+                "-type",
+                "d",
+                "-path",
+                "*/deploy/*",
+                "-exec",
+                "chattr",
+                "-i",
+                "{}",
+                "+",
+            ])
+            .status();
+    }
+}
