@@ -27,7 +27,14 @@ need_packages() {
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        # apt's resolver can give up on a whole list ("held broken packages") that it
+        # installs fine one package at a time.
+        for p in "${missing[@]}"; do
+            apt-get install -y -qq --no-install-recommends "$p" >/dev/null ||
+                { echo "error: apt-get install $p failed" >&2; return 1; }
+        done
+    fi
 }
 
 # need_cargo_tool BIN CRATE: install a cargo tool when its binary is missing.
