@@ -180,3 +180,16 @@ fn a_sysroot_that_is_not_one_is_reported_unavailable() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_disk_fails_staging_with_a_clear_error_and_changes_nothing() {
+    let host = Host::with_small_disk(48).allowing_unverified();
+    host.commit_upstream_with(ostree_host::BRANCH, "2", 64);
+    let err = host.backend.stage(&host.target()).unwrap_err().to_string();
+    assert!(
+        err.starts_with("not enough free space in the sysroot"),
+        "{err}"
+    );
+    assert_eq!(host.versions(), ["1"]);
+    assert!(host.backend.status().unwrap().staged().is_none());
+}

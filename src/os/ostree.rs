@@ -327,9 +327,21 @@ fn strip_staged(origin: &str) -> String {
     out.trim_end().to_owned() + "\n"
 }
 
+/// ostree's own words for a sysroot without room: ENOSPC, or its min-free-space guard.
+fn disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left on device") || stderr.contains("min-free-space")
+}
+
 fn pull_error(target: &ImageRef, e: CommandError) -> OsError {
     let stderr = e.stderr();
-    if stderr.contains("No such branch") || stderr.contains("404") || stderr.contains("not found") {
+    if disk_full(stderr) {
+        OsError::Failed(format!(
+            "not enough free space in the sysroot for {target}: {e}"
+        ))
+    } else if stderr.contains("No such branch")
+        || stderr.contains("404")
+        || stderr.contains("not found")
+    {
         OsError::NotFound(format!("{target} is not on its remote: {e}"))
     } else {
         OsError::Failed(format!("pulling {target}: {e}"))
@@ -338,8 +350,8 @@ fn pull_error(target: &ImageRef, e: CommandError) -> OsError {
 
 fn deploy_error(e: CommandError) -> OsError {
     let stderr = e.stderr();
-    if stderr.contains("No space left on device") {
-        OsError::Failed(format!("the disk is full: {e}"))
+    if disk_full(stderr) {
+        OsError::Failed(format!("not enough free space in the sysroot: {e}"))
     } else if stderr.contains("Locking repo") || stderr.contains("lock") && stderr.contains("busy")
     {
         OsError::Busy(e.to_string())

@@ -34,10 +34,30 @@ pub struct Host {
 
 impl Host {
     pub fn new() -> Host {
+        Self::build(None)
+    }
+
+    /// A host whose sysroot is a tmpfs of `mib` MiB (needs root): for a full disk.
+    pub fn with_small_disk(mib: u32) -> Host {
+        Self::build(Some(mib))
+    }
+
+    fn build(small_disk: Option<u32>) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let sysroot = dir.path().join("sysroot");
         let upstream = dir.path().join("upstream");
         fs::create_dir_all(&sysroot).unwrap();
+        if let Some(mib) = small_disk {
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(&sysroot)
+                .status()
+                .expect("running mount (util-linux's mount; run as root)");
+            assert!(
+                status.success(),
+                "mounting a tmpfs for the small disk (run as root)"
+            );
+        }
         ostree(&["admin", "init-fs", sysroot.to_str().unwrap()]);
         ostree(&[
             "admin",
@@ -94,6 +114,11 @@ impl Host {
 
     /// Commits version `v` of the test tree to `branch` upstream; returns its checksum.
     pub fn commit_upstream_to(&self, branch: &str, v: &str) -> String {
+        self.commit_upstream_with(branch, v, 0)
+    }
+
+    /// Commits version `v` carrying `extra_mib` MiB of incompressible data.
+    pub fn commit_upstream_with(&self, branch: &str, v: &str, extra_mib: usize) -> String {
         let tree = self.dir.path().join(format!("tree-{v}"));
         let modules = tree.join("usr/lib/modules/6.1.0");
         fs::create_dir_all(&modules).unwrap();
@@ -106,6 +131,18 @@ impl Host {
         )
         .unwrap();
         fs::write(tree.join("usr/etc/motd"), format!("testos {v}\n")).unwrap();
+        if extra_mib > 0 {
+            let mut data = vec![0u8; extra_mib << 20];
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for chunk in data.chunks_mut(8) {
+                // xorshift: cheap bytes that no compression shrinks
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            fs::write(tree.join("usr/lib/payload"), data).unwrap();
+        }
         ostree(&[
             "commit",
             &format!("--repo={}", self.dir.path().join("upstream").display()),
@@ -153,6 +190,11 @@ impl Drop for Host {
     /// OSTree marks deployment directories immutable; lift that so the temporary directory
     /// can be removed.
     fn drop(&mut self) {
+        // A tmpfs sysroot goes away with its mount; a plain one needs its flags lifted.
+        let _ = Command::new("umount")
+            .arg(&self.backend.sysroot)
+            .stderr(std::process::Stdio::null())
+            .status();
         let deploy = self.backend.sysroot.join("ostree/deploy");
         let _ = Command::new("find")
             .arg(&deploy)
