@@ -13,3 +13,6 @@ pub mod metrics;
 pub mod node;
 pub mod os;
 pub mod sys;
+
+#[cfg(test)]
+mod testing;

@@ -151,15 +151,7 @@ fn show_status(
             tracing::warn!("{why}; showing what is on disk");
             let settings = load_settings(root)?;
             let backend = daemon::ostree_backend(root, settings.os.allow_unverified_images)?;
-            let journal = Journal::open(
-                &root.join(
-                    settings
-                        .state
-                        .dir
-                        .strip_prefix("/")
-                        .unwrap_or(&settings.state.dir),
-                ),
-            )?;
+            let journal = Journal::open(&settings.state_dir(root))?;
             let boot_id = crate::sys::boot_id(&root.join("proc")).unwrap_or_default();
             let machine = journal.load()?.unwrap_or_else(|| Machine::new(boot_id));
             let deployments = backend.status()?.deployments;

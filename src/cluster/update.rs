@@ -385,7 +385,6 @@ impl UpdateSpec {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::path::PathBuf;
 
     fn spec(v: serde_json::Value) -> UpdateSpec {
         serde_json::from_value(v).unwrap()
@@ -393,17 +392,7 @@ mod tests {
 
     #[test]
     fn crd_manifest_matches_the_checked_in_one() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crd.yaml");
-        let now = crd_yaml();
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &now).unwrap();
-        }
-        let golden = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            golden == now,
-            "{} is out of date with src/cluster/update.rs; run UPDATE_GOLDEN=1 cargo test cluster::update",
-            path.display()
-        );
+        crate::testing::golden("deploy/crd.yaml", &crd_yaml());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! unit test keeps the two in step.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,13 @@ pub struct Settings {
     pub metrics: Metrics,
     pub health: Health,
     pub reboot: Reboot,
+}
+
+impl Settings {
+    /// The journal directory as seen from `root` (`/` on a host).
+    pub fn state_dir(&self, root: &Path) -> PathBuf {
+        root.join(self.state.dir.strip_prefix("/").unwrap_or(&self.state.dir))
+    }
 }
 
 /// Which OS deployment backend to drive and how strictly.

@@ -449,25 +449,7 @@ mod tests {
     }
 
     fn golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/convert/ignition")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading {}: {e} (UPDATE_GOLDEN=1 writes it)",
-                path.display()
-            )
-        });
-        assert_eq!(
-            actual,
-            expected,
-            "{} differs (UPDATE_GOLDEN=1 rewrites it)",
-            path.display()
-        );
+        crate::testing::golden(format!("tests/fixtures/convert/ignition/{name}"), actual);
     }
 
     #[test]

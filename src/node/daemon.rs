@@ -86,15 +86,7 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
             settings: settings.health.clone(),
             extra: Vec::new(),
         },
-        journal: Journal::open(
-            &root.join(
-                settings
-                    .state
-                    .dir
-                    .strip_prefix("/")
-                    .unwrap_or(&settings.state.dir),
-            ),
-        )?,
+        journal: Journal::open(&settings.state_dir(root))?,
         allow_unverified: settings.os.allow_unverified_images,
         limits: Limits {
             health_timeout: settings.health.timeout.as_secs(),

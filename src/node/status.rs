@@ -176,7 +176,7 @@ pub fn render(status: &NodeStatus, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::testing::golden;
 
     fn deployment(checksum: &str, version: &str, booted: bool, staged: bool) -> Deployment {
         Deployment {
@@ -219,25 +219,6 @@ mod tests {
             ],
             None,
         )
-    }
-
-    fn golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading {}: {e} (UPDATE_GOLDEN=1 writes it)",
-                path.display()
-            )
-        });
-        assert_eq!(
-            actual,
-            expected,
-            "{} differs (UPDATE_GOLDEN=1 rewrites it)",
-            path.display()
-        );
     }
 
     #[test]
