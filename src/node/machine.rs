@@ -309,11 +309,12 @@ pub fn step(
             };
         }
         (S::Staging { target }, Event::StageFailed { reason, .. }) => {
+            // Nothing was booted or changed: asking again may succeed (a network or disk
+            // problem fixed), so the target is not remembered as failed here.
             next.state = S::Failed {
                 target: target.clone(),
                 reason: format!("staging failed: {reason}"),
             };
-            next.failed_target = Some(target.clone());
             actions.push(A::Report(Outcome::Failed {
                 reason: format!("staging failed: {reason}"),
             }));

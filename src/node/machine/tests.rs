@@ -209,6 +209,26 @@ fn a_failed_target_is_not_retried_until_another_is_asked_for() {
 }
 
 #[test]
+fn a_staging_failure_is_not_held_against_the_target() {
+    let m = at(
+        &Machine::new("b"),
+        Event::TargetRequested { target: T.into() },
+    )
+    .machine;
+    let s = at(
+        &m,
+        Event::StageFailed {
+            target: T.into(),
+            reason: "read-only file system".into(),
+        },
+    );
+    assert_eq!(s.machine.state.phase(), "failed");
+    assert_eq!(s.machine.failed_target, None);
+    let retry = at(&s.machine, Event::TargetRequested { target: T.into() });
+    assert_eq!(retry.actions, vec![Action::Stage { target: T.into() }]);
+}
+
+#[test]
 fn a_drain_failure_is_not_held_against_the_target() {
     let granted = at(&staged_machine(), Event::Granted).machine;
     let s = at(
