@@ -7,9 +7,12 @@
 #   2. the NestOS-like test OS booting from its metal image, Ignition applying its config
 #      on the first boot only,
 #   3. an OSTree upgrade v1 -> v2 by hand: pull from the host's update server, deploy, reboot,
-#      v2 booted with v1 kept for rollback.
-# Still to come (later issues): x2nestos converting generic into testos, and hkd rolling a
-# node from v1 to v2 on its own.
+#      v2 booted with v1 kept for rollback,
+#   4. hkd, as the node's systemd service, upgrading it v1 -> v2 on its own (stage, reboot
+#      through logind, verify, health gate: done), then v2 -> v3, whose health check fails:
+#      hkd rolls the node back to v2 by itself.
+# Still to come: x2nestos converting generic into testos first, and the cluster rolling
+# several nodes in order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/lib.sh
@@ -26,10 +29,12 @@ step "build the VM scenarios" cargo test --quiet --features vm-tests --test vm -
 scenario() {
     cargo test --quiet --features vm-tests --test vm -- --exact --nocapture --test-threads=1 "$1"
 }
-step "1/3 boot the generic Debian 12 machine" scenario smoke::generic_boots_to_multi_user
-step "2/3 boot testos from its metal image; Ignition on first boot only" \
+step "1/4 boot the generic Debian 12 machine" scenario smoke::generic_boots_to_multi_user
+step "2/4 boot testos from its metal image; Ignition on first boot only" \
     scenario smoke::testos_runs_ignition_on_first_boot_only
-step "3/3 upgrade testos v1 -> v2 by hand, v1 kept for rollback" \
+step "3/4 upgrade testos v1 -> v2 by hand, v1 kept for rollback" \
     scenario smoke::testos_upgrades_v1_to_v2_by_hand
+step "4/4 hkd upgrades testos to v2, then rolls back a v3 that fails its health check" \
+    scenario hkd::testos_hkd_upgrades_to_v2_then_rolls_back_a_failing_v3
 
 echo "demo done in $((SECONDS - t_all))s; serial logs in target/tmp/vm-tests/"

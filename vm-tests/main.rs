@@ -3,4 +3,5 @@
 //! vm-tests/README.md for the bench, its markers and how to add a scenario.
 
 mod bench;
+mod hkd;
 mod smoke;
