@@ -3,13 +3,16 @@
 //!
 //! Rooms that decide do no I/O and are unit-tested: [`update`] (the resource and its
 //! validation), [`window`] (maintenance windows), [`selector`], [`plan`] (grants and status),
-//! [`drain`] (which pods to evict, which block). One room acts: [`kube_drain`], the drain
-//! against the API server (cordon, evict, wait), tested against a real one in
-//! tests/cluster_drain.rs.
+//! [`drain`] (which pods to evict, which block), and [`lease`]'s election decision. Rooms that
+//! act against the API server: [`kube_drain`] (cordon, evict, wait; tests/cluster_drain.rs),
+//! [`lease`]'s [`lease::Elector`] and [`coordinator`] (the elected coordinator's loop;
+//! tests/cluster_coordinator.rs).
 
 pub mod annotations;
+pub mod coordinator;
 pub mod drain;
 pub mod kube_drain;
+pub mod lease;
 pub mod plan;
 pub mod selector;
 pub mod update;

@@ -1,0 +1,466 @@
+//! The coordinator's run loop: elected through a Lease ([`super::lease`]), it watches the
+//! Updates and the Nodes, asks the planner ([`super::plan`]) and writes what it decided: grants
+//! as Node annotations, the Update's status, and Events on the Update. It decides nothing
+//! itself.
+//!
+//! Expected flow: every hkd runs [`Coordinator::run`]; one wins the Lease and leads: a watch on
+//! the Nodes and one on the Updates of its namespace wake it, the planner's `wake_after` (a
+//! maintenance window opening) and the Lease's renewal are its only timers. On each wake-up it
+//! reads the Updates and Nodes afresh and plans each Update in turn. Stopping (hkd exits, or
+//! its own node is about to drain) releases the Lease so another takes over at once.
+//!
+//! Guarantees:
+//! - all rollout state lives in API objects (I7): grants and the agents' answers on the Nodes,
+//!   the target generation and conditions in the Update's status; a successor reads exactly
+//!   what its predecessor wrote, so no grant is lost or made twice;
+//! - a grant is written with the resourceVersion of the Node it was decided on, and the status
+//!   with the Update's; a 409 means the world moved: read again and plan again;
+//! - plans are made on fresh reads, never on a cache that may not hold the last grants yet, so
+//!   `maxUnavailable` (I1) holds across consecutive wake-ups;
+//! - nothing is written once the Lease's term, as last renewed, is about to end;
+//! - Events: one `Granted` per grant written, `Halted`, `Complete` and `Paused` when the
+//!   Update's stored state changes to them (read from the status, so a successor does not
+//!   repeat its predecessor's).
+//!
+//! Assumptions: the Update CRD is installed; the client has kube's own retry off.
+//!
+//! Caveats: each wake-up lists all Nodes (a reflector store with the coordinator's own writes
+//! laid over it would spare that on large clusters); an Event whose write fails after its
+//! status write is logged, not retried.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::annotations::{NodeView, GRANT};
+use super::lease::{Elector, Role, LEASE_NAME};
+use super::plan::{plan, Plan, COMPLETE, HALTED, PAUSED};
+use super::update::{ImagePolicy, Update, NAMESPACE};
+
+/// The `source.component` and `reportingComponent` of the Events written.
+pub const COMPONENT: &str = "housekeeper-coordinator";
+
+/// How often a plan is retried after its writes met a 409 before the wake-up gives up (the
+/// next event or `retry_after` tries again).
+const CONFLICT_RETRIES: usize = 5;
+
+/// Settings; [`Config::new`] has the production values, tests shorten the times.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the Updates and the Lease live.
+    pub namespace: String,
+    pub lease_name: String,
+    /// This coordinator's name in the Lease (the node name).
+    pub identity: String,
+    /// How long a Lease holds without renewal: how long the rollout stands still when its
+    /// coordinator dies without stepping down.
+    pub lease_duration: Duration,
+    /// How often the leader renews and a follower looks; well under `lease_duration`, so
+    /// that one failed renewal does not lose the Lease.
+    pub renew_every: Duration,
+    /// Wait after an API error before trying again.
+    pub retry_after: Duration,
+    pub image_policy: ImagePolicy,
+}
+
+impl Config {
+    pub fn new(identity: &str) -> Config {
+        Config {
+            namespace: NAMESPACE.to_owned(),
+            lease_name: LEASE_NAME.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            retry_after: Duration::from_secs(2),
+            image_policy: ImagePolicy::default(),
+        }
+    }
+}
+
+/// How a term as leader ended.
+enum End {
+    Stopped,
+    Lost,
+}
+
+pub struct Coordinator {
+    client: Client,
+    config: Config,
+    elector: Elector,
+    leading: watch::Sender<bool>,
+}
+
+impl Coordinator {
+    pub fn new(client: Client, config: Config) -> Coordinator {
+        let elector = Elector::new(
+            client.clone(),
+            &config.namespace,
+            &config.lease_name,
+            &config.identity,
+            config.lease_duration,
+        );
+        Coordinator {
+            client,
+            config,
+            elector,
+            leading: watch::channel(false).0,
+        }
+    }
+
+    /// Whether this coordinator leads now (for metrics, status and tests).
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Campaign, lead while elected, and campaign again after a lost term, until `stop` turns
+    /// true (or its sender goes away); then release the Lease if held.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let now = Timestamp::now();
+            let wait = match self.elector.try_lead(now).await {
+                Ok(Role::Leader { until }) => {
+                    tracing::info!("coordinator {} leads", self.config.identity);
+                    self.leading.send_replace(true);
+                    let end = self.lead(until, &mut stop).await;
+                    self.leading.send_replace(false);
+                    match end {
+                        End::Stopped => {
+                            if let Err(e) = self.elector.step_down().await {
+                                tracing::warn!("{e:#}");
+                            }
+                            return Ok(());
+                        }
+                        End::Lost => {
+                            tracing::warn!("coordinator {} lost its Lease", self.config.identity);
+                            self.config.renew_every
+                        }
+                    }
+                }
+                Ok(Role::Follower { until, .. }) => {
+                    let to_expiry = until.map(|u| {
+                        Duration::try_from(now.duration_until(u)).unwrap_or(Duration::ZERO)
+                            + Duration::from_millis(10)
+                    });
+                    to_expiry.map_or(self.config.renew_every, |d| d.min(self.config.renew_every))
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    self.config.retry_after
+                }
+            };
+            tokio::select! {
+                _ = stopped(&mut stop) => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One term: watch, plan, write, renew.
+    async fn lead(&self, mut until: Timestamp, stop: &mut watch::Receiver<bool>) -> End {
+        let nodes = watcher(
+            Api::<Node>::all(self.client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|_| ());
+        let updates = watcher(self.updates(), watcher::Config::default())
+            .default_backoff()
+            .map(|_| ());
+        let mut events = futures::stream::select(nodes.boxed(), updates.boxed());
+        let mut renew_at = Instant::now() + self.config.renew_every;
+        let mut plan_at = Some(Instant::now());
+        loop {
+            let wake = plan_at.map_or(renew_at, |p| p.min(renew_at));
+            tokio::select! {
+                _ = stopped(stop) => return End::Stopped,
+                ev = events.next() => {
+                    if ev.is_none() {
+                        return End::Lost;
+                    }
+                    // Several changes at once (our own grants, an agent's phases): one plan.
+                    while let Some(Some(())) = events.next().now_or_never() {}
+                    plan_at = Some(Instant::now());
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() >= renew_at {
+                match self.elector.try_lead(Timestamp::now()).await {
+                    Ok(Role::Leader { until: u }) => {
+                        until = u;
+                        renew_at = Instant::now() + self.config.renew_every;
+                    }
+                    Ok(Role::Follower { .. }) => return End::Lost,
+                    Err(e) => {
+                        tracing::warn!("{e:#}");
+                        if !self.holds(until) {
+                            return End::Lost;
+                        }
+                        renew_at =
+                            Instant::now() + self.config.retry_after.min(self.config.renew_every);
+                    }
+                }
+            }
+            if plan_at.is_some_and(|p| p <= Instant::now()) {
+                plan_at = match self.reconcile(until).await {
+                    Ok(wake_after) => wake_after.map(|d| Instant::now() + d),
+                    Err(e) => {
+                        tracing::warn!("{e:#}");
+                        if !self.holds(until) {
+                            return End::Lost;
+                        }
+                        Some(Instant::now() + self.config.retry_after)
+                    }
+                };
+            }
+        }
+    }
+
+    fn updates(&self) -> Api<Update> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    /// Whether the Lease, as last renewed, still has more than one renewal interval to run:
+    /// the margin keeps a successor's takeover (at expiry) clear of this one's last write.
+    fn holds(&self, until: Timestamp) -> bool {
+        let margin = jiff::SignedDuration::try_from(self.config.renew_every).unwrap_or_default();
+        until
+            .checked_sub(margin)
+            .is_ok_and(|t| Timestamp::now() < t)
+    }
+
+    /// Plan every Update of the namespace, oldest first, and write the results. Returns when
+    /// to plan again without an event.
+    async fn reconcile(&self, until: Timestamp) -> Result<Option<Duration>> {
+        let ns = &self.config.namespace;
+        let mut updates = self
+            .updates()
+            .list(&ListParams::default())
+            .await
+            .with_context(|| format!("listing Updates in {ns}"))?
+            .items;
+        updates.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref(), a.name_any())
+                .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
+        });
+        let mut wake: Option<Duration> = None;
+        for update in updates {
+            if update.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(w) = self.reconcile_one(update, until).await? {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+        }
+        Ok(wake)
+    }
+
+    async fn reconcile_one(
+        &self,
+        mut update: Update,
+        until: Timestamp,
+    ) -> Result<Option<Duration>> {
+        let what = format!("Update {}/{}", self.config.namespace, update.name_any());
+        let nodes_api: Api<Node> = Api::all(self.client.clone());
+        for attempt in 0..CONFLICT_RETRIES {
+            if attempt > 0 {
+                update = self
+                    .updates()
+                    .get(&update.name_any())
+                    .await
+                    .with_context(|| format!("reading {what}"))?;
+            }
+            let nodes = nodes_api
+                .list(&ListParams::default())
+                .await
+                .with_context(|| format!("listing Nodes for {what}"))?
+                .items;
+            let views: Vec<NodeView> = nodes.iter().map(NodeView::from_node).collect();
+            let p = plan(&update, &views, Timestamp::now(), self.config.image_policy);
+            if !self.write_grants(&update, &nodes, &p, until).await? {
+                continue;
+            }
+            if !self.write_status(&update, &p, until).await? {
+                continue;
+            }
+            return Ok(p.wake_after);
+        }
+        Err(anyhow!(
+            "planning {what}: its Nodes or status changed under {CONFLICT_RETRIES} attempts in a row"
+        ))
+    }
+
+    /// Write the plan's grants, each conditional on the Node's resourceVersion. Returns false
+    /// on a conflict (the plan is stale).
+    async fn write_grants(
+        &self,
+        update: &Update,
+        nodes: &[Node],
+        p: &Plan,
+        until: Timestamp,
+    ) -> Result<bool> {
+        let Some(grant) = &p.grant else {
+            return Ok(true);
+        };
+        let api: Api<Node> = Api::all(self.client.clone());
+        for name in &p.grants {
+            if !self.holds(until) {
+                return Err(anyhow!(
+                    "granting node {name}: Lease {} is about to expire",
+                    self.config.lease_name
+                ));
+            }
+            let rv = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|n| n.metadata.resource_version.clone());
+            let patch = json!({"metadata": {
+                "resourceVersion": rv,
+                "annotations": {GRANT: grant.to_string()},
+            }});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("granted node {name} ({grant})");
+                    self.record(
+                        update,
+                        "Normal",
+                        "Granted",
+                        format!("node {name} may upgrade (grant {grant})"),
+                    )
+                    .await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
+                Err(e) => return Err(anyhow!("granting node {name} ({grant}): {e}")),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Write the status when it changed, conditional on the Update's resourceVersion, and the
+    /// Events its change of state calls for. Returns false on a conflict.
+    async fn write_status(&self, update: &Update, p: &Plan, until: Timestamp) -> Result<bool> {
+        let name = update.name_any();
+        let prev = update.status.clone().unwrap_or_default();
+        if update.status.as_ref() == Some(&p.status) {
+            return Ok(true);
+        }
+        if !self.holds(until) {
+            return Err(anyhow!(
+                "writing the status of Update {}/{name}: Lease {} is about to expire",
+                self.config.namespace,
+                self.config.lease_name
+            ));
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": update.metadata.resource_version},
+            "status": p.status,
+        });
+        match self
+            .updates()
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
+            Err(e) => {
+                return Err(anyhow!(
+                    "writing the status of Update {}/{name}: {e}",
+                    self.config.namespace
+                ))
+            }
+        }
+        let state = p.status.state.as_deref();
+        if state != prev.state.as_deref() {
+            let message = p
+                .status
+                .conditions
+                .iter()
+                .find(|c| Some(c.type_.as_str()) == state && !c.message.is_empty())
+                .map(|c| c.message.clone());
+            match state {
+                Some(HALTED) => {
+                    let why = p.halt.clone().or(message).unwrap_or_default();
+                    self.record(update, "Warning", HALTED, format!("rollout halted: {why}"))
+                        .await;
+                }
+                Some(COMPLETE) => {
+                    let m = message.unwrap_or_else(|| "rollout complete".into());
+                    self.record(update, "Normal", COMPLETE, m).await;
+                }
+                Some(PAUSED) => {
+                    self.record(update, "Normal", PAUSED, "paused: no new grants".into())
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Record a core/v1 Event on the Update. A failure is logged: the status already says it.
+    async fn record(&self, update: &Update, type_: &str, reason: &str, message: String) {
+        let now = Timestamp::now();
+        let ns = &self.config.namespace;
+        let name = update.name_any();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(Update::api_version(&()).into_owned()),
+                kind: Some(Update::kind(&()).into_owned()),
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                uid: update.metadata.uid.clone(),
+                resource_version: update.metadata.resource_version.clone(),
+                field_path: None,
+            },
+            reason: Some(reason.into()),
+            message: Some(message),
+            type_: Some(type_.into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(COMPONENT.into()),
+                host: None,
+            }),
+            reporting_component: Some(COMPONENT.into()),
+            reporting_instance: Some(self.config.identity.clone()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!("recording Event {reason} on Update {ns}/{name}: {e}");
+        }
+    }
+}
+
+/// Resolves when `stop` says true or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
