@@ -1,0 +1,689 @@
+//! The coordinator (`housekeeper::cluster::coordinator`) and its Lease election against a real
+//! API server.
+//!
+//! kube-apiserver v1.20.2 + etcd from `support` (or the cluster HOUSEKEEPER_TEST_KUBECONFIG
+//! names). Stand-ins: `support::kubelet` registers the Nodes; the node agents are simulated
+//! here by writing the phase annotations the way an agent does (`phase`, `phase-grant`,
+//! `since`, `reason`, `os-image` on Done), each step a short sleep instead of a drain and a
+//! reboot. An observer watches the Nodes and checks I1 and the control-plane order on every
+//! change it sees. Lease terms are 2 s here (15 s in production) so that expiry is quick.
+//!
+//! The Nodes are cluster-scoped and the cluster is shared by parallel tests: every Update
+//! selects its test's Nodes by `kubernetes.io/hostname`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt;
+use housekeeper::cluster::annotations::{
+    AgentPhase, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE,
+};
+use housekeeper::cluster::coordinator::{Config, Coordinator};
+use housekeeper::cluster::lease::LEASE_NAME;
+use housekeeper::cluster::update::{self, Update};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+use support::{wait_for, KubeletStandIn, NodeRole, TestEnv};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const IMAGE: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
+const LEASE_DURATION: Duration = Duration::from_secs(2);
+const RENEW_EVERY: Duration = Duration::from_millis(400);
+/// How long a rollout of a handful of simulated nodes may take on a busy 2-core machine.
+const ROLLOUT: Duration = Duration::from_secs(60);
+/// One simulated agent step (Staging, Draining, Rebooting, Verifying).
+const STEP: Duration = Duration::from_millis(150);
+
+fn config(env: &TestEnv, identity: &str) -> Config {
+    Config {
+        namespace: env.ns.clone(),
+        lease_duration: LEASE_DURATION,
+        renew_every: RENEW_EVERY,
+        retry_after: Duration::from_millis(300),
+        ..Config::new(identity)
+    }
+}
+
+/// A coordinator running as a task of the test.
+struct Running {
+    identity: String,
+    task: JoinHandle<Result<()>>,
+    stop: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
+}
+
+fn start(env: &TestEnv, identity: &str) -> Running {
+    let c = Coordinator::new(env.admin.clone(), config(env, identity));
+    let leading = c.leading();
+    let (stop, stop_rx) = watch::channel(false);
+    Running {
+        identity: identity.to_owned(),
+        task: tokio::spawn(c.run(stop_rx)),
+        stop,
+        leading,
+    }
+}
+
+impl Running {
+    fn leads(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Ask it to stop (it steps down) and wait for it.
+    async fn stop(self) -> Result<()> {
+        self.stop.send_replace(true);
+        self.task.await.context("coordinator task")?
+    }
+
+    /// Kill it: the task is dropped wherever it is, nothing is released.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn install_update_crd(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.create(&PostParams::default(), &update::crd()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e).context("creating CRD updates.housekeeper.io"),
+    }
+    wait_for(
+        "CRD updates.housekeeper.io Established",
+        Duration::from_secs(30),
+        || async {
+            Ok(crds
+                .get("updates.housekeeper.io")
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"))
+        },
+    )
+    .await
+}
+
+/// A test's Nodes: control-plane ones first, then workers, each registered by the stand-in.
+struct Rig {
+    env: TestEnv,
+    control_plane: Vec<String>,
+    workers: Vec<String>,
+}
+
+impl Rig {
+    async fn new(test: &str, control_plane: usize, workers: usize) -> Result<Rig> {
+        let env = TestEnv::new(test).await?;
+        install_update_crd(&env.admin).await?;
+        let k = KubeletStandIn::new(env.admin.clone());
+        let mut rig = Rig {
+            control_plane: Vec::new(),
+            workers: Vec::new(),
+            env,
+        };
+        for i in 1..=control_plane {
+            let n = k
+                .register_node(&rig.env, &format!("cp-{i}"), NodeRole::ControlPlane)
+                .await?;
+            rig.control_plane
+                .push(n.metadata.name.context("node name")?);
+        }
+        for i in 1..=workers {
+            let n = k
+                .register_node(&rig.env, &format!("w-{i}"), NodeRole::Worker)
+                .await?;
+            rig.workers.push(n.metadata.name.context("node name")?);
+        }
+        Ok(rig)
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.control_plane
+            .iter()
+            .chain(&self.workers)
+            .cloned()
+            .collect()
+    }
+
+    fn updates(&self) -> Api<Update> {
+        Api::namespaced(self.env.admin.clone(), &self.env.ns)
+    }
+
+    /// An Update selecting exactly this test's Nodes.
+    async fn create_update(&self, name: &str, extra: serde_json::Value) -> Result<Update> {
+        let mut spec = json!({
+            "osImageURL": IMAGE,
+            "nodeSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": self.all(),
+            }]},
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        let u: Update = serde_json::from_value(json!({
+            "apiVersion": "housekeeper.io/v1alpha1", "kind": "Update",
+            "metadata": {"name": name}, "spec": spec,
+        }))?;
+        self.updates()
+            .create(&PostParams::default(), &u)
+            .await
+            .with_context(|| format!("creating Update {}/{name}", self.env.ns))
+    }
+
+    async fn wait_state(&self, name: &str, state: &str) -> Result<Update> {
+        let api = self.updates();
+        wait_for(&format!("Update {name} to be {state}"), ROLLOUT, || async {
+            let u = api.get(name).await?;
+            Ok(u.status.and_then(|s| s.state).as_deref() == Some(state))
+        })
+        .await?;
+        Ok(api.get(name).await?)
+    }
+
+    /// Events on the Update `name`, as (reason, message).
+    async fn events(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let api: Api<Event> = Api::namespaced(self.env.admin.clone(), &self.env.ns);
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.kind.as_deref() == Some("Update")
+                    && e.involved_object.name.as_deref() == Some(name)
+            })
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Which of this test's Nodes carry a grant, and which.
+    async fn grants(&self) -> Result<BTreeMap<String, String>> {
+        let api: Api<Node> = Api::all(self.env.admin.clone());
+        let mut out = BTreeMap::new();
+        for n in self.all() {
+            let v = NodeView::from_node(&api.get(&n).await?);
+            if let Some(g) = v.grant {
+                out.insert(n, g.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A simulated agent for each Node; those in `failing` end Failed.
+    fn agents(&self, failing: &[String]) -> Agents {
+        Agents(
+            self.all()
+                .into_iter()
+                .map(|n| {
+                    let fail = failing.contains(&n);
+                    tokio::spawn(agent(self.env.admin.clone(), n, fail))
+                })
+                .collect(),
+        )
+    }
+}
+
+struct Agents(Vec<JoinHandle<()>>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+async fn report(client: &Client, node: &str, phase: AgentPhase, grant: &str, done: bool) {
+    let mut ann = json!({
+        PHASE: phase.as_str(),
+        PHASE_GRANT: grant,
+        SINCE: jiff::Timestamp::now().to_string(),
+    });
+    match phase {
+        AgentPhase::Failed => {
+            ann[REASON] = json!("health gate: the node was not Ready after its reboot (simulated)")
+        }
+        _ => ann[REASON] = serde_json::Value::Null,
+    }
+    if done {
+        ann[OS_IMAGE] = json!(IMAGE);
+    }
+    let patch = json!({"metadata": {"annotations": ann}});
+    if let Err(e) = Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        eprintln!(
+            "simulated agent: reporting {} on node {node}: {e}",
+            phase.as_str()
+        );
+    }
+}
+
+/// What an agent does with a grant, minus the work: report each phase under the grant, then
+/// Done (with the target as its booted image) or Failed.
+async fn agent(client: Client, node: String, fail: bool) {
+    let api: Api<Node> = Api::all(client.clone());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(n) = api.get(&node).await else {
+            continue;
+        };
+        let v = NodeView::from_node(&n);
+        let Some(g) = v.grant.clone() else { continue };
+        if v.phase_for(&g).is_some_and(AgentPhase::is_terminal) {
+            continue;
+        }
+        let g = g.to_string();
+        for phase in [
+            AgentPhase::Staging,
+            AgentPhase::Draining,
+            AgentPhase::Rebooting,
+            AgentPhase::Verifying,
+        ] {
+            report(&client, &node, phase, &g, false).await;
+            tokio::time::sleep(STEP).await;
+        }
+        if fail {
+            report(&client, &node, AgentPhase::Failed, &g, false).await;
+        } else {
+            report(&client, &node, AgentPhase::Done, &g, true).await;
+        }
+    }
+}
+
+/// What the observer saw, checked on every Node change of the test's Nodes.
+#[derive(Default, Debug)]
+struct Seen {
+    max_in_flight: usize,
+    /// Every grant value each Node carried, in order (a change of value is a new grant).
+    grants: BTreeMap<String, Vec<String>>,
+    /// Broken rules, with the moment's picture.
+    violations: Vec<String>,
+}
+
+/// Watch the Nodes and check I1 (`max_unavailable`) and the order: a control-plane node is
+/// granted only while no other node is in flight, a worker only once every control-plane node
+/// is Done or Failed.
+fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen>>, Agents) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let ours: BTreeSet<String> = rig.all().into_iter().collect();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
+        let mut stream = watcher(Api::<Node>::all(client), watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            let changed: Vec<Node> = match ev {
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => vec![n],
+                _ => Vec::new(),
+            };
+            for n in changed {
+                let v = NodeView::from_node(&n);
+                if !ours.contains(&v.name) {
+                    continue;
+                }
+                let before = nodes.get(&v.name).and_then(|o| o.grant.clone());
+                nodes.insert(v.name.clone(), v.clone());
+                let in_flight: Vec<&NodeView> = nodes
+                    .values()
+                    .filter(|n| {
+                        n.grant
+                            .as_ref()
+                            .is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))
+                    })
+                    .collect();
+                let mut seen = s.lock().unwrap();
+                seen.max_in_flight = seen.max_in_flight.max(in_flight.len());
+                let names: Vec<&str> = in_flight.iter().map(|n| n.name.as_str()).collect();
+                if in_flight.len() > max_unavailable {
+                    seen.violations
+                        .push(format!("I1: {} in flight: {names:?}", in_flight.len()));
+                }
+                if let Some(g) = v.grant.as_ref().filter(|g| Some(*g) != before.as_ref()) {
+                    let g = g.to_string();
+                    seen.grants.entry(v.name.clone()).or_default().push(g);
+                    if v.control_plane && in_flight.len() > 1 {
+                        seen.violations.push(format!(
+                            "control-plane node {} granted while others in flight: {names:?}",
+                            v.name
+                        ));
+                    }
+                    if !v.control_plane {
+                        for cp in nodes.values().filter(|n| n.control_plane) {
+                            let finished = cp.grant.as_ref().is_some_and(|g| {
+                                cp.phase_for(g).is_some_and(AgentPhase::is_terminal)
+                            });
+                            if !finished {
+                                seen.violations.push(format!(
+                                    "worker {} granted before control-plane node {} finished",
+                                    v.name, cp.name
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (seen, Agents(vec![task]))
+}
+
+fn counts(u: &Update) -> update::Counts {
+    u.status.clone().unwrap_or_default().counts
+}
+
+fn condition(u: &Update, type_: &str) -> Option<update::UpdateCondition> {
+    u.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+async fn lease(env: &TestEnv) -> Result<Lease> {
+    Api::<Lease>::namespaced(env.admin.clone(), &env.ns)
+        .get(LEASE_NAME)
+        .await
+        .context("reading the coordinator Lease")
+}
+
+fn holder(l: &Lease) -> Option<String> {
+    l.spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_race_one_leads_the_other_takes_over() -> Result<()> {
+    let env = TestEnv::new("coord-lease").await?;
+    let a = start(&env, "node-a");
+    let b = start(&env, "node-b");
+    wait_for(
+        "one coordinator to lead",
+        Duration::from_secs(20),
+        || async { Ok(a.leads() || b.leads()) },
+    )
+    .await?;
+    // Watch them for a few Lease terms: never both, always the same one, and it holds the Lease.
+    let first = if a.leads() { "node-a" } else { "node-b" };
+    let until = Instant::now() + LEASE_DURATION * 2;
+    while Instant::now() < until {
+        ensure!(!(a.leads() && b.leads()), "both coordinators lead");
+        let now_leading = if a.leads() { "node-a" } else { "node-b" };
+        ensure!(
+            now_leading == first,
+            "leadership moved from {first} to {now_leading} unprovoked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(holder(&lease(&env).await?).as_deref() == Some(first));
+
+    // The leader steps down: the Lease is released and the other takes it well before the
+    // released term would have run out.
+    let (leader, other) = if first == "node-a" { (a, b) } else { (b, a) };
+    let stopped_at = Instant::now();
+    leader.stop().await?;
+    let l = lease(&env).await?;
+    ensure!(
+        holder(&l).as_deref() != Some(first),
+        "the stopped coordinator still holds the Lease: {:?}",
+        l.spec
+    );
+    wait_for(
+        "the other coordinator to lead",
+        LEASE_DURATION * 2,
+        || async { Ok(other.leads()) },
+    )
+    .await?;
+    let takeover = stopped_at.elapsed();
+    ensure!(
+        takeover < LEASE_DURATION,
+        "takeover after a step-down took {takeover:?}"
+    );
+    ensure!(holder(&lease(&env).await?).as_deref() == Some(other.identity.as_str()));
+
+    // The new leader is killed without stepping down: a third takes over only once its Lease
+    // expired.
+    let second = other.identity.clone();
+    other.kill().await;
+    let l = lease(&env).await?;
+    ensure!(holder(&l).as_deref() == Some(second.as_str()));
+    let spec = l.spec.clone().unwrap_or_default();
+    let expires = spec.renew_time.context("renewTime")?.0
+        + jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    let c = start(&env, "node-c");
+    wait_for("node-c to lead", LEASE_DURATION * 4, || async {
+        Ok(c.leads())
+    })
+    .await?;
+    let led_at = jiff::Timestamp::now();
+    ensure!(
+        led_at >= expires,
+        "node-c took over at {led_at}, before the killed leader's Lease expired at {expires}"
+    );
+    let l = lease(&env).await?;
+    ensure!(holder(&l).as_deref() == Some("node-c"));
+    ensure!(l.spec.and_then(|s| s.lease_transitions).unwrap_or(0) > transitions);
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_control_plane_first_within_max_unavailable_to_complete() -> Result<()> {
+    let rig = Rig::new("coord-rollout", 1, 5).await?;
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 2);
+    let _agents = rig.agents(&[]);
+    rig.create_update("to-v2", json!({"maxUnavailable": 2}))
+        .await?;
+    let started = Instant::now();
+    let c = start(&rig.env, "node-a");
+    let u = rig.wait_state("to-v2", "Complete").await?;
+    let took = started.elapsed();
+    let n = counts(&u);
+    ensure!(
+        (n.total, n.done, n.failed, n.in_flight, n.pending) == (6, 6, 0, 0, 0),
+        "{n:?}"
+    );
+    let complete = condition(&u, "Complete").context("Complete condition")?;
+    ensure!(complete.status == "True", "{complete:?}");
+    {
+        let seen = seen.lock().unwrap();
+        ensure!(seen.violations.is_empty(), "{:#?}", seen.violations);
+        // Two at once was reached: the budget was used, not just respected by going slowly.
+        ensure!(
+            seen.max_in_flight == 2,
+            "max in flight {}",
+            seen.max_in_flight
+        );
+        ensure!(seen.grants.len() == 6 && seen.grants.values().all(|g| g.len() == 1));
+    }
+    // The status settles: no write loop once Complete.
+    let rv = u.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = rig.updates().get("to-v2").await?;
+    ensure!(
+        again.metadata.resource_version == rv,
+        "the status kept changing"
+    );
+    let events = rig.events("to-v2").await?;
+    let granted: BTreeSet<String> = events
+        .iter()
+        .filter(|(r, _)| r == "Granted")
+        .map(|(_, m)| m.clone())
+        .collect();
+    ensure!(granted.len() == 6, "{events:#?}");
+    for node in rig.all() {
+        ensure!(
+            granted.iter().any(|m| m.contains(&format!("node {node} "))),
+            "no Granted event for {node}"
+        );
+    }
+    ensure!(
+        events.iter().filter(|(r, _)| r == "Complete").count() == 1,
+        "{events:#?}"
+    );
+    c.stop().await?;
+    eprintln!("rollout of 6 nodes, 4 steps of {STEP:?} each: {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_beyond_max_failed_halt_the_rollout_and_name_the_nodes() -> Result<()> {
+    let rig = Rig::new("coord-halt", 0, 5).await?;
+    let failing = vec![rig.workers[0].clone(), rig.workers[1].clone()];
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 2);
+    let _agents = rig.agents(&failing);
+    rig.create_update("to-v2", json!({"maxUnavailable": 2, "maxFailed": 1}))
+        .await?;
+    let c = start(&rig.env, "node-a");
+    let u = rig.wait_state("to-v2", "Halted").await?;
+    let halted = condition(&u, "Halted").context("Halted condition")?;
+    ensure!(halted.status == "True" && halted.reason == "FailureBudgetExceeded");
+    for f in &failing {
+        ensure!(halted.message.contains(f.as_str()), "{halted:?}");
+    }
+    ensure!(
+        halted.message.contains("not Ready after its reboot"),
+        "{halted:?}"
+    );
+    // No grant after the halt: what was granted then is all that ever is.
+    let at_halt = rig.grants().await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = rig.grants().await?;
+    ensure!(
+        at_halt == later,
+        "granted after the halt: {at_halt:?} → {later:?}"
+    );
+    for w in &rig.workers[3..] {
+        ensure!(
+            !later.contains_key(w),
+            "{w} was granted in a halted rollout"
+        );
+    }
+    let u = rig.updates().get("to-v2").await?;
+    ensure!(counts(&u).failed == 2, "{:?}", counts(&u));
+    let events = rig.events("to-v2").await?;
+    let halt_events: Vec<_> = events.iter().filter(|(r, _)| r == "Halted").collect();
+    ensure!(halt_events.len() == 1, "{events:#?}");
+    ensure!(
+        halt_events[0].1.contains(failing[0].as_str()),
+        "{events:#?}"
+    );
+    let violations = seen.lock().unwrap().violations.clone();
+    ensure!(violations.is_empty(), "{violations:#?}");
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_is_replaced_without_lost_or_repeated_grants() -> Result<()> {
+    let rig = Rig::new("coord-failover", 1, 5).await?;
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 2);
+    let _agents = rig.agents(&[]);
+    rig.create_update("to-v2", json!({"maxUnavailable": 2}))
+        .await?;
+    let a = start(&rig.env, "node-a");
+    // Mid-rollout: the control plane done, workers granted.
+    wait_for("workers granted", ROLLOUT, || async {
+        let g = rig.grants().await?;
+        Ok(rig.workers.iter().filter(|w| g.contains_key(*w)).count() >= 2)
+    })
+    .await?;
+    a.kill().await;
+    let granted_at_kill = rig.grants().await?;
+    ensure!(
+        granted_at_kill.len() < 6,
+        "the rollout ended before the kill"
+    );
+    let b = start(&rig.env, "node-b");
+    let u = rig.wait_state("to-v2", "Complete").await?;
+    ensure!(b.leads(), "node-b does not lead at the end");
+    let n = counts(&u);
+    ensure!((n.total, n.done, n.failed) == (6, 6, 0), "{n:?}");
+    {
+        let seen = seen.lock().unwrap();
+        ensure!(seen.violations.is_empty(), "{:#?}", seen.violations);
+        for node in rig.all() {
+            let g = seen.grants.get(&node).cloned().unwrap_or_default();
+            ensure!(g.len() == 1, "node {node} was granted {g:?}");
+        }
+        // The grants made before the kill are the ones the Nodes still carry.
+        for (node, g) in &granted_at_kill {
+            ensure!(
+                seen.grants[node] == vec![g.clone()],
+                "{node}: {:?}",
+                seen.grants[node]
+            );
+        }
+    }
+    // One Granted event per Node at most (the killed coordinator may have died between a
+    // grant and its Event), and the successor's own grants all recorded.
+    let events = rig.events("to-v2").await?;
+    for node in rig.all() {
+        let k = events
+            .iter()
+            .filter(|(r, m)| r == "Granted" && m.contains(&format!("node {node} ")))
+            .count();
+        ensure!(k <= 1, "{node} has {k} Granted events");
+        if !granted_at_kill.contains_key(&node) {
+            ensure!(k == 1, "{node} granted by the successor without an Event");
+        }
+    }
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_grants_nothing_until_resumed() -> Result<()> {
+    let rig = Rig::new("coord-pause", 0, 3).await?;
+    let _agents = rig.agents(&[]);
+    rig.create_update("to-v2", json!({"maxUnavailable": 2, "paused": true}))
+        .await?;
+    let c = start(&rig.env, "node-a");
+    let u = rig.wait_state("to-v2", "Paused").await?;
+    ensure!(condition(&u, "Paused").is_some_and(|c| c.status == "True"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let g = rig.grants().await?;
+    ensure!(g.is_empty(), "granted while paused: {g:?}");
+    ensure!(
+        rig.events("to-v2")
+            .await?
+            .iter()
+            .any(|(r, _)| r == "Paused"),
+        "no Paused event"
+    );
+    rig.updates()
+        .patch(
+            "to-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .context("resuming Update to-v2")?;
+    let u = rig.wait_state("to-v2", "Complete").await?;
+    let n = counts(&u);
+    ensure!((n.total, n.done) == (3, 3), "{n:?}");
+    ensure!(condition(&u, "Paused").is_some_and(|c| c.status == "False"));
+    match rig.grants().await?.len() {
+        3 => {}
+        k => bail!("{k} nodes granted after resuming, want 3"),
+    }
+    c.stop().await?;
+    Ok(())
+}
