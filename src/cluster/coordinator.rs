@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
@@ -38,7 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -249,7 +249,7 @@ impl Coordinator {
             .updates()
             .list(&ListParams::default())
             .await
-            .with_context(|| format!("listing Updates in {ns}"))?
+            .map_err(|e| anyhow!("listing Updates in {ns}: {}", brief(&e)))?
             .items;
         updates.sort_by(|a, b| {
             (a.metadata.creation_timestamp.as_ref(), a.name_any())
@@ -280,12 +280,12 @@ impl Coordinator {
                     .updates()
                     .get(&update.name_any())
                     .await
-                    .with_context(|| format!("reading {what}"))?;
+                    .map_err(|e| anyhow!("reading {what}: {}", brief(&e)))?;
             }
             let nodes = nodes_api
                 .list(&ListParams::default())
                 .await
-                .with_context(|| format!("listing Nodes for {what}"))?
+                .map_err(|e| anyhow!("listing Nodes for {what}: {}", brief(&e)))?
                 .items;
             let views: Vec<NodeView> = nodes.iter().map(NodeView::from_node).collect();
             let p = plan(&update, &views, Timestamp::now(), self.config.image_policy);
@@ -345,7 +345,7 @@ impl Coordinator {
                     .await;
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
-                Err(e) => return Err(anyhow!("granting node {name} ({grant}): {e}")),
+                Err(e) => return Err(anyhow!("granting node {name} ({grant}): {}", brief(&e))),
             }
         }
         Ok(true)
@@ -366,9 +366,10 @@ impl Coordinator {
                 self.config.lease_name
             ));
         }
+        let stored = serde_json::to_value(&update.status).unwrap_or_default();
         let patch = json!({
             "metadata": {"resourceVersion": update.metadata.resource_version},
-            "status": p.status,
+            "status": merge_patch(&stored, &serde_json::to_value(&p.status).unwrap_or_default()),
         });
         match self
             .updates()
@@ -379,8 +380,9 @@ impl Coordinator {
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
             Err(e) => {
                 return Err(anyhow!(
-                    "writing the status of Update {}/{name}: {e}",
-                    self.config.namespace
+                    "writing the status of Update {}/{name}: {}",
+                    self.config.namespace,
+                    brief(&e)
                 ))
             }
         }
@@ -448,8 +450,19 @@ impl Coordinator {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!("recording Event {reason} on Update {ns}/{name}: {e}");
+            tracing::warn!(
+                "recording Event {reason} on Update {ns}/{name}: {}",
+                brief(&e)
+            );
         }
+    }
+}
+
+/// A kube error in one line: the server's message and code, without the whole Status.
+pub(super) fn brief(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        e => e.to_string(),
     }
 }
 
@@ -462,5 +475,75 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
         if stop.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`. A merge patch keeps whatever it
+/// does not mention, so a key `new` lacks (an omitted empty list, a `kubeVersion` gone from the
+/// target) is sent as null; objects are recursed into, anything else is sent whole. Unchanged
+/// keys are sent too: `old` is the status as read back through the Rust types, whose defaults
+/// may stand for keys the server does not hold.
+fn merge_patch(old: &Value, new: &Value) -> Value {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, nv) in n {
+                let v = match o.get(k) {
+                    Some(ov) => merge_patch(ov, nv),
+                    None => nv.clone(),
+                };
+                out.insert(k.clone(), v);
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_removes_what_the_new_status_lacks() {
+        let old = json!({
+            "state": "Progressing",
+            "nodes": [{"name": "w-1", "phase": "Draining"}],
+            "nodesOmitted": 3,
+            "target": {"osImageURL": "a", "kubeVersion": "v1.20.2"},
+            "counts": {"total": 2, "done": 1},
+        });
+        let new = json!({
+            "state": "Waiting",
+            "target": {"osImageURL": "a"},
+            "counts": {"total": 2, "done": 2},
+        });
+        let p = merge_patch(&old, &new);
+        assert_eq!(
+            p,
+            json!({
+                "state": "Waiting",
+                "nodes": null,
+                "nodesOmitted": null,
+                "target": {"osImageURL": "a", "kubeVersion": null},
+                "counts": {"total": 2, "done": 2},
+            })
+        );
+    }
+
+    #[test]
+    fn merge_patch_replaces_lists_whole_and_adds_new_keys() {
+        let old = json!({"conditions": [{"type": "Complete", "status": "False"}]});
+        let new = json!({
+            "conditions": [{"type": "Complete", "status": "True"}],
+            "observedGeneration": 2,
+        });
+        assert_eq!(merge_patch(&old, &new), new);
+        assert_eq!(merge_patch(&json!({}), &new), new);
+        assert_eq!(merge_patch(&new, &new), new);
+        assert_eq!(merge_patch(&Value::Null, &new), new);
     }
 }

@@ -31,6 +31,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+use super::coordinator::brief;
+
 /// The Lease's name in the coordinator's namespace.
 pub const LEASE_NAME: &str = "housekeeper-coordinator";
 
@@ -145,7 +147,7 @@ impl Elector {
         match self.api.get(&self.name).await {
             Ok(l) => Ok(Some(l)),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", self.what())),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {}", self.what(), brief(&e))),
         }
     }
 
@@ -193,7 +195,7 @@ impl Elector {
                 match self.api.create(&pp, &lease).await {
                     Ok(_) => Ok(Role::Leader { until }),
                     Err(kube::Error::Api(s)) if s.code == 409 => lost(None),
-                    Err(e) => Err(anyhow::anyhow!("creating {}: {e}", self.what())),
+                    Err(e) => Err(anyhow::anyhow!("creating {}: {}", self.what(), brief(&e))),
                 }
             }
             d @ (Decision::Acquire | Decision::Renew) => {
@@ -222,7 +224,7 @@ impl Elector {
                         } else {
                             "acquiring"
                         };
-                        Err(anyhow::anyhow!("{verb} {}: {e}", self.what()))
+                        Err(anyhow::anyhow!("{verb} {}: {}", self.what(), brief(&e)))
                     }
                 }
             }
@@ -247,7 +249,7 @@ impl Elector {
             Ok(_) => Ok(true),
             // Someone wrote it meanwhile: then it is no longer simply ours to release.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(anyhow::anyhow!("releasing {}: {e}", self.what())),
+            Err(e) => Err(anyhow::anyhow!("releasing {}: {}", self.what(), brief(&e))),
         }
     }
 }
