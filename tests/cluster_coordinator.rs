@@ -63,6 +63,8 @@ struct Running {
 }
 
 fn start(env: &TestEnv, identity: &str) -> Running {
+    // The coordinator's log in the test's output (shown when it fails).
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let c = Coordinator::new(env.admin.clone(), config(env, identity));
     let leading = c.leading();
     let (stop, stop_rx) = watch::channel(false);
@@ -684,6 +686,41 @@ async fn a_paused_rollout_grants_nothing_until_resumed() -> Result<()> {
         3 => {}
         k => bail!("{k} nodes granted after resuming, want 3"),
     }
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_changed_to_match_nothing_clears_the_node_list() -> Result<()> {
+    let rig = Rig::new("coord-selector", 0, 2).await?;
+    rig.create_update("to-v2", json!({"paused": true})).await?;
+    let c = start(&rig.env, "node-a");
+    let u = rig.wait_state("to-v2", "Paused").await?;
+    ensure!(u.status.map(|s| s.nodes.len()) == Some(2));
+    rig.updates()
+        .patch(
+            "to-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false, "nodeSelector": {
+                "matchExpressions": null,
+                "matchLabels": {"housekeeper.io/no-such-pool": "x"}}}})),
+        )
+        .await
+        .context("changing the node selector of Update to-v2")?;
+    let u = rig.wait_state("to-v2", "Waiting").await?;
+    let status = u.status.clone().unwrap_or_default();
+    ensure!(status.counts.total == 0, "{:?}", status.counts);
+    // The summaries of nodes no longer selected are gone, not left behind by the merge patch.
+    ensure!(status.nodes.is_empty(), "{:?}", status.nodes);
+    let progressing = condition(&u, "Progressing").context("Progressing condition")?;
+    ensure!(progressing.reason == "NoNodesSelected", "{progressing:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = rig.updates().get("to-v2").await?;
+    ensure!(
+        again.metadata.resource_version == u.metadata.resource_version,
+        "the status kept changing"
+    );
+    ensure!(rig.grants().await?.is_empty());
     c.stop().await?;
     Ok(())
 }
