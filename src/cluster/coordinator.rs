@@ -256,15 +256,24 @@ impl Coordinator {
                 .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
         });
         let mut wake: Option<Duration> = None;
+        let mut first_error = None;
         for update in updates {
             if update.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            if let Some(w) = self.reconcile_one(update, until).await? {
-                wake = Some(wake.map_or(w, |x| x.min(w)));
+            // One Update's trouble does not hold up the others; the first error is returned
+            // (and retried) once all were planned.
+            match self.reconcile_one(update, until).await {
+                Ok(Some(w)) => wake = Some(wake.map_or(w, |x| x.min(w))),
+                Ok(None) => {}
+                Err(e) if first_error.is_none() => first_error = Some(e),
+                Err(e) => tracing::warn!("{e:#}"),
             }
         }
-        Ok(wake)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(wake),
+        }
     }
 
     async fn reconcile_one(
