@@ -314,6 +314,8 @@ struct Seen {
     grants: BTreeMap<String, Vec<String>>,
     /// Broken rules, with the moment's picture.
     violations: Vec<String>,
+    /// From a node finishing (Done or Failed) to the next grant, as the observer saw them.
+    handoffs: Vec<Duration>,
 }
 
 /// Watch the Nodes and check I1 (`max_unavailable`) and the order: a control-plane node is
@@ -325,6 +327,7 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
     let s = seen.clone();
     let task = tokio::spawn(async move {
         let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
+        let mut last_finished: Option<Instant> = None;
         let mut stream = watcher(Api::<Node>::all(client), watcher::Config::default()).boxed();
         while let Some(ev) = stream.next().await {
             let Ok(ev) = ev else { continue };
@@ -338,6 +341,14 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                     continue;
                 }
                 let before = nodes.get(&v.name).and_then(|o| o.grant.clone());
+                let finished = |n: &NodeView| {
+                    n.grant
+                        .as_ref()
+                        .is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal))
+                };
+                if finished(&v) && !nodes.get(&v.name).is_some_and(finished) {
+                    last_finished = Some(Instant::now());
+                }
                 nodes.insert(v.name.clone(), v.clone());
                 let in_flight: Vec<&NodeView> = nodes
                     .values()
@@ -357,6 +368,9 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                 if let Some(g) = v.grant.as_ref().filter(|g| Some(*g) != before.as_ref()) {
                     let g = g.to_string();
                     seen.grants.entry(v.name.clone()).or_default().push(g);
+                    if let Some(t) = last_finished.take() {
+                        seen.handoffs.push(t.elapsed());
+                    }
                     if v.control_plane && in_flight.len() > 1 {
                         seen.violations.push(format!(
                             "control-plane node {} granted while others in flight: {names:?}",
@@ -514,6 +528,13 @@ async fn a_rollout_goes_control_plane_first_within_max_unavailable_to_complete()
             seen.max_in_flight
         );
         ensure!(seen.grants.len() == 6 && seen.grants.values().all(|g| g.len() == 1));
+        // Grants follow completions through the watches, not a polling period.
+        let mut h = seen.handoffs.clone();
+        h.sort();
+        ensure!(h.len() >= 3, "handoffs {h:?}");
+        let median = h[h.len() / 2];
+        eprintln!("from a node finishing to the next grant: median {median:?} of {h:?}");
+        ensure!(median < Duration::from_millis(500), "handoffs {h:?}");
     }
     // The status settles: no write loop once Complete.
     let rv = u.metadata.resource_version.clone();
