@@ -621,22 +621,25 @@ async fn a_killed_coordinator_is_replaced_without_lost_or_repeated_grants() -> R
     let _agents = rig.agents(&[]);
     rig.create_update("to-v2", json!({"maxUnavailable": 2}))
         .await?;
+    // Two coordinators from the start, as on two hkd: one leads, the other stands by.
     let a = start(&rig.env, "node-a");
+    let b = start(&rig.env, "node-b");
     // Mid-rollout: the control plane done, workers granted.
     wait_for("workers granted", ROLLOUT, || async {
         let g = rig.grants().await?;
         Ok(rig.workers.iter().filter(|w| g.contains_key(*w)).count() >= 2)
     })
     .await?;
-    a.kill().await;
+    ensure!(a.leads() != b.leads(), "not exactly one coordinator leads");
+    let (leader, spare) = if a.leads() { (a, b) } else { (b, a) };
+    leader.kill().await;
     let granted_at_kill = rig.grants().await?;
     ensure!(
         granted_at_kill.len() < 6,
         "the rollout ended before the kill"
     );
-    let b = start(&rig.env, "node-b");
     let u = rig.wait_state("to-v2", "Complete").await?;
-    ensure!(b.leads(), "node-b does not lead at the end");
+    ensure!(spare.leads(), "{} does not lead at the end", spare.identity);
     let n = counts(&u);
     ensure!((n.total, n.done, n.failed) == (6, 6, 0), "{n:?}");
     {
@@ -668,7 +671,7 @@ async fn a_killed_coordinator_is_replaced_without_lost_or_repeated_grants() -> R
             ensure!(k == 1, "{node} granted by the successor without an Event");
         }
     }
-    b.stop().await?;
+    spare.stop().await?;
     Ok(())
 }
 
