@@ -561,6 +561,17 @@ async fn a_rollout_goes_control_plane_first_within_max_unavailable_to_complete()
         events.iter().filter(|(r, _)| r == "Complete").count() == 1,
         "{events:#?}"
     );
+    // And on each Node, where `kubectl describe node` shows it.
+    let node_events: Api<Event> = Api::namespaced(rig.env.admin.clone(), "default");
+    for node in rig.all() {
+        let lp = ListParams::default().fields(&format!("involvedObject.name={node}"));
+        let on_node = node_events.list(&lp).await?.items;
+        let k = on_node
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Granted"))
+            .count();
+        ensure!(k == 1, "{k} Granted events on Node {node}: {on_node:?}");
+    }
     c.stop().await?;
     eprintln!("rollout of 6 nodes, 4 steps of {STEP:?} each: {took:?}");
     Ok(())

@@ -18,7 +18,7 @@
 //! - plans are made on fresh reads, never on a cache that may not hold the last grants yet, so
 //!   `maxUnavailable` (I1) holds across consecutive wake-ups;
 //! - nothing is written once the Lease's term, as last renewed, is about to end;
-//! - Events: one `Granted` per grant written, `Halted`, `Complete` and `Paused` when the
+//! - Events: one `Granted` per grant written (on the Update and on the Node), `Halted`, `Complete` and `Paused` when the
 //!   Update's stored state changes to them (read from the status, so a successor does not
 //!   repeat its predecessor's).
 //!
@@ -49,6 +49,10 @@ use super::update::{ImagePolicy, Update, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
 pub const COMPONENT: &str = "housekeeper-coordinator";
+
+/// Where Events about Nodes go: Nodes have no namespace, and `default` is where the kubelet
+/// and the node controllers put theirs, so `kubectl describe node` shows ours beside them.
+pub const NODE_EVENT_NAMESPACE: &str = "default";
 
 /// How often a plan is retried after its writes met a 409 before the wake-up gives up (the
 /// next event or `retry_after` tries again).
@@ -343,13 +347,24 @@ impl Coordinator {
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
+                Ok(node) => {
                     tracing::info!("granted node {name} ({grant})");
                     self.record(
                         update,
                         "Normal",
                         "Granted",
                         format!("node {name} may upgrade (grant {grant})"),
+                    )
+                    .await;
+                    let u = update.name_any();
+                    self.record_on_node(
+                        &node,
+                        "Normal",
+                        "Granted",
+                        format!(
+                            "may upgrade for Update {}/{u} (grant {grant})",
+                            self.config.namespace
+                        ),
                     )
                     .await;
                 }
@@ -423,26 +438,54 @@ impl Coordinator {
         Ok(true)
     }
 
-    /// Record a core/v1 Event on the Update. A failure is logged: the status already says it.
+    /// Record a core/v1 Event on the Update.
     async fn record(&self, update: &Update, type_: &str, reason: &str, message: String) {
+        let about = ObjectReference {
+            api_version: Some(Update::api_version(&()).into_owned()),
+            kind: Some(Update::kind(&()).into_owned()),
+            name: Some(update.name_any()),
+            namespace: Some(self.config.namespace.clone()),
+            uid: update.metadata.uid.clone(),
+            resource_version: update.metadata.resource_version.clone(),
+            field_path: None,
+        };
+        self.record_on(about, &self.config.namespace, type_, reason, message)
+            .await;
+    }
+
+    /// Record a core/v1 Event on a Node, where `kubectl describe node` shows it.
+    async fn record_on_node(&self, node: &Node, type_: &str, reason: &str, message: String) {
+        let about = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: node.metadata.name.clone(),
+            uid: node.metadata.uid.clone(),
+            ..Default::default()
+        };
+        self.record_on(about, NODE_EVENT_NAMESPACE, type_, reason, message)
+            .await;
+    }
+
+    /// Write one Event. A failure is logged, not returned: the status and the annotations
+    /// already say what the Event tells.
+    async fn record_on(
+        &self,
+        about: ObjectReference,
+        ns: &str,
+        type_: &str,
+        reason: &str,
+        message: String,
+    ) {
         let now = Timestamp::now();
-        let ns = &self.config.namespace;
-        let name = update.name_any();
+        let name = about.name.clone().unwrap_or_default();
+        let kind = about.kind.clone().unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.clone()),
+                namespace: Some(ns.to_owned()),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some(Update::api_version(&()).into_owned()),
-                kind: Some(Update::kind(&()).into_owned()),
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                uid: update.metadata.uid.clone(),
-                resource_version: update.metadata.resource_version.clone(),
-                field_path: None,
-            },
+            involved_object: about,
             reason: Some(reason.into()),
             message: Some(message),
             type_: Some(type_.into()),
@@ -459,10 +502,7 @@ impl Coordinator {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(
-                "recording Event {reason} on Update {ns}/{name}: {}",
-                brief(&e)
-            );
+            tracing::warn!("recording Event {reason} on {kind} {name}: {}", brief(&e));
         }
     }
 }
