@@ -1,7 +1,7 @@
 //! The coordinator's run loop: elected through a Lease ([`super::lease`]), it watches the
 //! Updates and the Nodes, asks the planner ([`super::plan`]) and writes what it decided: grants
-//! as Node annotations, the Update's status, and Events on the Update. It decides nothing
-//! itself.
+//! as Node annotations, the Update's status, and Events on the Update and its Nodes. It decides
+//! nothing itself.
 //!
 //! Expected flow: every hkd runs [`Coordinator::run`]; one wins the Lease and leads: a watch on
 //! the Nodes and one on the Updates of its namespace wake it, the planner's `wake_after` (a
@@ -18,9 +18,9 @@
 //! - plans are made on fresh reads, never on a cache that may not hold the last grants yet, so
 //!   `maxUnavailable` (I1) holds across consecutive wake-ups;
 //! - nothing is written once the Lease's term, as last renewed, is about to end;
-//! - Events: one `Granted` per grant written (on the Update and on the Node), `Halted`, `Complete` and `Paused` when the
-//!   Update's stored state changes to them (read from the status, so a successor does not
-//!   repeat its predecessor's).
+//! - Events: one `Granted` per grant written (on the Update and on the Node); `Halted`,
+//!   `Complete` and `Paused` when the Update's stored state changes to them (read from the
+//!   status, so a successor does not repeat its predecessor's).
 //!
 //! Assumptions: the Update CRD is installed; the client has kube's own retry off.
 //!
