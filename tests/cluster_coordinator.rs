@@ -759,3 +759,51 @@ async fn a_selector_changed_to_match_nothing_clears_the_node_list() -> Result<()
     c.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_updates_at_once_share_the_nodes_within_max_unavailable() -> Result<()> {
+    let rig = Rig::new("coord-two-updates", 0, 4).await?;
+    // Every node in flight for either Update counts: both Updates allow 2, so at most 2 of
+    // these Nodes are ever out of service together.
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 2);
+    let _agents = rig.agents(&[]);
+    let other = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:3";
+    // The first selects the last two workers, the second all four: a second plan made on the
+    // Nodes as they were before the first's grants would pick the other two at once.
+    rig.create_update(
+        "first",
+        json!({"maxUnavailable": 2, "osImageURL": other, "nodeSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/hostname", "operator": "In", "values": &rig.workers[2..],
+        }]}}),
+    )
+    .await?;
+    rig.create_update("second", json!({"maxUnavailable": 2}))
+        .await?;
+    let c = start(&rig.env, "node-a");
+    for (name, total) in [("first", 2), ("second", 4)] {
+        let u = rig.wait_state(name, "Complete").await?;
+        let n = counts(&u);
+        ensure!(
+            (n.total, n.done, n.failed) == (total, total, 0),
+            "{name}: {n:?}"
+        );
+    }
+    {
+        let seen = seen.lock().unwrap();
+        ensure!(seen.violations.is_empty(), "{:#?}", seen.violations);
+        ensure!(
+            seen.max_in_flight == 2,
+            "max in flight {}",
+            seen.max_in_flight
+        );
+        // Each Update granted a node at most once: the second only after the first was done
+        // there (or the first found it at its image already).
+        ensure!(
+            seen.grants.values().all(|g| !g.is_empty() && g.len() <= 2),
+            "{:?}",
+            seen.grants
+        );
+    }
+    c.stop().await?;
+    Ok(())
+}
