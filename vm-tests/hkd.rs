@@ -63,6 +63,16 @@ struct Node<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// A fresh testos disk whose first boot gets hkd's configuration and health check.
+    fn new(s: &'a Scenario, t: &'a Testos, server: &HttpServer) -> Result<Node<'a>> {
+        Ok(Node {
+            s,
+            t,
+            disk: s.testos_disk(t, "testos", Some(&ignition(t)?))?,
+            url: server.guest_url("repo"),
+        })
+    }
+
     fn boot(&self) -> Result<Machine> {
         let mut vm = self.s.boot_testos(self.t, &self.disk, "testos")?;
         vm.wait_mark("ready", BOOT_TIMEOUT)?;
@@ -135,13 +145,7 @@ fn testos_hkd_upgrades_to_v2_then_rolls_back_a_failing_v3() -> Result<()> {
     scenario("hkd-upgrade-rollback", |s: &Scenario| {
         let t = images::testos()?;
         let server = HttpServer::serve(&t.dir)?;
-        let node = Node {
-            s,
-            t,
-            disk: s.testos_disk(t, "testos", Some(&ignition(t)?))?,
-            url: server.guest_url("repo"),
-        };
-
+        let node = Node::new(s, t, &server)?;
         let mut vm = node.boot()?;
         node.point_remote(&vm)?;
         ensure!(status(&vm)?["upgrade"]["phase"] == "idle");
@@ -204,13 +208,7 @@ fn testos_hkd_killed_while_staging_and_power_lost_still_ends_done() -> Result<()
     scenario("hkd-crashes", |s: &Scenario| {
         let t = images::testos()?;
         let server = HttpServer::serve(&t.dir)?;
-        let node = Node {
-            s,
-            t,
-            disk: s.testos_disk(t, "testos", Some(&ignition(t)?))?,
-            url: server.guest_url("repo"),
-        };
-
+        let node = Node::new(s, t, &server)?;
         let mut vm = node.boot()?;
         node.point_remote(&vm)?;
         vm.sh(&format!("hkd upgrade {}", node.target(2)))?;
