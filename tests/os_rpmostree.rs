@@ -325,6 +325,34 @@ fn a_busy_daemon_is_busy() {
 }
 
 #[test]
+fn a_call_racing_the_daemons_idle_exit_is_asked_again_once() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    // The daemon exits without reading the call (NoReply); the next instance answers.
+    lab.standin.model().hooks.no_reply_next = 1;
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    let methods = lab.methods();
+    assert_eq!(
+        methods
+            .iter()
+            .filter(|m| m.as_str() == "UpdateDeployment")
+            .count(),
+        2,
+        "{methods:?}"
+    );
+    // Twice in a row is not an idle exit: the daemon is reported gone, nothing staged.
+    lab.standin.model().hooks.no_reply_next = 2;
+    let err = backend.unstage().unwrap_err();
+    assert!(matches!(err, OsError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("went away without answering, twice"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains('\n'));
+}
+
+#[test]
 fn an_absent_daemon_is_unavailable_and_says_what_to_check() {
     let bus = PrivateBus::start();
     let err = RpmOstree::at_address(&bus.address, false)

@@ -140,14 +140,55 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-/// GLib errors without a D-Bus name, as GDBus sends them (G_IO_ERROR codes).
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark")]
+/// The errors the daemon's callers see: GLib errors without a D-Bus name, as GDBus sends
+/// them (G_IO_ERROR codes), and the bus's NoReply for a call the daemon never answered.
+#[derive(Debug)]
 pub enum GioError {
-    #[zbus(error)]
     ZBus(zbus::Error),
     /// G_IO_ERROR_FAILED: what `glnx_throw` raises.
     Code0(String),
+    /// Sent by the bus, not the daemon, when the daemon exits with the call unread.
+    NoReply(String),
+}
+
+impl zbus::DBusError for GioError {
+    fn create_reply(&self, header: &zbus::message::Header<'_>) -> zbus::Result<zbus::Message> {
+        zbus::Message::error(header, self.name())?.build(&(self.to_string(),))
+    }
+
+    fn name(&self) -> zbus::names::ErrorName<'_> {
+        zbus::names::ErrorName::from_static_str_unchecked(match self {
+            GioError::ZBus(_) => "org.freedesktop.zbus.Error",
+            GioError::Code0(_) => {
+                "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code0"
+            }
+            GioError::NoReply(_) => "org.freedesktop.DBus.Error.NoReply",
+        })
+    }
+
+    fn description(&self) -> Option<&str> {
+        match self {
+            GioError::ZBus(_) => None,
+            GioError::Code0(m) | GioError::NoReply(m) => Some(m),
+        }
+    }
+}
+
+impl std::fmt::Display for GioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GioError::ZBus(e) => write!(f, "{e}"),
+            GioError::Code0(m) | GioError::NoReply(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for GioError {}
+
+impl From<zbus::Error> for GioError {
+    fn from(e: zbus::Error) -> Self {
+        GioError::ZBus(e)
+    }
 }
 
 struct Sysroot {
@@ -246,6 +287,12 @@ impl Os {
             method: method.to_owned(),
             args,
         });
+        if m.hooks.no_reply_next > 0 {
+            m.hooks.no_reply_next -= 1;
+            return Err(GioError::NoReply(
+                "Message recipient disconnected from message bus without replying".into(),
+            ));
+        }
         if let Some((title, ..)) = &m.active {
             return Err(busy(title));
         }

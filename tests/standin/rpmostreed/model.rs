@@ -100,6 +100,9 @@ pub struct Hooks {
     pub slow_next: Option<Duration>,
     /// The method call fails as busy although ActiveTransaction is empty (a race lost).
     pub busy_error_next: bool,
+    /// The next this-many method calls get no answer: the bus's NoReply, what a caller sees
+    /// when the daemon exits (idle) with its call unread.
+    pub no_reply_next: u32,
 }
 
 /// The daemon's state.
