@@ -115,11 +115,7 @@ pub trait Backend: Send + Sync {
 
     /// Makes the booted deployment what the next boot starts again (after a finalized target
     /// was given up without its reboot). Nothing to do when it already is.
-    fn restore_booted(&self) -> Result<(), OsError> {
-        Err(OsError::Failed(
-            "this backend cannot make the booted deployment the default again".into(),
-        ))
-    }
+    fn restore_booted(&self) -> Result<(), OsError>;
 
     /// Removes deployments that are neither booted, default, rollback nor pinned, and prunes.
     fn cleanup(&self) -> Result<(), OsError>;
