@@ -163,12 +163,16 @@ fn unit_active(unit: &str) -> Result<(), String> {
 }
 
 /// A command error is long; what a check said last is what the admin needs.
+/// A check that said nothing is described by how it ended ("failed (exit status: 1)").
 fn last_words(error: &str) -> String {
-    error
-        .rsplit_once("): ")
-        .map_or(error, |(_, said)| said)
-        .trim()
-        .to_owned()
+    match error.rsplit_once("): ") {
+        Some((_, said)) if !said.trim().is_empty() => said.trim().to_owned(),
+        Some((head, _)) => {
+            let ending = head.rsplit_once("` ").map_or(head, |(_, ending)| ending);
+            format!("{ending})")
+        }
+        None => error.trim().to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +316,26 @@ mod tests {
         let verdict = gate.run_until(started + Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(matches!(verdict, Verdict::Fail { reason } if reason.ends_with("still broken")));
+    }
+
+    #[test]
+    fn a_silent_failing_check_is_described_by_its_exit_status() {
+        let root = tempfile::tempdir().unwrap();
+        script(
+            root.path(),
+            "etc/hkd/health.d/required.d/10-quiet",
+            "exit 3",
+        );
+        let gate = Gate {
+            root: root.path().to_owned(),
+            settings: settings(),
+            extra: vec![],
+        };
+        let results = gate.run_once();
+        assert_eq!(
+            results[0].failure.as_deref(),
+            Some("failed (exit status: 3)")
+        );
     }
 
     #[test]
