@@ -27,7 +27,6 @@ use housekeeper::cluster::lease::LEASE_NAME;
 use housekeeper::cluster::update::{self, Update};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -94,30 +93,6 @@ impl Running {
     }
 }
 
-async fn install_update_crd(client: &Client) -> Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds.create(&PostParams::default(), &update::crd()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e).context("creating CRD updates.housekeeper.io"),
-    }
-    wait_for(
-        "CRD updates.housekeeper.io Established",
-        Duration::from_secs(30),
-        || async {
-            Ok(crds
-                .get("updates.housekeeper.io")
-                .await?
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True"))
-        },
-    )
-    .await
-}
-
 /// A test's Nodes: control-plane ones first, then workers, each registered by the stand-in.
 struct Rig {
     env: TestEnv,
@@ -128,7 +103,7 @@ struct Rig {
 impl Rig {
     async fn new(test: &str, control_plane: usize, workers: usize) -> Result<Rig> {
         let env = TestEnv::new(test).await?;
-        install_update_crd(&env.admin).await?;
+        support::crd::install_update_crd(&env.admin).await?;
         let k = KubeletStandIn::new(env.admin.clone());
         let mut rig = Rig {
             control_plane: Vec::new(),

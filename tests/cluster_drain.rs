@@ -14,7 +14,6 @@ use housekeeper::cluster::annotations::CORDONED_BY_HKD;
 use housekeeper::cluster::kube_drain::{Drainer, Outcome, Stuck, Tuning};
 use housekeeper::cluster::update::{self, DrainPolicy, OnTimeout, Update};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
@@ -412,29 +411,9 @@ async fn an_admins_cordon_survives() -> Result<()> {
 #[tokio::test]
 async fn the_update_crd_rejects_bad_values_and_takes_good_ones() -> Result<()> {
     let env = TestEnv::new("update-crd").await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(env.admin.clone());
     // The checked-in manifest is what gets applied (it parses as YAML only through kubectl;
     // here the same object from the types, which the unit test ties to the file).
-    match crds.create(&PostParams::default(), &update::crd()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e).context("creating CRD updates.housekeeper.io"),
-    }
-    wait_for(
-        "CRD updates.housekeeper.io Established",
-        SERVER_REACTION,
-        || async {
-            Ok(crds
-                .get("updates.housekeeper.io")
-                .await?
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True"))
-        },
-    )
-    .await?;
+    support::crd::install_update_crd(&env.admin).await?;
     let api: Api<Update> = Api::namespaced(env.admin.clone(), &env.ns);
     // Raw JSON, so that values the Rust types could not even hold reach the server.
     let raw: Api<DynamicObject> = Api::namespaced_with(

@@ -29,7 +29,6 @@ pub fn resource() -> ApiResource {
 /// Install the CRD (once per cluster; a concurrent or earlier install is fine) and wait until
 /// the server says Established.
 pub async fn ensure_installed(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = format!("{PLURAL}.{GROUP}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -65,7 +64,20 @@ pub async fn ensure_installed(client: &Client) -> Result<()> {
             }],
         },
     }))?;
-    match api.create(&PostParams::default(), &crd).await {
+    install(client, &crd).await
+}
+
+/// The `Update` CRD generated from the project's types, installed and Established.
+pub async fn install_update_crd(client: &Client) -> Result<()> {
+    install(client, &housekeeper::cluster::update::crd()).await
+}
+
+/// Creates `crd` (an earlier or concurrent install is fine) and waits until the server says
+/// Established.
+pub async fn install(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), crd).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
