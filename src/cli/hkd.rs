@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use clap_verbosity_flag::{InfoLevel, Verbosity};
 
-use super::{CompletionsArgs, ManArgs, EXIT_CODES_HELP};
+use super::{DocCommand, EXIT_CODES_HELP};
 use crate::config::{self, hkd::Settings};
 use crate::node::daemon;
 use crate::node::journal::Journal;
@@ -49,10 +49,8 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Print the merged configuration and the file each value came from
     Config(ConfigArgs),
-    /// Print shell completions
-    Completions(CompletionsArgs),
-    /// Print the man page, or write all pages into a directory
-    Man(ManArgs),
+    #[command(flatten)]
+    Doc(DocCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,11 +114,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Config(args) => show_config(&cli.root, &args, out),
-        Command::Completions(args) => {
-            super::write_completions::<Cli>(&args, out);
-            Ok(())
-        }
-        Command::Man(args) => super::write_man::<Cli>(&args, out),
+        Command::Doc(doc) => doc.run::<Cli>(out),
     }
 }
 

@@ -61,6 +61,29 @@ pub fn finish(program: &str, result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The subcommands every program has: its own documentation. Flattened into each program's
+/// command enum.
+#[derive(Debug, clap::Subcommand)]
+pub enum DocCommand {
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Print the man page, or write all pages into a directory
+    Man(ManArgs),
+}
+
+impl DocCommand {
+    /// Writes the documentation of program `C`.
+    pub fn run<C: CommandFactory>(self, out: &mut dyn Write) -> anyhow::Result<()> {
+        match self {
+            DocCommand::Completions(args) => {
+                write_completions::<C>(&args, out);
+                Ok(())
+            }
+            DocCommand::Man(args) => write_man::<C>(&args, out),
+        }
+    }
+}
+
 /// `PROGRAM completions SHELL`
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -79,14 +102,14 @@ pub struct ManArgs {
 }
 
 /// Writes shell completions for the program defined by `C`.
-pub fn write_completions<C: CommandFactory>(args: &CompletionsArgs, out: &mut dyn Write) {
+fn write_completions<C: CommandFactory>(args: &CompletionsArgs, out: &mut dyn Write) {
     let mut command = C::command();
     let name = command.get_name().to_owned();
     clap_complete::generate(args.shell, &mut command, name, out);
 }
 
 /// Prints the program's man page, or writes all its pages into a directory.
-pub fn write_man<C: CommandFactory>(args: &ManArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+fn write_man<C: CommandFactory>(args: &ManArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let command = C::command();
     match &args.dir {
         None => clap_mangen::Man::new(command)

@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::{Parser, Subcommand};
 use clap_verbosity_flag::{InfoLevel, Verbosity};
 
-use super::{CompletionsArgs, ManArgs, EXIT_CODES_HELP};
+use super::{DocCommand, EXIT_CODES_HELP};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,19 +24,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print shell completions
-    Completions(CompletionsArgs),
-    /// Print the man page, or write all pages into a directory
-    Man(ManArgs),
+    #[command(flatten)]
+    Doc(DocCommand),
 }
 
 /// Runs a parsed `x2nestos` command line, writing results to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
-        Command::Completions(args) => {
-            super::write_completions::<Cli>(&args, out);
-            Ok(())
-        }
-        Command::Man(args) => super::write_man::<Cli>(&args, out),
+        Command::Doc(doc) => doc.run::<Cli>(out),
     }
 }
