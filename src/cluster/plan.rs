@@ -13,6 +13,8 @@
 //!   `kubeVersion` is set);
 //! - more failures than `maxFailed` halt (I6); a failed control-plane node halts too when
 //!   `kubeVersion` is set, since workers' kubelets must never be newer than the API server;
+//! - `abort` (set by `hkctl abort`): no new grants, ever; Halted with reason `Aborted` (the
+//!   nodes in flight finish or withdraw, as `abort.inFlight` tells their agents);
 //! - `paused`: no grants; outside every maintenance window: no grants, and `wake_after` says
 //!   when the next one opens;
 //! - control-plane nodes first, one at a time; workers only once no control-plane node is
@@ -40,8 +42,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::annotations::{AgentPhase, Grant, NodeView};
 use super::selector::Selector;
 use super::update::{
-    target_image, validate, Counts, ImagePolicy, NodeSummary, Target, Update, UpdateCondition,
-    UpdateStatus, MAX_NODE_SUMMARIES,
+    target_image, validate, Counts, ImagePolicy, InFlight, NodeSummary, Target, Update,
+    UpdateCondition, UpdateStatus, MAX_NODE_SUMMARIES,
 };
 use super::window;
 
@@ -57,6 +59,9 @@ pub struct Plan {
     /// The grant value to write (`<uid>/<generation>`).
     pub grant: Option<Grant>,
     pub status: UpdateStatus,
+    /// Every selected node in the order of `status.nodes`, without its bound: what `hkctl
+    /// status` shows. A pending node's reason says what it waits for.
+    pub all_nodes: Vec<NodeSummary>,
 }
 
 /// Where one selected node stands.
@@ -76,6 +81,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const COMPLETE: &str = "Complete";
 pub const HALTED: &str = "Halted";
 pub const PAUSED: &str = "Paused";
+/// The Halted reason of an aborted Update.
+pub const ABORTED: &str = "Aborted";
 
 /// How many failed nodes a Halted message names before "and N more".
 const NAMED_IN_MESSAGE: usize = 5;
@@ -121,6 +128,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             wake_after: None,
             grant: None,
             status: status.clone(),
+            all_nodes: Vec::new(),
         }
     };
     if let Err(errors) = validate(spec, policy) {
@@ -246,7 +254,16 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         .map(|(n, _)| n.name.as_str())
         .collect();
 
-    let halted = if counts.failed > spec.max_failed {
+    let halted = if let Some(abort) = &spec.abort {
+        let in_flight = match abort.in_flight {
+            InFlight::Finish => "nodes already granted finish",
+            InFlight::RollBack => "nodes already granted and not yet rebooted withdraw",
+        };
+        Some((
+            ABORTED,
+            format!("aborted by an admin: no new grants; {in_flight}"),
+        ))
+    } else if counts.failed > spec.max_failed {
         Some((
             "FailureBudgetExceeded",
             format!(
@@ -338,6 +355,20 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         }
     }
 
+    // What a node that is only waiting for its turn waits for.
+    let pending_reason = match (&halted, &holding) {
+        (Some((reason, _)), _) if *reason == ABORTED => "aborted".to_owned(),
+        (Some(_), _) => "halted".to_owned(),
+        (None, Some((reason, message))) => match reason.as_str() {
+            "Paused" => "paused".to_owned(),
+            "OutsideMaintenanceWindow" => "window closed".to_owned(),
+            "ControlPlaneInFlight" | "ControlPlaneWaiting" => "control plane first".to_owned(),
+            "MaxUnavailable" => format!("no slot (maxUnavailable {max_unavailable})"),
+            _ => message.clone(),
+        },
+        (None, None) => String::new(),
+    };
+
     // Status.
     let granted_now = grants.len() as i32;
     counts.pending -= granted_now;
@@ -354,7 +385,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
                 Class::Failed(r) => (0, "Failed".into(), r.clone()),
                 Class::InFlight(p) => (1, p.clone(), n.reason.clone().unwrap_or_default()),
                 Class::Waiting(r) => (2, "Waiting".into(), r.clone()),
-                Class::Pending => (3, "Pending".into(), String::new()),
+                Class::Pending => (3, "Pending".into(), pending_reason.clone()),
                 Class::Done(r) => (4, "Done".into(), r.clone()),
             };
             let mut reason = reason;
@@ -381,16 +412,14 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         })
         .collect();
     summaries.sort_by_key(|(rank, s)| (*rank, Reverse(s.since.is_some()), s.name.clone()));
-    status.nodes_omitted = summaries.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
-    status.nodes = summaries
-        .into_iter()
-        .take(MAX_NODE_SUMMARIES)
-        .map(|(_, s)| s)
-        .collect();
+    let all_nodes: Vec<NodeSummary> = summaries.into_iter().map(|(_, s)| s).collect();
+    status.nodes_omitted = all_nodes.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
+    status.nodes = all_nodes.iter().take(MAX_NODE_SUMMARIES).cloned().collect();
 
     if let Some((reason, message)) = halted {
         let mut p = halt(&mut status, reason, message);
         p.wake_after = None;
+        p.all_nodes = all_nodes;
         return p;
     }
 
@@ -473,6 +502,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         wake_after: if complete { None } else { wake_after },
         grant: Some(grant),
         status,
+        all_nodes,
     }
 }
 

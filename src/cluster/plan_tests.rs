@@ -407,3 +407,73 @@ fn status_serialises_without_nulls() {
     let s = serde_json::to_string(&p.status).unwrap();
     assert!(!s.contains("null"), "{s}");
 }
+
+#[test]
+fn an_aborted_update_grants_nothing_and_says_so() {
+    let u = update(json!({"maxUnavailable": 2, "abort": {"inFlight": "rollBack"}}));
+    assert_eq!(
+        u.spec.abort.as_ref().map(|a| a.in_flight),
+        Some(crate::cluster::update::InFlight::RollBack)
+    );
+    let g = Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    };
+    let mut nodes: Vec<_> = (1..=4).map(|i| node(&format!("w-{i}"), false)).collect();
+    grant(&mut nodes[0], &g, Some(AgentPhase::Draining));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty(), "{:?}", p.grants);
+    assert_eq!(p.status.state.as_deref(), Some(HALTED));
+    let halted = cond(&p, HALTED);
+    assert_eq!(
+        (halted.status.as_str(), halted.reason.as_str()),
+        ("True", ABORTED)
+    );
+    assert!(halted.message.contains("withdraw"), "{}", halted.message);
+    // Counts and rows still describe the nodes: one in flight, three that will not go.
+    assert_eq!(p.status.counts.in_flight, 1);
+    assert_eq!(p.status.counts.pending, 3);
+    assert_eq!(p.all_nodes.len(), 4);
+    assert!(p
+        .all_nodes
+        .iter()
+        .filter(|n| n.phase == "Pending")
+        .all(|n| n.reason == "aborted"));
+    // Finishing in flight is the default.
+    let u = update(json!({"abort": {}}));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert!(cond(&p, HALTED).message.contains("finish"));
+    // Without the abort the same nodes are granted.
+    let u = update(json!({"maxUnavailable": 2}));
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["w-2"]);
+}
+
+#[test]
+fn pending_nodes_say_what_they_wait_for() {
+    let u = update(json!({"maxUnavailable": 1}));
+    let nodes: Vec<_> = (1..=3).map(|i| node(&format!("w-{i}"), false)).collect();
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["w-1"]);
+    let reasons: Vec<(&str, &str)> = p
+        .all_nodes
+        .iter()
+        .map(|n| (n.phase.as_str(), n.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("Granted", ""),
+            ("Pending", "no slot (maxUnavailable 1)"),
+            ("Pending", "no slot (maxUnavailable 1)"),
+        ]
+    );
+    let p = plan(&update(json!({"paused": true})), &nodes, now(), strict());
+    assert!(p.all_nodes.iter().all(|n| n.reason == "paused"));
+    let all: Vec<_> = (0..MAX_NODE_SUMMARIES + 5)
+        .map(|i| node(&format!("n-{i:03}"), false))
+        .collect();
+    let p = plan(&u, &all, now(), strict());
+    assert_eq!(p.all_nodes.len(), MAX_NODE_SUMMARIES + 5);
+    assert_eq!(p.status.nodes[..], p.all_nodes[..MAX_NODE_SUMMARIES]);
+}

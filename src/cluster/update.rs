@@ -83,6 +83,31 @@ pub struct UpdateSpec {
     /// No new grants while true; nodes already granted finish.
     #[serde(default)]
     pub paused: bool,
+    /// Set by `hkctl abort`: no new grants, ever, for this Update; `inFlight` says what the
+    /// nodes already granted do. Final: a new rollout is a new target (`hkctl upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Abort>,
+}
+
+/// An admin's abort of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Abort {
+    #[serde(default)]
+    pub in_flight: InFlight,
+}
+
+/// What nodes already granted do when their rollout is aborted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum InFlight {
+    /// Go on to the end (done or failed), as after a pause.
+    #[default]
+    Finish,
+    /// Nodes that have not rebooted into the target yet withdraw: their staged deployment is
+    /// dropped, hkd's cordon lifted, and they report Failed with the abort as the reason.
+    /// Nodes already rebooted finish.
+    RollBack,
 }
 
 fn one() -> i32 {
