@@ -12,6 +12,7 @@
 //! | `housekeeper.io/since` | agent | RFC 3339 time of the last phase change (age in `hkctl status`) |
 //! | `housekeeper.io/os-image` | agent | the booted deployment's image reference |
 //! | `housekeeper.io/cordoned-by-hkd` | agent | the grant under which hkd cordoned the node |
+//! | `housekeeper.io/staged` | agent | the image staged ahead of a grant (absent: none) |
 //!
 //! The coordinator writes a grant with a resourceVersion precondition; the agent reports by
 //! copying the grant into `phase-grant`. A grant is never removed while its node is in flight:
@@ -32,6 +33,7 @@ pub const REASON: &str = "housekeeper.io/reason";
 pub const SINCE: &str = "housekeeper.io/since";
 pub const OS_IMAGE: &str = "housekeeper.io/os-image";
 pub const CORDONED_BY_HKD: &str = "housekeeper.io/cordoned-by-hkd";
+pub const STAGED: &str = "housekeeper.io/staged";
 
 /// Labels kubeadm puts on control-plane nodes (`master` before 1.24, `control-plane` after).
 pub const CONTROL_PLANE_LABELS: &[&str] = &[
@@ -140,6 +142,8 @@ pub struct NodeView {
     pub phase_grant: Option<Grant>,
     pub reason: Option<String>,
     pub since: Option<Timestamp>,
+    /// The image the agent staged ahead of its grant.
+    pub staged: Option<String>,
     /// Annotations that did not parse, each as one line: shown in status, never guessed at.
     pub problems: Vec<String>,
 }
@@ -217,6 +221,7 @@ impl NodeView {
             phase_grant,
             reason: ann.get(REASON).cloned(),
             since,
+            staged: ann.get(STAGED).cloned(),
             problems,
         }
     }

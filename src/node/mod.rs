@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod follow;
 pub mod health;
 pub mod journal;
 pub mod machine;
