@@ -14,10 +14,11 @@ pub mod drain;
 pub mod kube_drain;
 pub mod lease;
 pub mod plan;
+pub mod rbac;
 pub mod selector;
 pub mod update;
 pub mod window;
-mod yaml;
+pub(crate) mod yaml;
 
 pub use annotations::{AgentPhase, Grant, NodeView};
 pub use plan::{plan, Plan};

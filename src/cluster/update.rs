@@ -84,7 +84,8 @@ pub struct UpdateSpec {
     #[serde(default)]
     pub paused: bool,
     /// Set by `hkctl abort`: no new grants, ever, for this Update; `inFlight` says what the
-    /// nodes already granted do. Final: a new rollout is a new target (`hkctl upgrade`).
+    /// nodes already granted do. Lifted only by `hkctl upgrade`, which starts
+    /// the rollout anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<Abort>,
 }
