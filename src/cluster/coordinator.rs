@@ -33,9 +33,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
@@ -43,6 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::annotations::{NodeView, GRANT};
+use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::plan::{plan, Plan, COMPLETE, HALTED, PAUSED};
 use super::update::{ImagePolicy, Update, NAMESPACE};
@@ -50,9 +50,7 @@ use super::update::{ImagePolicy, Update, NAMESPACE};
 /// The `source.component` and `reportingComponent` of the Events written.
 pub const COMPONENT: &str = "housekeeper-coordinator";
 
-/// Where Events about Nodes go: Nodes have no namespace, and `default` is where the kubelet
-/// and the node controllers put theirs, so `kubectl describe node` shows ours beside them.
-pub const NODE_EVENT_NAMESPACE: &str = "default";
+pub use super::events::NODE_EVENT_NAMESPACE;
 
 /// How often a plan is retried after its writes met a 409 before the wake-up gives up (the
 /// next event or `retry_after` tries again).
@@ -455,19 +453,12 @@ impl Coordinator {
 
     /// Record a core/v1 Event on a Node, where `kubectl describe node` shows it.
     async fn record_on_node(&self, node: &Node, type_: &str, reason: &str, message: String) {
-        let about = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: node.metadata.name.clone(),
-            uid: node.metadata.uid.clone(),
-            ..Default::default()
-        };
+        let about = events::node_ref(&node.name_any(), node.metadata.uid.clone());
         self.record_on(about, NODE_EVENT_NAMESPACE, type_, reason, message)
             .await;
     }
 
-    /// Write one Event. A failure is logged, not returned: the status and the annotations
-    /// already say what the Event tells.
+    /// Write one Event (a failure is logged: the status and annotations say it too).
     async fn record_on(
         &self,
         about: ObjectReference,
@@ -476,42 +467,11 @@ impl Coordinator {
         reason: &str,
         message: String,
     ) {
-        let now = Timestamp::now();
-        let name = about.name.clone().unwrap_or_default();
-        let kind = about.kind.clone().unwrap_or_default();
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.to_owned()),
-                ..Default::default()
-            },
-            involved_object: about,
-            reason: Some(reason.into()),
-            message: Some(message),
-            type_: Some(type_.into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            count: Some(1),
-            source: Some(EventSource {
-                component: Some(COMPONENT.into()),
-                host: None,
-            }),
-            reporting_component: Some(COMPONENT.into()),
-            reporting_instance: Some(self.config.identity.clone()),
-            ..Default::default()
+        let by = Reporter {
+            component: COMPONENT,
+            instance: self.config.identity.clone(),
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!("recording Event {reason} on {kind} {name}: {}", brief(&e));
-        }
-    }
-}
-
-/// A kube error in one line: the server's message and code, without the whole Status.
-pub(super) fn brief(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        e => e.to_string(),
+        events::record(&self.client, &by, about, ns, type_, reason, message).await;
     }
 }
 

@@ -31,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use super::coordinator::brief;
+use super::events::brief;
 
 /// The Lease's name in the coordinator's namespace.
 pub const LEASE_NAME: &str = "housekeeper-coordinator";

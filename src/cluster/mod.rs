@@ -9,8 +9,10 @@
 //! tests/cluster_coordinator.rs).
 
 pub mod annotations;
+pub mod connect;
 pub mod coordinator;
 pub mod drain;
+pub mod events;
 pub mod kube_drain;
 pub mod lease;
 pub mod plan;

@@ -78,13 +78,32 @@ impl Default for State {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kubernetes {
+    /// Without this file the node runs standalone (no grants, no drain, no coordinator).
     pub kubeconfig: PathBuf,
+    /// This node's Node name; empty: the host name, as the kubelet registers it.
+    pub node_name: String,
+    /// Stand as a candidate for the rollout's coordinator.
+    pub coordinate: bool,
+    /// The kubeadm program run when an Update sets `kubeVersion`.
+    pub kubeadm: PathBuf,
+    /// Restarts the kubelet after the kubeadm step.
+    pub kubelet_restart: Vec<String>,
+    /// How soon a target whose staging failed before its grant is tried again.
+    #[serde(with = "humantime_serde")]
+    pub stage_retry: Duration,
 }
 
 impl Default for Kubernetes {
     fn default() -> Self {
         Kubernetes {
             kubeconfig: PathBuf::from("/etc/hkd/kubeconfig"),
+            node_name: String::new(),
+            coordinate: true,
+            kubeadm: PathBuf::from("/usr/bin/kubeadm"),
+            kubelet_restart: ["systemctl", "restart", "kubelet.service"]
+                .map(String::from)
+                .to_vec(),
+            stage_retry: Duration::from_secs(300),
         }
     }
 }

@@ -10,12 +10,18 @@ use std::thread;
 
 use anyhow::Context as _;
 
-use super::agent::{Agent, Observer, Parts, Standalone};
-use super::health::Gate;
+use super::agent::{Agent, ClusterSide, Observer, Parts, Standalone};
+use super::health::{Check, Gate};
 use super::journal::Journal;
+use super::kube::{KubeNode, Settings as ClusterSettings, Starter};
+use super::machine::Event;
 use super::machine::Limits;
 use super::reboot::Logind;
 use super::socket::Server;
+use crate::cluster::connect::client_from_kubeconfig;
+use crate::cluster::coordinator::Config as CoordinatorConfig;
+use crate::cluster::kube_drain::Tuning;
+use crate::cluster::update::{ImagePolicy, NAMESPACE};
 use crate::config::hkd::{Backend as BackendChoice, Settings};
 use crate::metrics::Metrics;
 use crate::os::ostree::Ostree;
@@ -73,18 +79,28 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || served.serve(listener))?;
+    let (events, inbox) = mpsc::channel();
+    let mut extra: Vec<Box<dyn Check>> = Vec::new();
+    let (cluster, starter): (Box<dyn ClusterSide>, Option<Starter>) =
+        match cluster_side(settings, root, events.clone())? {
+            Some((node, starter)) => {
+                extra.push(node.ready_check());
+                (Box::new(node), Some(starter))
+            }
+            None => (Box::new(Standalone), None),
+        };
     let parts = Parts {
         backend,
         backend_name: backend_name.into(),
         rebooter: Box::new(Logind::system(settings.reboot.on_blocked)),
-        cluster: Box::new(Standalone),
+        cluster,
         observer: Box::new(ProcBootId {
             proc_root: root.join("proc"),
         }),
         gate: Gate {
             root: root.to_owned(),
             settings: settings.health.clone(),
-            extra: Vec::new(),
+            extra,
         },
         journal: Journal::open(&settings.state_dir(root))?,
         allow_unverified: settings.os.allow_unverified_images,
@@ -96,7 +112,9 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
     };
     let (agent, first) = Agent::start(parts).context("starting the node agent")?;
     let shared = agent.shared();
-    let (events, inbox) = mpsc::channel();
+    if let Some(starter) = starter {
+        starter.start(agent.machine().clone(), shared.clone());
+    }
     let server = Server::bind(socket, shared.clone(), events.clone(), true)
         .with_context(|| format!("listening on {}", socket.display()))?;
     thread::Builder::new()
@@ -112,6 +130,58 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
     agent_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the node agent panicked"))?
+}
+
+/// The cluster half when a kubeconfig is there: a runtime thread for its watches, the client,
+/// and the coordinator candidate. `None`: the node runs standalone.
+fn cluster_side(
+    settings: &Settings,
+    root: &Path,
+    inbox: mpsc::Sender<Event>,
+) -> anyhow::Result<Option<(KubeNode, Starter)>> {
+    let k = &settings.kubernetes;
+    let kubeconfig = root.join(k.kubeconfig.strip_prefix("/").unwrap_or(&k.kubeconfig));
+    if !kubeconfig.exists() {
+        tracing::info!(
+            "no kubeconfig at {}: running standalone (upgrades start with `hkd upgrade`)",
+            kubeconfig.display()
+        );
+        return Ok(None);
+    }
+    let node_name = if k.node_name.is_empty() {
+        crate::sys::hostname(&root.join("proc"))
+            .context("reading the host name for the Node name; set kubernetes.node_name")?
+    } else {
+        k.node_name.clone()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the cluster runtime")?;
+    let handle = runtime.handle().clone();
+    thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    let client = handle.block_on(client_from_kubeconfig(&kubeconfig))?;
+    let policy = ImagePolicy {
+        allow_unverified: settings.os.allow_unverified_images,
+    };
+    let coordinator = k.coordinate.then(|| CoordinatorConfig {
+        image_policy: policy,
+        ..CoordinatorConfig::new(&node_name)
+    });
+    tracing::info!("following the cluster as node {node_name}");
+    let settings = ClusterSettings {
+        node_name,
+        namespace: NAMESPACE.to_owned(),
+        policy,
+        kubeadm: k.kubeadm.clone(),
+        kubelet_restart: k.kubelet_restart.clone(),
+        stage_retry: k.stage_retry,
+        tuning: Tuning::default(),
+        coordinator,
+    };
+    Ok(Some(KubeNode::new(handle, client, settings, inbox)))
 }
 
 fn start_watchdog() {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod daemon;
 pub mod follow;
 pub mod health;
+pub mod kube;
 pub mod journal;
 pub mod machine;
 pub mod reboot;
