@@ -1,11 +1,22 @@
 //! `x2nestos`: the conversion tool's command line.
+//!
+//! `plan` is read-only; `convert` runs the same plan, then builds the conversion initramfs,
+//! loads it with kexec and jumps; `install` is what the conversion initramfs runs.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_verbosity_flag::{InfoLevel, Verbosity};
 
 use super::{DocCommand, EXIT_CODES_HELP};
+use crate::convert::identity::IdentityOptions;
+use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
+use crate::convert::prepare::{self, Options};
+use crate::convert::source::Timeouts;
+use crate::convert::{install, jump};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,13 +35,182 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check this machine, the disk and the image; show what would be destroyed and what
+    /// carried over (changes nothing)
+    Plan(PlanCommand),
+    /// Convert this machine: plan, build the conversion initramfs, load it with kexec and
+    /// jump into it
+    Convert(ConvertArgs),
+    /// Write NestOS to the planned disk (run inside the conversion initramfs)
+    Install(InstallArgs),
     #[command(flatten)]
     Doc(DocCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// What both `plan` and `convert` take.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The disk to replace, whole: /dev/NAME or /dev/disk/by-id/ID
+    #[arg(long, value_name = "DEVICE")]
+    pub disk: String,
+    /// The NestOS metal image (.raw, .raw.xz, .raw.gz, .raw.zst): a file or an
+    /// http(s) URL
+    #[arg(long, value_name = "FILE|URL")]
+    pub image: String,
+    /// The image file's SHA-256, 64 hex digits
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// A detached OpenPGP signature of the image (file or URL), checked with gpgv
+    #[arg(long, value_name = "FILE|URL")]
+    pub signature: Option<String>,
+    /// The OpenPGP public keys the signature must be made with (a binary keyring,
+    /// as `gpg --export` writes)
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Write the image without verifying it (not recommended)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Stream the image from its URL inside the conversion initramfs instead of
+    /// carrying it in memory
+    #[arg(long)]
+    pub stream: bool,
+    /// An Ignition config (spec 3.x) to merge with the carried identity
+    #[arg(long, value_name = "FILE")]
+    pub ignition: Option<PathBuf>,
+    /// Also carry the SSH login keys of USER (repeatable; root's always are)
+    #[arg(long = "user", value_name = "USER")]
+    pub users: Vec<String>,
+    /// Keep this machine's SSH host keys
+    #[arg(long)]
+    pub keep_host_keys: bool,
+    /// Carry FILE (an absolute path) with its mode (repeatable)
+    #[arg(long = "file", value_name = "FILE")]
+    pub files: Vec<String>,
+    /// Write DHCP-given addresses down as static ones
+    #[arg(long)]
+    pub pin_addresses: bool,
+    /// Seconds without data before a download counts as stalled
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub stall_timeout: u64,
+    /// Read the /proc and /sys facts below DIR (tests)
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    pub facts_root: PathBuf,
+}
+
+impl PlanArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            disk: self.disk.clone(),
+            image: self.image.clone(),
+            sha256: self.sha256.clone(),
+            signature: self.signature.clone(),
+            keyring: self.keyring.clone(),
+            insecure: self.insecure,
+            stream: self.stream,
+            ignition: self.ignition.clone(),
+            identity: IdentityOptions {
+                users: self.users.clone(),
+                host_keys: self.keep_host_keys,
+                extra_files: self.files.clone(),
+            },
+            pin_dynamic: self.pin_addresses,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(self.stall_timeout.min(30)),
+                stall: Duration::from_secs(self.stall_timeout),
+            },
+            facts_root: self.facts_root.clone(),
+        }
+    }
+}
+
+/// `x2nestos plan`
+#[derive(Debug, Args)]
+pub struct PlanCommand {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// `x2nestos convert`
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    /// Go as far as loading the conversion kernel, then unload it and stop
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Jump with the reboot syscall instead of an orderly `systemctl kexec`
+    #[arg(long)]
+    pub force: bool,
+    /// Where the initramfs is built (the disk being replaced is fine)
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/x2nestos")]
+    pub workdir: PathBuf,
+}
+
+/// `x2nestos install`
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The plan made by `x2nestos convert`
+    #[arg(long, value_name = "FILE", default_value = PLAN_PATH)]
+    pub plan: PathBuf,
+    /// The Ignition config for the new system's first boot
+    #[arg(long, value_name = "FILE", default_value = IGNITION_PATH)]
+    pub ignition: PathBuf,
+    /// Stop when done instead of rebooting
+    #[arg(long)]
+    pub no_reboot: bool,
 }
 
 /// Runs a parsed `x2nestos` command line, writing results to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
+        Command::Plan(cmd) => run_plan(&cmd, out),
+        Command::Convert(args) => jump::run(
+            &args.plan.options(),
+            &jump::Choices {
+                yes: args.yes,
+                dry_run: args.dry_run,
+                force: args.force,
+                workdir: args.workdir.clone(),
+            },
+            out,
+        ),
+        Command::Install(args) => install::run(&install::Choices {
+            plan: args.plan,
+            ignition: args.ignition,
+            reboot: !args.no_reboot,
+        }),
         Command::Doc(doc) => doc.run::<Cli>(out),
     }
+}
+
+fn run_plan(cmd: &PlanCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let prepared = prepare::prepare(&cmd.plan.options());
+    let report = &prepared.report;
+    match cmd.output {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, report)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Text => {
+            for line in plan::summary(report) {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    if report.blocked {
+        bail!("{}", jump::blocked_line(report));
+    }
+    Ok(())
 }

@@ -19,12 +19,26 @@
 //!   install directives and the Ignition config.
 //! - [`image`]: sniffing, verifying, decompressing and writing a disk image (the one room here
 //!   that writes to a device, and only to the one it is handed).
+//! - [`plan`]: the plan and its decisions (carry or stream, memory, the conversion kernel's
+//!   arguments, the disk re-check after kexec, the summary) (pure); [`prepare`] gathers it.
+//! - [`source`]: the image from a file or an http(s) URL, sha256 and OpenPGP (`gpgv`) checks;
+//!   [`progress`]: bars on a terminal, plain lines elsewhere.
+//! - [`initramfs`]: the conversion initramfs from the host's dracut and our module;
+//!   [`jump`]: `x2nestos convert` (plan, initramfs, kexec load, jump); [`install`]: what the
+//!   conversion initramfs runs.
 
 pub mod disk;
 pub mod identity;
 pub mod ignition;
 pub mod image;
+pub mod initramfs;
+pub mod install;
+pub mod jump;
 pub mod network;
 pub mod overlay;
+pub mod plan;
 pub mod preflight;
+pub mod prepare;
+pub mod progress;
+pub mod source;
 pub mod sshkeys;

@@ -10,7 +10,9 @@
 #   plan.json                  the plan: disk (path, serial, size), image source and checksum
 #   config.ign                 the Ignition config for the new system (0600, secrets inside)
 #   x2nestos-install.service   the installer unit (systemd/ in the source tree)
-#   image                      optional: the image, when it fits in memory
+#
+# A carried image is not staged here: x2nestos appends it to the finished initramfs as an
+# uncompressed archive of its own (x2nestos/image), so dracut does not compress it again.
 #
 # The installer unit is pulled in by initrd.target; everything else in the initramfs is the
 # host's usual dracut content. Only included when asked for (`-m`/`--add x2nestos`).
@@ -48,12 +50,9 @@ install() {
     # It carries secrets (host keys, network passwords): readable by root only, in the
     # initramfs as on the host.
     chmod 0600 "$initdir/etc/x2nestos/config.ign"
-    if [[ -f $X2NESTOS_STAGE/image ]]; then
-        inst_simple "$X2NESTOS_STAGE/image" /x2nestos/image
-    fi
-
-    # Tools the installer calls besides itself; optional, it has fallbacks.
-    inst_multiple -o wipefs blockdev sync
+    # Tools the installer calls: wipefs (old signatures), ip (links, when the image is
+    # streamed), losetup, mount and umount (the new boot partition).
+    inst_multiple wipefs ip losetup mount umount
 
     inst_simple "$X2NESTOS_STAGE/x2nestos-install.service" \
         "$systemdsystemunitdir/x2nestos-install.service"

@@ -57,6 +57,121 @@ pub fn gpt_sector_size(first_mib: &[u8]) -> Option<u32> {
     })
 }
 
+/// How many bytes from the end of an xz file [`xz_image_size`] wants: the stream footer and
+/// an index of up to a few thousand blocks.
+pub const XZ_TAIL_LEN: usize = 64 << 10;
+
+/// The decompressed size of a single-stream xz file of `file_len` bytes, from its last bytes
+/// (`tail`): the stream footer names the index, whose records give each block's sizes. `None`
+/// when the tail holds no complete index, or the file is more than one stream (then the sum
+/// would not cover it all).
+pub fn xz_image_size(tail: &[u8], file_len: u64) -> Option<u64> {
+    let mut end = tail.len();
+    let mut padding = 0u64;
+    while end >= 4 && tail[end - 4..end] == [0, 0, 0, 0] {
+        end -= 4;
+        padding += 4;
+    }
+    let footer = tail.get(end.checked_sub(12)?..end)?;
+    if &footer[10..12] != b"YZ" {
+        return None;
+    }
+    let backward = u32::from_le_bytes(footer[4..8].try_into().ok()?) as usize;
+    let index_len = (backward + 1) * 4;
+    let index_start = (end - 12).checked_sub(index_len)?;
+    let index = &tail[index_start..end - 12];
+    if index.first() != Some(&0) {
+        return None;
+    }
+    let mut at = 1;
+    let mut varint = || -> Option<u64> {
+        let mut value = 0u64;
+        for shift in 0..9 {
+            let byte = *index.get(at)?;
+            at += 1;
+            value |= u64::from(byte & 0x7f) << (7 * shift);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    };
+    let records = varint()?;
+    let (mut blocks, mut size) = (0u64, 0u64);
+    for _ in 0..records {
+        let unpadded = varint()?;
+        blocks = blocks.checked_add(unpadded.div_ceil(4) * 4)?;
+        size = size.checked_add(varint()?)?;
+    }
+    // Header, blocks, index, footer, padding: the whole file, or this is not the only stream.
+    let stream = 12 + blocks + index_len as u64 + 12 + padding;
+    (stream == file_len).then_some(size)
+}
+
+/// A partition of a GPT, as the installer needs it to find the boot partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    /// 1-based, as the kernel numbers partitions.
+    pub number: u32,
+    pub name: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+/// The used partitions of the GPT at the start of a disk (`head` holds at least the header
+/// and the entry array, which on every common layout lie in the first MiB). Empty when there
+/// is no GPT or its entries are beyond `head`.
+pub fn gpt_partitions(head: &[u8], sector_size: u32) -> Vec<GptPartition> {
+    let ss = sector_size as usize;
+    let Some(header) = head.get(ss..ss + 92) else {
+        return Vec::new();
+    };
+    if &header[..8] != b"EFI PART" {
+        return Vec::new();
+    }
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let entries_lba = u64_at(header, 72) as usize;
+    let count = u32_at(header, 80) as usize;
+    let size = u32_at(header, 84) as usize;
+    if size < 128 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for index in 0..count.min(1024) {
+        let at = entries_lba * ss + index * size;
+        let Some(entry) = head.get(at..at + 128) else {
+            break;
+        };
+        if entry[..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let name: Vec<u16> = entry[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&c| c != 0)
+            .collect();
+        out.push(GptPartition {
+            number: index as u32 + 1,
+            name: String::from_utf16_lossy(&name),
+            first_lba: u64_at(entry, 32),
+            last_lba: u64_at(entry, 40),
+        });
+    }
+    out
+}
+
+/// The volume label of an ext2/3/4 superblock at the start of `head` (`None` if not ext).
+pub fn ext_label(head: &[u8]) -> Option<String> {
+    let sb = head.get(1024..1024 + 136)?;
+    if sb[56..58] != [0x53, 0xEF] {
+        return None;
+    }
+    let label = &sb[120..136];
+    let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
+    Some(String::from_utf8_lossy(&label[..end]).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +221,89 @@ mod tests {
         head4k[4096..4104].copy_from_slice(b"EFI PART");
         assert_eq!(gpt_sector_size(&head4k), Some(4096));
         assert_eq!(gpt_sector_size(&head4k[..100]), None);
+    }
+
+    #[test]
+    fn xz_size_from_the_index() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let one = |data: &[u8]| {
+            let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            std::io::Write::write_all(&mut xz, data).unwrap();
+            xz.finish().unwrap()
+        };
+        let file = one(&data);
+        let tail = &file[file.len().saturating_sub(XZ_TAIL_LEN)..];
+        assert_eq!(xz_image_size(tail, file.len() as u64), Some(3_000_000));
+        // Several blocks (as `xz -T` writes).
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .threads(2)
+            .block_size(1 << 20)
+            .preset(1)
+            .encoder()
+            .unwrap();
+        let mut xz = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        std::io::Write::write_all(&mut xz, &data).unwrap();
+        let multi = xz.finish().unwrap();
+        assert_eq!(xz_image_size(&multi, multi.len() as u64), Some(3_000_000));
+        // Two streams concatenated: the last index does not cover the file.
+        let mut two = one(b"first");
+        two.extend(one(b"second"));
+        assert_eq!(xz_image_size(&two, two.len() as u64), None);
+        // Stream padding is skipped; garbage is not an index.
+        let mut padded = file.clone();
+        padded.extend([0u8; 8]);
+        assert_eq!(xz_image_size(&padded, padded.len() as u64), Some(3_000_000));
+        assert_eq!(
+            xz_image_size(&file[..file.len() - 1], file.len() as u64 - 1),
+            None
+        );
+        assert_eq!(xz_image_size(b"YZ", 2), None);
+    }
+
+    #[test]
+    fn gpt_entries_and_ext_labels() {
+        let mut head = vec![0u8; 1 << 20];
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        head[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        head[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        let entry = |head: &mut Vec<u8>, index: usize, name: &str, first: u64, last: u64| {
+            let at = 1024 + index * 128;
+            head[at] = 0xAF; // any non-zero type GUID
+            head[at + 32..at + 40].copy_from_slice(&first.to_le_bytes());
+            head[at + 40..at + 48].copy_from_slice(&last.to_le_bytes());
+            for (i, unit) in name.encode_utf16().enumerate() {
+                head[at + 56 + 2 * i..at + 58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+            }
+        };
+        entry(&mut head, 0, "boot", 2048, 395263);
+        entry(&mut head, 2, "root", 395264, 999999);
+        let parts = gpt_partitions(&head, 512);
+        assert_eq!(
+            parts,
+            vec![
+                GptPartition {
+                    number: 1,
+                    name: "boot".into(),
+                    first_lba: 2048,
+                    last_lba: 395263
+                },
+                GptPartition {
+                    number: 3,
+                    name: "root".into(),
+                    first_lba: 395264,
+                    last_lba: 999999
+                },
+            ]
+        );
+        assert!(gpt_partitions(&head, 4096).is_empty());
+        assert!(gpt_partitions(&head[..600], 512).is_empty());
+
+        let mut sb = vec![0u8; 2048];
+        assert_eq!(ext_label(&sb), None);
+        sb[1024 + 56] = 0x53;
+        sb[1024 + 57] = 0xEF;
+        sb[1024 + 120..1024 + 124].copy_from_slice(b"boot");
+        assert_eq!(ext_label(&sb).as_deref(), Some("boot"));
     }
 }

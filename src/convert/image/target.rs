@@ -100,6 +100,30 @@ impl Target {
         &self.file
     }
 
+    /// Asks the kernel to read the partition table again (`BLKRRPART`); nothing to do for a
+    /// file. A device whose kernel shows no partitions (a loop device without partition
+    /// scanning) answers EINVAL, which is not an error here.
+    pub fn reread_partitions(&self) -> io::Result<()> {
+        const BLKRRPART: libc::c_ulong = 0x125f;
+        if self.kind != TargetKind::BlockDevice {
+            return Ok(());
+        }
+        // SAFETY: BLKRRPART takes no argument; the fd is open for the call's duration.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRRPART as _) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(());
+        }
+        Err(annotate(
+            &self.path,
+            "re-reading the partition table of",
+            err,
+        ))
+    }
+
     /// Pretends a file target has another sector size (a 4Kn disk image file, say).
     pub fn with_sector_size(mut self, sector_size: u32) -> Target {
         if self.kind == TargetKind::File {

@@ -128,6 +128,42 @@ pub fn write_newc(members: &[Member], out: &mut impl Write) -> io::Result<()> {
     header(out, 0, 0, 1, 0, "TRAILER!!!")
 }
 
+/// Writes a newc archive holding the directories `dirs` and one file of `size` bytes read
+/// from `data`, streamed (an image too large to hold in memory twice). The archive can be
+/// appended to an initramfs: the kernel unpacks every archive of a concatenated initrd.
+pub fn write_newc_streamed(
+    out: &mut impl Write,
+    dirs: &[&str],
+    path: &str,
+    mode: u32,
+    size: u64,
+    data: &mut impl io::Read,
+) -> io::Result<()> {
+    const S_IFDIR: u32 = 0o040000;
+    const S_IFREG: u32 = 0o100000;
+    let size32 = u32::try_from(size).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cpio member {path}: larger than 4 GiB; stream the image instead"),
+        )
+    })?;
+    let mut ino = 1;
+    for dir in dirs {
+        header(out, ino, S_IFDIR | 0o755, 2, 0, dir)?;
+        ino += 1;
+    }
+    header(out, ino, S_IFREG | (mode & 0o7777), 1, size32, path)?;
+    let copied = io::copy(&mut io::Read::take(&mut *data, size), out)?;
+    if copied != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("cpio member {path}: {copied} of {size} bytes could be read"),
+        ));
+    }
+    pad4(out, size as usize)?;
+    header(out, 0, 0, 1, 0, "TRAILER!!!")
+}
+
 /// What the live installer is told to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directives {

@@ -1,0 +1,357 @@
+//! `x2nestos convert`: the plan, then the conversion initramfs, the kexec load and the jump.
+//!
+//! Order, so that nothing changes until the point of no return: plan (refuse on any
+//! blocking finding) → confirmation (or `--yes`) → the image downloaded and verified (carried)
+//! or verified once over the network (streamed) → stage directory (the Ignition config 0600,
+//! never logged) → initramfs by the host's dracut → kexec load (kexec_file_load, then
+//! kexec_load through kexec-tools) → with `--dry-run`, unload and stop → sync → jump
+//! (`systemctl kexec`, or the reboot syscall with `--force`).
+//!
+//! Everything before the jump writes only inside the work directory.
+
+use std::fs;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+use super::initramfs;
+use super::plan::{self, Carry, Plan, Report, CARRIED_IMAGE};
+use super::preflight::Severity;
+use super::prepare::{self, Options, Prepared};
+use super::progress::Meter;
+use super::source;
+use crate::sys::command::Cmd;
+use crate::sys::kexec::{self, Context, Method};
+
+#[derive(Debug, Clone)]
+pub struct Choices {
+    pub yes: bool,
+    pub dry_run: bool,
+    pub force: bool,
+    pub workdir: PathBuf,
+}
+
+/// The one line for a blocked plan: every blocking finding.
+pub fn blocked_line(report: &Report) -> String {
+    let reasons: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Blocking)
+        .map(|f| f.message.as_str())
+        .collect();
+    format!("nothing was changed: {}", reasons.join("; "))
+}
+
+/// The confirmation question, naming the disk.
+pub fn question(plan: &Plan) -> String {
+    format!(
+        "Erase /dev/{} ({} bytes{}) and convert this machine to NestOS? Type yes: ",
+        plan.disk.name,
+        plan.disk.size_bytes,
+        plan.disk
+            .serial
+            .as_deref()
+            .map(|s| format!(", serial {s}"))
+            .unwrap_or_default()
+    )
+}
+
+pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Result<()> {
+    let prepared = prepare::prepare(opts);
+    for line in plan::summary(&prepared.report) {
+        writeln!(out, "{line}")?;
+    }
+    if prepared.report.blocked {
+        bail!("{}", blocked_line(&prepared.report));
+    }
+    let Some(mut plan) = prepared.report.plan.clone() else {
+        bail!("nothing was changed: no plan could be made");
+    };
+    if !choices.yes && !choices.dry_run {
+        confirm(&plan)?;
+    }
+    let work = Workdir::create(&choices.workdir)?;
+    let stage = work.path.join("stage");
+    fs::DirBuilder::new().mode(0o700).create(&stage)?;
+    let image = obtain_image(&prepared, &mut plan, &stage, out)?;
+    write_stage(
+        &stage,
+        &plan,
+        prepared.ignition.as_deref().unwrap_or_default(),
+    )?;
+    writeln!(
+        out,
+        "Building the conversion initramfs with dracut (kernel {})…",
+        prepared.release
+    )?;
+    let drivers = initramfs::drivers_of(&initramfs::driver_links(&plan.disk.name));
+    let initrd = initramfs::build(&work.path, &stage, &prepared.release, &drivers)?;
+    if let Some(image) = &image {
+        initramfs::append_image(&initrd, image)
+            .with_context(|| format!("appending the image to {}", initrd.display()))?;
+        fs::remove_file(image).ok();
+    }
+    let args = plan::kernel_args(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let ctx = kexec_context(&prepared);
+    let method = load(&prepared.kernel, &initrd, &args, &ctx)?;
+    writeln!(
+        out,
+        "Loaded {} with {} ({} bytes of initramfs)",
+        prepared.kernel.display(),
+        match method {
+            Method::FileSyscall => "kexec_file_load",
+            Method::KexecTools => "kexec_load (kexec-tools)",
+        },
+        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
+    )?;
+    if choices.dry_run {
+        unload(method, &ctx)?;
+        work.remove();
+        writeln!(
+            out,
+            "Dry run: the conversion kernel was loaded and unloaded; nothing was changed."
+        )?;
+        return Ok(());
+    }
+    tracing::info!(
+        message_id = crate::logging::msgid::CONVERSION_STARTED,
+        disk = %plan.disk.named,
+        image = %plan.image.source,
+        "jumping into the conversion initramfs"
+    );
+    writeln!(
+        out,
+        "Jumping into the conversion initramfs; the installer's progress shows on the console."
+    )?;
+    out.flush()?;
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if choices.force {
+        // SAFETY: a kernel is loaded (checked above); the call does not return on success.
+        unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) };
+        bail!(
+            "the reboot syscall refused to kexec: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Cmd::new("systemctl")
+        .arg("kexec")
+        .run()
+        .context("starting the jump")?;
+    Ok(())
+}
+
+fn confirm(plan: &Plan) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "nothing was changed: erasing /dev/{} needs a confirmation; run on a terminal, or pass --yes",
+            plan.disk.name
+        );
+    }
+    eprint!("{}", question(plan));
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("nothing was changed: not confirmed");
+    }
+    Ok(())
+}
+
+/// Downloads and verifies a carried image into the stage (returning its path), or verifies a
+/// streamed one once over the network.
+fn obtain_image(
+    prepared: &Prepared,
+    plan: &mut Plan,
+    stage: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<PathBuf>> {
+    let source = prepared.source.as_ref().expect("a plan has a source");
+    let expected = prepare::sha256_bytes(plan);
+    let timeouts = source::Timeouts::default();
+    match plan.image.carry {
+        Carry::InMemory => {
+            let dest = stage.join("image");
+            writeln!(out, "Fetching {source}…")?;
+            let mut meter = Meter::stderr("image", plan.image.compressed_bytes);
+            let (digest, len) =
+                source::download(source, &dest, expected, timeouts, &mut |n, _| {
+                    meter.update(n)
+                })?;
+            meter.finish(len);
+            plan.image.sha256 = Some(hex::encode(digest));
+            plan.image.carried = Some(CARRIED_IMAGE.into());
+            Ok(Some(dest))
+        }
+        Carry::Stream => {
+            if prepared.verified_digest.is_none() && !plan.image.insecure {
+                writeln!(
+                    out,
+                    "Verifying {source} before anything changes (the installer verifies it again)…"
+                )?;
+                let (digest, _) = source::digest(source, timeouts)?;
+                source::check_digest(expected, digest)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn write_stage(stage: &Path, plan: &Plan, ignition: &str) -> anyhow::Result<()> {
+    let private = |name: &str, data: &[u8], mode: u32| -> anyhow::Result<()> {
+        let path = stage.join(name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    private("config.ign", ignition.as_bytes(), 0o600)?;
+    private(
+        "plan.json",
+        serde_json::to_string_pretty(plan)?.as_bytes(),
+        0o600,
+    )?;
+    private(
+        "x2nestos-install.service",
+        initramfs::INSTALL_UNIT.as_bytes(),
+        0o644,
+    )?;
+    let exe = fs::read("/proc/self/exe").context("reading x2nestos itself")?;
+    private("x2nestos", &exe, 0o755)
+}
+
+fn kexec_context(prepared: &Prepared) -> Context {
+    let mut head = Vec::new();
+    if let Ok(f) = fs::File::open(&prepared.kernel) {
+        use std::io::Read;
+        let _ = f.take(64).read_to_end(&mut head);
+    }
+    Context {
+        arch: prepared.facts.arch.clone(),
+        lockdown: prepared.facts.lockdown.clone(),
+        secure_boot: prepared.facts.secure_boot,
+        kexec_load_disabled: prepared.facts.kexec_load_disabled,
+        kernel_head: head,
+    }
+}
+
+/// kexec_file_load, then kexec_load through kexec-tools when the kernel lacks the first.
+fn load(kernel: &Path, initrd: &Path, args: &[String], ctx: &Context) -> anyhow::Result<Method> {
+    match kexec::load_file(kernel, Some(initrd), args, ctx) {
+        Ok(()) => Ok(Method::FileSyscall),
+        Err(e) if e.falls_back() => {
+            tracing::info!("{e}");
+            kexec::load_with_kexec_tools(kernel, Some(initrd), args, ctx)?;
+            Ok(Method::KexecTools)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unload(method: Method, ctx: &Context) -> anyhow::Result<()> {
+    match method {
+        Method::FileSyscall => kexec::unload(ctx)?,
+        Method::KexecTools => {
+            kexec::kexec_tools_unload().run()?;
+        }
+    }
+    anyhow::ensure!(
+        !kexec::loaded(Path::new("/sys")).unwrap_or(false),
+        "the conversion kernel is still loaded after unloading; run `kexec -u`"
+    );
+    Ok(())
+}
+
+/// The work directory: created fresh (0700), removed after a dry run.
+struct Workdir {
+    path: PathBuf,
+}
+
+impl Workdir {
+    fn create(path: &Path) -> anyhow::Result<Workdir> {
+        if path.exists() {
+            fs::remove_dir_all(path)
+                .with_context(|| format!("removing the old {}", path.display()))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Workdir {
+            path: path.to_owned(),
+        })
+    }
+
+    fn remove(self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::plan::{PlannedDisk, PlannedImage, API_VERSION};
+    use crate::convert::preflight::Finding;
+
+    #[test]
+    fn the_question_names_the_disk() {
+        let plan = Plan {
+            api_version: API_VERSION.into(),
+            kind: "Plan".into(),
+            disk: PlannedDisk {
+                named: "/dev/disk/by-id/virtio-x".into(),
+                name: "vda".into(),
+                by_id: vec![],
+                serial: Some("S1".into()),
+                size_bytes: 1 << 30,
+                sector_size: 512,
+            },
+            image: PlannedImage {
+                source: "/srv/metal.raw".into(),
+                sha256: None,
+                signed: false,
+                insecure: true,
+                compressed_bytes: None,
+                image_bytes: None,
+                carry: Carry::InMemory,
+                carried: None,
+            },
+            network: vec![],
+        };
+        assert_eq!(
+            question(&plan),
+            "Erase /dev/vda (1073741824 bytes, serial S1) and convert this machine to NestOS? Type yes: "
+        );
+    }
+
+    #[test]
+    fn a_blocked_plan_is_one_line_with_every_reason() {
+        let f = |severity, code, message: &str| Finding {
+            severity,
+            code,
+            message: message.into(),
+        };
+        let report = Report::new(
+            vec![
+                f(Severity::Blocking, "notRoot", "run it as root"),
+                f(Severity::Warning, "swapInUse", "swap"),
+                f(Severity::Blocking, "memory", "not enough memory"),
+            ],
+            vec![],
+            vec![],
+            vec![],
+            None,
+        );
+        assert_eq!(
+            blocked_line(&report),
+            "nothing was changed: run it as root; not enough memory"
+        );
+    }
+}

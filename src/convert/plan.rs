@@ -1,0 +1,605 @@
+//! The conversion plan: what `x2nestos plan` shows, what `convert` acts on, and what the
+//! installer inside the conversion initramfs reads back (`/etc/x2nestos/plan.json`).
+//!
+//! Everything here is pure: facts gathered elsewhere go in, decisions come out — whether the
+//! image is carried in memory or streamed, how much memory that needs, the kernel command
+//! line of the conversion kernel, the network the installer brings up, the check that the
+//! disk found after kexec is the planned one, and the few lines that tell the admin what
+//! will be destroyed and what carried over.
+//!
+//! The plan is a versioned, Kubernetes-shaped object (`apiVersion`, `kind`, camelCase), so
+//! `-o json` output can be consumed by automation and read back by a later x2nestos.
+
+use serde::{Deserialize, Serialize};
+
+use super::disk::Disk;
+use super::network::Capture;
+use super::preflight::{Finding, Severity};
+
+pub const API_VERSION: &str = "x2nestos.housekeeper.io/v1";
+
+const MIB: u64 = 1 << 20;
+
+/// What the conversion kernel needs besides a carried image: the kernel and the unpacked
+/// initramfs (systemd, udev, x2nestos; about 60 MiB), the installer's buffers (about 64 MiB)
+/// and headroom for the kernel's own allocations and page cache under writing.
+pub const BASE_MEMORY: u64 = 384 * MIB;
+
+/// Where the installer finds a carried image inside the initramfs.
+pub const CARRIED_IMAGE: &str = "/x2nestos/image";
+/// Where the plan and the Ignition config live inside the initramfs.
+pub const PLAN_PATH: &str = "/etc/x2nestos/plan.json";
+pub const IGNITION_PATH: &str = "/etc/x2nestos/config.ign";
+
+/// The plan carried into the conversion initramfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub api_version: String,
+    pub kind: String,
+    pub disk: PlannedDisk,
+    pub image: PlannedImage,
+    /// Links the installer brings up when it streams the image.
+    #[serde(default)]
+    pub network: Vec<InstallLink>,
+}
+
+/// The target disk as identified before kexec. Device names may change order across the
+/// jump, so the installer finds it again by serial and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedDisk {
+    /// As the admin named it (`/dev/vda`, `/dev/disk/by-id/…`).
+    pub named: String,
+    /// Kernel name at plan time (`vda`).
+    pub name: String,
+    #[serde(default)]
+    pub by_id: Vec<String>,
+    pub serial: Option<String>,
+    pub size_bytes: u64,
+    pub sector_size: u32,
+}
+
+impl PlannedDisk {
+    pub fn of(named: &str, disk: &Disk) -> PlannedDisk {
+        PlannedDisk {
+            named: named.to_owned(),
+            name: disk.name.clone(),
+            by_id: disk.by_id.clone(),
+            serial: disk.serial.clone(),
+            size_bytes: disk.size_bytes,
+            sector_size: disk.logical_sector_size,
+        }
+    }
+}
+
+/// How the installer gets the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Carry {
+    /// Downloaded and verified before kexec, carried in the initramfs.
+    InMemory,
+    /// Fetched from its URL by the installer, verified while it streams.
+    Stream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    /// A URL or an absolute file path.
+    pub source: String,
+    /// Expected SHA-256 of the image as read (compressed), hex; `None` only with `insecure`.
+    pub sha256: Option<String>,
+    /// A detached OpenPGP signature was checked against the admin's keyring.
+    #[serde(default)]
+    pub signed: bool,
+    /// The admin chose to write an unverified image.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Size of the image as read, when the source tells.
+    pub compressed_bytes: Option<u64>,
+    /// Size once decompressed (what the disk must hold), when it can be told beforehand.
+    pub image_bytes: Option<u64>,
+    pub carry: Carry,
+    /// Where the carried image is, inside the initramfs ([`CARRIED_IMAGE`]) — or wherever the
+    /// installer is pointed at in tests.
+    #[serde(default)]
+    pub carried: Option<String>,
+}
+
+/// A network link as the installer brings it up: found by MAC, addresses as they are now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallLink {
+    pub name: String,
+    pub mac: String,
+    /// `10.0.2.15/24`, `fd00::5/64`.
+    pub addresses: Vec<String>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
+}
+
+/// What `x2nestos plan` reports: the plan (when the disk and image could be planned), the
+/// findings, and the lines for the admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub api_version: String,
+    pub kind: String,
+    pub blocked: bool,
+    pub findings: Vec<Finding>,
+    /// What the conversion destroys, one item a line.
+    pub destroyed: Vec<String>,
+    /// What the new system gets from this one, one item a line.
+    pub carried_over: Vec<String>,
+    /// Decisions worth seeing (key options stripped, interfaces left out, …).
+    pub notes: Vec<String>,
+    pub plan: Option<Plan>,
+}
+
+impl Report {
+    pub fn new(
+        findings: Vec<Finding>,
+        destroyed: Vec<String>,
+        carried_over: Vec<String>,
+        notes: Vec<String>,
+        plan: Option<Plan>,
+    ) -> Report {
+        Report {
+            api_version: API_VERSION.into(),
+            kind: "PlanReport".into(),
+            blocked: findings.iter().any(|f| f.severity == Severity::Blocking),
+            findings,
+            destroyed,
+            carried_over,
+            notes,
+            plan,
+        }
+    }
+}
+
+/// Whether the image goes into the initramfs or is streamed by the installer.
+///
+/// A file can only be carried (the installer has no access to this machine's file systems);
+/// a URL is carried when memory allows — the initramfs holds it twice while the kernel
+/// unpacks it — unless the admin asked to stream, or its size is unknown.
+pub fn carry(
+    is_url: bool,
+    stream_asked: bool,
+    compressed: Option<u64>,
+    mem_available: u64,
+) -> Carry {
+    if !is_url {
+        return Carry::InMemory;
+    }
+    match compressed {
+        Some(size) if !stream_asked && BASE_MEMORY + 2 * size <= mem_available => Carry::InMemory,
+        _ => Carry::Stream,
+    }
+}
+
+/// RAM the conversion kernel needs for a plan.
+pub fn memory_needed(carry: Carry, compressed: Option<u64>) -> u64 {
+    match carry {
+        Carry::InMemory => BASE_MEMORY + 2 * compressed.unwrap_or(0),
+        Carry::Stream => BASE_MEMORY,
+    }
+}
+
+/// How the image is verified, from the command line's choices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub sha256: Option<[u8; 32]>,
+    pub signed: bool,
+    pub insecure: bool,
+}
+
+/// Checks that the image will be verified, or that the admin said it need not be.
+pub fn verification(
+    sha256: Option<&str>,
+    signature: bool,
+    keyring: bool,
+    insecure: bool,
+) -> Result<Verification, String> {
+    let sha256 = sha256
+        .map(|text| super::image::verify::parse_sha256(text).map_err(|e| format!("--sha256: {e}")))
+        .transpose()?;
+    if signature && !keyring {
+        return Err("--signature needs --keyring FILE, the OpenPGP keys to check it with".into());
+    }
+    if sha256.is_none() && !signature && !insecure {
+        return Err("the image would not be verified: give --sha256 HEX (as published beside the image) or --signature FILE with --keyring FILE; --insecure writes an unverified image".into());
+    }
+    Ok(Verification {
+        sha256,
+        signed: signature,
+        insecure: insecure && sha256.is_none() && !signature,
+    })
+}
+
+/// The conversion kernel's command line: the running system's console settings (so progress
+/// shows where the admin looks; never a hard-coded ttyS0), no root file system to mount,
+/// and a reboot rather than a hang if the kernel panics.
+pub fn kernel_args(proc_cmdline: &str) -> Vec<String> {
+    let mut args: Vec<String> = proc_cmdline
+        .split_whitespace()
+        .filter(|a| a.starts_with("console=") || a.starts_with("earlycon"))
+        .map(str::to_owned)
+        .collect();
+    args.extend(
+        [
+            "rd.x2nestos",
+            "panic=30",
+            "systemd.show_status=auto",
+            "rd.udev.log_level=3",
+        ]
+        .map(str::to_owned),
+    );
+    args
+}
+
+/// The links the installer brings up when it streams: every carried interface, with the
+/// addresses it has now (a DHCP lease is still valid minutes later; the new system asks
+/// again at its first boot).
+pub fn install_links(capture: &Capture) -> Vec<InstallLink> {
+    capture
+        .interfaces
+        .iter()
+        .filter(|i| !i.ipv4.addresses.is_empty() || !i.ipv6.addresses.is_empty())
+        .map(|i| InstallLink {
+            name: i.name.clone(),
+            mac: i.mac.clone(),
+            addresses: i
+                .ipv4
+                .addresses
+                .iter()
+                .chain(&i.ipv6.addresses)
+                .map(|a| format!("{}/{}", a.ip, a.prefix))
+                .collect(),
+            gateway: i.ipv4.gateway.map(|g| g.to_string()),
+            gateway6: i.ipv6.gateway.map(|g| g.to_string()),
+        })
+        .collect()
+}
+
+/// Checks, after kexec, that `found` is the disk that was planned: same size, and the same
+/// serial when the disk has one. One line saying what differs when it is not.
+pub fn recheck(planned: &PlannedDisk, found: &Disk) -> Result<(), String> {
+    if found.size_bytes != planned.size_bytes {
+        return Err(format!(
+            "/dev/{} has {} bytes but the planned disk had {}: it is not the disk that was planned; nothing was written, reboot and run x2nestos again",
+            found.name, found.size_bytes, planned.size_bytes
+        ));
+    }
+    if found.serial != planned.serial {
+        return Err(format!(
+            "/dev/{} has serial {} but the planned disk had {}: it is not the disk that was planned; nothing was written, reboot and run x2nestos again",
+            found.name,
+            found.serial.as_deref().unwrap_or("(none)"),
+            planned.serial.as_deref().unwrap_or("(none)")
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the planned disk among the disks present after kexec: by its by-id names first,
+/// then by kernel name, then by serial; the caller re-checks it with [`recheck`].
+pub fn find_disk<'a>(planned: &PlannedDisk, disks: &'a [Disk]) -> Option<&'a Disk> {
+    disks
+        .iter()
+        .find(|d| d.by_id.iter().any(|id| planned.by_id.contains(id)))
+        .or_else(|| {
+            planned.serial.as_ref().and_then(|serial| {
+                disks.iter().find(|d| {
+                    d.serial.as_ref() == Some(serial) && d.size_bytes == planned.size_bytes
+                })
+            })
+        })
+        .or_else(|| disks.iter().find(|d| d.name == planned.name))
+}
+
+/// The few lines `x2nestos plan` prints for a person.
+pub fn summary(report: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(plan) = &report.plan {
+        let image = &plan.image;
+        let check = if image.insecure {
+            "UNVERIFIED (--insecure)".to_owned()
+        } else {
+            let mut by = Vec::new();
+            if let Some(sha) = &image.sha256 {
+                by.push(format!("sha256 {}…", &sha[..sha.len().min(16)]));
+            }
+            if image.signed {
+                by.push("OpenPGP signature".into());
+            }
+            format!("verified by {}", by.join(" and "))
+        };
+        lines.push(format!(
+            "Image: {} ({check}; {})",
+            image.source,
+            match image.carry {
+                Carry::InMemory => "carried in memory",
+                Carry::Stream => "streamed by the installer",
+            }
+        ));
+    }
+    lines.push(format!(
+        "Will be destroyed: {}",
+        if report.destroyed.is_empty() {
+            "(no disk planned)".into()
+        } else {
+            report.destroyed.join("; ")
+        }
+    ));
+    lines.push(format!(
+        "Will be carried over: {}",
+        if report.carried_over.is_empty() {
+            "nothing".into()
+        } else {
+            report.carried_over.join("; ")
+        }
+    ));
+    for note in &report.notes {
+        lines.push(format!("Note: {note}"));
+    }
+    for finding in &report.findings {
+        let word = match finding.severity {
+            Severity::Blocking => "BLOCKED",
+            Severity::Warning => "Warning",
+        };
+        lines.push(format!("{word}: {}", finding.message));
+    }
+    lines.push(if report.blocked {
+        "Nothing was changed; fix what is BLOCKED and run x2nestos again.".into()
+    } else {
+        "Ready: `x2nestos convert` with the same arguments performs this plan.".into()
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::disk::Partition;
+    use crate::convert::network::{Address, Family, Interface, Method};
+
+    fn disk(name: &str, serial: Option<&str>, size: u64) -> Disk {
+        Disk {
+            name: name.into(),
+            dev: "253:0".into(),
+            by_id: vec![format!("/dev/disk/by-id/virtio-{name}")],
+            serial: serial.map(str::to_owned),
+            size_bytes: size,
+            logical_sector_size: 512,
+            partitions: vec![Partition {
+                name: format!("{name}1"),
+                dev: "253:1".into(),
+                number: 1,
+                size_bytes: size - MIB,
+            }],
+            holders: vec![],
+        }
+    }
+
+    #[test]
+    fn a_url_is_carried_when_it_fits_twice_beside_the_base() {
+        let mem = 1536 * MIB;
+        assert_eq!(carry(true, false, Some(143 * MIB), mem), Carry::InMemory);
+        assert_eq!(carry(true, false, Some(600 * MIB), mem), Carry::Stream);
+        assert_eq!(carry(true, false, None, mem), Carry::Stream, "size unknown");
+        assert_eq!(
+            carry(true, true, Some(MIB), mem),
+            Carry::Stream,
+            "asked to stream"
+        );
+        assert_eq!(
+            carry(false, true, Some(600 * MIB), mem),
+            Carry::InMemory,
+            "a file"
+        );
+        assert_eq!(memory_needed(Carry::InMemory, Some(100 * MIB)), 584 * MIB);
+        assert_eq!(memory_needed(Carry::Stream, Some(100 * MIB)), BASE_MEMORY);
+    }
+
+    #[test]
+    fn an_unverified_image_needs_insecure() {
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let v = verification(Some(sha), false, false, false).unwrap();
+        assert!(v.sha256.is_some() && !v.insecure);
+        let err = verification(None, false, false, false).unwrap_err();
+        assert!(
+            err.contains("--sha256 HEX") && err.contains("--insecure"),
+            "{err}"
+        );
+        assert!(verification(None, false, false, true).unwrap().insecure);
+        assert!(verification(None, true, false, false)
+            .unwrap_err()
+            .contains("--keyring"));
+        let signed = verification(None, true, true, false).unwrap();
+        assert!(signed.signed && !signed.insecure);
+        assert!(
+            !verification(Some(sha), false, false, true)
+                .unwrap()
+                .insecure,
+            "a checksum wins"
+        );
+        assert!(verification(Some("abc"), false, false, false)
+            .unwrap_err()
+            .starts_with("--sha256: "));
+    }
+
+    #[test]
+    fn the_conversion_kernel_keeps_the_consoles_only() {
+        let args = kernel_args(
+            "BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro console=tty0 console=ttyS0,115200n8 quiet earlycon=uart8250,io,0x3f8",
+        );
+        assert_eq!(
+            args[..3],
+            [
+                "console=tty0",
+                "console=ttyS0,115200n8",
+                "earlycon=uart8250,io,0x3f8"
+            ]
+        );
+        assert!(!args.iter().any(|a| a.starts_with("root=")));
+        assert!(args.contains(&"rd.x2nestos".to_owned()));
+        assert!(kernel_args("root=/dev/sda1")
+            .iter()
+            .all(|a| !a.starts_with("console=")));
+    }
+
+    #[test]
+    fn the_installer_brings_up_the_current_addresses() {
+        let dynamic = |ip: &str, prefix| Address {
+            ip: ip.parse().unwrap(),
+            prefix,
+            dynamic: true,
+        };
+        let capture = Capture {
+            interfaces: vec![
+                Interface {
+                    name: "eth0".into(),
+                    mac: "52:54:00:12:34:56".into(),
+                    mtu: None,
+                    ipv4: Family {
+                        method: Method::Auto,
+                        addresses: vec![dynamic("10.0.2.15", 24)],
+                        gateway: Some("10.0.2.2".parse().unwrap()),
+                        ..Family::default()
+                    },
+                    ipv6: Family::default(),
+                    search: vec![],
+                },
+                Interface {
+                    name: "eth1".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    mtu: None,
+                    ipv4: Family::default(),
+                    ipv6: Family::default(),
+                    search: vec![],
+                },
+            ],
+            ..Capture::default()
+        };
+        let links = install_links(&capture);
+        assert_eq!(
+            links,
+            vec![InstallLink {
+                name: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                addresses: vec!["10.0.2.15/24".into()],
+                gateway: Some("10.0.2.2".into()),
+                gateway6: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_disk_after_kexec_must_be_the_planned_one() {
+        let planned = PlannedDisk::of("/dev/vda", &disk("vda", Some("S1"), 8 << 30));
+        assert_eq!(recheck(&planned, &disk("vda", Some("S1"), 8 << 30)), Ok(()));
+        let err = recheck(&planned, &disk("vda", Some("S1"), 4 << 30)).unwrap_err();
+        assert!(
+            err.contains("has 4294967296 bytes but the planned disk had 8589934592"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was written"), "{err}");
+        let err = recheck(&planned, &disk("vda", Some("S2"), 8 << 30)).unwrap_err();
+        assert!(
+            err.contains("serial S2 but the planned disk had S1"),
+            "{err}"
+        );
+        let err = recheck(&planned, &disk("vda", None, 8 << 30)).unwrap_err();
+        assert!(err.contains("serial (none)"), "{err}");
+    }
+
+    #[test]
+    fn the_planned_disk_is_found_by_id_then_serial_then_name() {
+        let mut planned = PlannedDisk::of("/dev/vda", &disk("vda", Some("S1"), 8 << 30));
+        // Names swapped across the jump: by-id wins.
+        let mut moved = disk("vdb", Some("S1"), 8 << 30);
+        moved.by_id = planned.by_id.clone();
+        let mut other = disk("vda", Some("S9"), 8 << 30);
+        other.by_id = vec!["/dev/disk/by-id/virtio-another".into()];
+        let disks = vec![other.clone(), moved.clone()];
+        assert_eq!(find_disk(&planned, &disks).unwrap().name, "vdb");
+        // No by-id names: serial and size.
+        planned.by_id.clear();
+        moved.by_id.clear();
+        assert_eq!(
+            find_disk(&planned, &[other.clone(), moved]).unwrap().name,
+            "vdb"
+        );
+        // Nothing but the name: found, and the recheck then says it is another disk.
+        let found = find_disk(&planned, std::slice::from_ref(&other)).unwrap();
+        assert!(recheck(&planned, found).is_err());
+        assert!(find_disk(&planned, &[]).is_none());
+    }
+
+    #[test]
+    fn the_summary_says_what_goes_and_what_stays() {
+        let plan = Plan {
+            api_version: API_VERSION.into(),
+            kind: "Plan".into(),
+            disk: PlannedDisk::of("/dev/vda", &disk("vda", None, 8 << 30)),
+            image: PlannedImage {
+                source: "http://10.0.2.2/metal.raw.xz".into(),
+                sha256: Some(
+                    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+                ),
+                signed: false,
+                insecure: false,
+                compressed_bytes: Some(143 * MIB),
+                image_bytes: None,
+                carry: Carry::InMemory,
+                carried: Some(CARRIED_IMAGE.into()),
+            },
+            network: vec![],
+        };
+        let report = Report::new(
+            vec![],
+            vec![
+                "/dev/vda (8589934592 bytes)".into(),
+                "vda1 mounted on / (ext4)".into(),
+            ],
+            vec!["host name generic-vm".into(), "2 SSH keys of root".into()],
+            vec!["root's key 2: options stripped: command=\"echo hi\"".into()],
+            Some(plan),
+        );
+        let lines = summary(&report);
+        assert_eq!(
+            lines,
+            [
+                "Image: http://10.0.2.2/metal.raw.xz (verified by sha256 ba7816bf8f01cfea…; carried in memory)",
+                "Will be destroyed: /dev/vda (8589934592 bytes); vda1 mounted on / (ext4)",
+                "Will be carried over: host name generic-vm; 2 SSH keys of root",
+                "Note: root's key 2: options stripped: command=\"echo hi\"",
+                "Ready: `x2nestos convert` with the same arguments performs this plan.",
+            ]
+        );
+        let blocked = Report::new(
+            vec![Finding {
+                severity: Severity::Blocking,
+                code: "notRoot",
+                message: "x2nestos must run as root".into(),
+            }],
+            vec![],
+            vec![],
+            vec![],
+            None,
+        );
+        let lines = summary(&blocked);
+        assert!(blocked.blocked);
+        assert_eq!(lines[0], "Will be destroyed: (no disk planned)");
+        assert_eq!(lines[2], "BLOCKED: x2nestos must run as root");
+        assert!(lines[3].starts_with("Nothing was changed"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["kind"], "PlanReport");
+        assert_eq!(json["plan"]["image"]["carry"], "inMemory");
+        assert_eq!(json["plan"]["disk"]["sizeBytes"], 8u64 << 30);
+        let back: Plan = serde_json::from_value(json["plan"].clone()).unwrap();
+        assert_eq!(Some(back), report.plan);
+    }
+}
