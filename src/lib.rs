@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod ctl;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use housekeeper::cli::{self, hkctl::Cli};
+use housekeeper::cli;
 use housekeeper::logging;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::hkctl::parse();
     logging::init(
         "hkctl",
         cli.verbosity.tracing_level_filter(),

@@ -1,0 +1,646 @@
+//! `hkctl install` and `hkctl uninstall`.
+//!
+//! Install applies, in order, the Update CRD and the manifests of [`crate::cluster::rbac`]
+//! (namespace, ServiceAccount, roles, bindings), then writes the kubeconfig every node's hkd
+//! reads (`/etc/hkd/kubeconfig`). `--dry-run` prints the manifests instead, for GitOps.
+//!
+//! Guarantees:
+//! - idempotent: an object already as desired (every field the manifest sets has that value
+//!   on the server) is left alone and reported `unchanged`; a second install changes nothing
+//!   and says so;
+//! - every permission install needs is asked of the API server (SelfSubjectAccessReview)
+//!   before the first write: a user who may not do all of it is told what is missing, and
+//!   nothing is written;
+//! - a changed object is replaced whole with the resourceVersion read (a concurrent change is
+//!   a 409, and re-running install converges).
+//!
+//! The kubeconfig's token: a TokenRequest for the ServiceAccount, valid for `--token-ttl` (a
+//! year by default). Long-lived ServiceAccount token Secrets need the token controller and
+//! are no longer made by Kubernetes since 1.24; a requested token expires on its own, is
+//! bound to the ServiceAccount's uid (deleting the ServiceAccount revokes every token at
+//! once), and is re-issued by re-running install (`--rotate-token` forces it; install renews a
+//! token with less than a tenth of its time left, or one the API server no longer accepts).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::Engine as _;
+use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::{Api, ResourceExt};
+use serde_json::{json, Value};
+
+use super::{Check, Ctx};
+use crate::cluster::rbac::{self, SERVICE_ACCOUNT};
+use crate::cluster::update;
+
+/// Where hkd reads its kubeconfig on a node (its configuration's `kubernetes.kubeconfig`).
+pub const NODE_KUBECONFIG: &str = "/etc/hkd/kubeconfig";
+
+/// How long the CRD may take to be Established after its creation.
+const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every object install applies, in order: the CRD first, then the namespace and what lives
+/// in it.
+pub fn manifests() -> Vec<Value> {
+    let mut crd = serde_json::to_value(update::crd()).expect("a CRD serialises");
+    if let Some(o) = crd.as_object_mut() {
+        let mut out = serde_json::Map::new();
+        out.insert("apiVersion".into(), "apiextensions.k8s.io/v1".into());
+        out.insert("kind".into(), "CustomResourceDefinition".into());
+        for (k, v) in std::mem::take(o) {
+            out.entry(k).or_insert(v);
+        }
+        crd = Value::Object(out);
+    }
+    let mut all = vec![crd];
+    all.extend(rbac::manifests());
+    all
+}
+
+/// The manifests as YAML documents, or as one JSON `List`.
+pub fn print_manifests(format: Format, out: &mut dyn Write) -> Result<()> {
+    let all = manifests();
+    match format {
+        Format::Yaml => {
+            let mut text = String::from(
+                "# Housekeeper's cluster side: the Update CRD, hkd's namespace, ServiceAccount and RBAC.\n\
+                 # hkd on each node also needs a kubeconfig for the ServiceAccount: hkctl install writes one.\n",
+            );
+            for m in &all {
+                text.push_str("---\n");
+                crate::cluster::yaml::emit(m, &mut text);
+            }
+            out.write_all(text.as_bytes())?;
+        }
+        Format::Json => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": all});
+            serde_json::to_writer_pretty(&mut *out, &list)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+/// A manifest's kind, its resource and whether it is namespaced.
+fn resource_of(m: &Value) -> Result<(ApiResource, &'static str, bool)> {
+    let kind = m["kind"].as_str().unwrap_or_default();
+    let (group, version, plural, namespaced) = match kind {
+        "CustomResourceDefinition" => (
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            false,
+        ),
+        "Namespace" => ("", "v1", "namespaces", false),
+        "ServiceAccount" => ("", "v1", "serviceaccounts", true),
+        "ClusterRole" => ("rbac.authorization.k8s.io", "v1", "clusterroles", false),
+        "ClusterRoleBinding" => (
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            false,
+        ),
+        "Role" => ("rbac.authorization.k8s.io", "v1", "roles", true),
+        "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings", true),
+        other => bail!("no resource known for kind {other}"),
+    };
+    let api_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok((
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version,
+            kind: kind.into(),
+            plural: plural.into(),
+        },
+        plural,
+        namespaced,
+    ))
+}
+
+fn group_of(m: &Value) -> &'static str {
+    match m["apiVersion"].as_str().unwrap_or_default() {
+        "apiextensions.k8s.io/v1" => "apiextensions.k8s.io",
+        "rbac.authorization.k8s.io/v1" => "rbac.authorization.k8s.io",
+        _ => "",
+    }
+}
+
+fn api_for(ctx: &Ctx, m: &Value) -> Result<(Api<DynamicObject>, String)> {
+    let (ar, _, namespaced) = resource_of(m)?;
+    let name = m["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = m["metadata"]["namespace"].as_str();
+    let what = match ns {
+        Some(ns) => format!("{} {ns}/{name}", ar.kind),
+        None => format!("{} {name}", ar.kind),
+    };
+    let api = match (namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        _ => Api::all_with(ctx.client.clone(), &ar),
+    };
+    Ok((api, what))
+}
+
+/// Whether every field `want` sets has the same value in `have` (maps: key by key; lists:
+/// item by item, same length). What the server adds (defaults, metadata) does not count.
+pub fn covers(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| {
+            h.get(k).is_some_and(|hv| covers(hv, wv)) || (wv.is_null() && !h.contains_key(k))
+        }),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| covers(hv, wv))
+        }
+        (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
+        (h, w) => h == w,
+    }
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Bring one object to `want`.
+async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, Outcome)> {
+    let (api, what) = api_for(ctx, want)?;
+    let name = want["metadata"]["name"].as_str().unwrap_or_default();
+    let have = api
+        .get_opt(name)
+        .await
+        .map_err(|e| ctx.fail(&format!("reading {what}"), e))?;
+    let object: DynamicObject = serde_json::from_value(want.clone())?;
+    let Some(have) = have else {
+        api.create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| ctx.fail(&format!("creating {what}"), e))?;
+        return Ok((what, Outcome::Created));
+    };
+    let have_value = serde_json::to_value(&have)?;
+    if covers(&have_value, want) {
+        return Ok((what, Outcome::Unchanged));
+    }
+    // Replace: the manifest's fields, the server's other top-level fields (a ServiceAccount's
+    // secrets, a Namespace's spec), the labels others added, and the resourceVersion read.
+    let mut body = want.clone();
+    for (k, v) in have_value.as_object().into_iter().flatten() {
+        if k != "status" && body.get(k).is_none() {
+            body[k] = v.clone();
+        }
+    }
+    let mut labels = have.labels().clone();
+    for (k, v) in want["metadata"]["labels"].as_object().into_iter().flatten() {
+        labels.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
+    }
+    body["metadata"]["labels"] = json!(labels);
+    body["metadata"]["resourceVersion"] = json!(have.resource_version());
+    let object: DynamicObject = serde_json::from_value(body)?;
+    api.replace(name, &PostParams::default(), &object)
+        .await
+        .map_err(|e| ctx.fail(&format!("updating {what}"), e))?;
+    Ok((what, Outcome::Updated))
+}
+
+/// The permissions install needs, asked before anything is written.
+fn install_checks(all: &[Value], kubeconfig: bool) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for m in all {
+        let (_, plural, namespaced) = resource_of(m)?;
+        let ns = m["metadata"]["namespace"].as_str().filter(|_| namespaced);
+        for verb in ["get", "create", "update"] {
+            let c = Check::new(verb, group_of(m), plural);
+            checks.push(match ns {
+                Some(ns) => c.in_ns(ns),
+                None => c,
+            });
+        }
+    }
+    if kubeconfig {
+        checks.push(
+            Check::new("create", "", "serviceaccounts")
+                .subresource("token")
+                .in_ns(update::NAMESPACE),
+        );
+        checks.push(Check::new(
+            "create",
+            "authentication.k8s.io",
+            "tokenreviews",
+        ));
+    }
+    Ok(checks)
+}
+
+/// Options of `hkctl install`.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Where to write hkd's kubeconfig; `None`: do not write one.
+    pub kubeconfig_out: Option<PathBuf>,
+    /// The API server URL the nodes use; default: the admin kubeconfig's.
+    pub server: Option<String>,
+    pub token_ttl: Duration,
+    pub rotate_token: bool,
+    pub context: Option<String>,
+}
+
+/// `hkctl install`.
+pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> Result<()> {
+    let all = manifests();
+    ctx.require(
+        "hkctl install",
+        &install_checks(&all, opts.kubeconfig_out.is_some())?,
+    )
+    .await?;
+    let mut changed = 0;
+    for m in &all {
+        let (what, outcome) = apply(ctx, m).await?;
+        writeln!(out, "{:<58} {}", what, outcome.word())?;
+        changed += usize::from(outcome != Outcome::Unchanged);
+        if m["kind"] == "CustomResourceDefinition" {
+            wait_established(ctx, m["metadata"]["name"].as_str().unwrap_or_default()).await?;
+        }
+    }
+    if let Some(path) = &opts.kubeconfig_out {
+        let (line, wrote) = node_kubeconfig(ctx, opts, path).await?;
+        writeln!(out, "{line}")?;
+        changed += usize::from(wrote);
+        if wrote {
+            writeln!(
+                out,
+                "copy {} to {NODE_KUBECONFIG} (mode 0600) on every node; hkd reads it at start",
+                path.display()
+            )?;
+        }
+    }
+    if changed == 0 {
+        writeln!(
+            out,
+            "nothing changed: Housekeeper was already installed as this hkctl installs it"
+        )?;
+    } else {
+        writeln!(out, "installed: {changed} change(s)")?;
+    }
+    Ok(())
+}
+
+async fn wait_established(ctx: &Ctx, name: &str) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let deadline = tokio::time::Instant::now() + ESTABLISHED_TIMEOUT;
+    loop {
+        let crd = api
+            .get(name)
+            .await
+            .map_err(|e| ctx.fail(&format!("reading CustomResourceDefinition {name}"), e))?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("CustomResourceDefinition {name} is not Established after {ESTABLISHED_TIMEOUT:?}: see kubectl describe crd {name}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The claims of a JWT that install looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub subject: String,
+    pub issued: Option<i64>,
+    pub expires: Option<i64>,
+}
+
+/// Read a JWT's payload (not verified: the API server does that in [`token_accepted`]).
+pub fn token_claims(token: &str) -> Option<TokenClaims> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(TokenClaims {
+        subject: v["sub"].as_str()?.to_owned(),
+        issued: v["iat"].as_i64(),
+        expires: v["exp"].as_i64(),
+    })
+}
+
+/// Whether an existing token can stay: the right subject, accepted by the API server, and
+/// more than a tenth of its lifetime left.
+fn keep_token(claims: &TokenClaims, accepted: bool, now: i64) -> bool {
+    let subject = format!(
+        "system:serviceaccount:{}:{SERVICE_ACCOUNT}",
+        update::NAMESPACE
+    );
+    let fresh = match (claims.issued, claims.expires) {
+        (Some(iat), Some(exp)) => exp - now > (exp - iat) / 10,
+        (None, Some(exp)) => exp > now,
+        _ => true,
+    };
+    claims.subject == subject && accepted && fresh
+}
+
+async fn token_accepted(ctx: &Ctx, token: &str) -> Result<bool> {
+    let api: Api<TokenReview> = Api::all(ctx.client.clone());
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| ctx.fail("asking the API server whether hkd's token is valid", e))?;
+    Ok(answer.status.and_then(|s| s.authenticated).unwrap_or(false))
+}
+
+/// The kubeconfig for hkd: the cluster's server and CA, the token, one context.
+pub fn kubeconfig_text(server: &str, ca_data: Option<&str>, token: &str) -> String {
+    let mut cluster = json!({"server": server});
+    if let Some(ca) = ca_data {
+        cluster["certificate-authority-data"] = json!(ca);
+    }
+    let user = format!("{}-{SERVICE_ACCOUNT}", update::NAMESPACE);
+    let v = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "hkd", "context": {"cluster": "cluster", "user": user}}],
+        "current-context": "hkd",
+    });
+    let mut out =
+        String::from("# hkd's kubeconfig, written by hkctl install; the token is a secret.\n");
+    crate::cluster::yaml::emit(&v, &mut out);
+    out
+}
+
+/// Write hkd's kubeconfig unless the one at `path` is still right. Returns the report line and
+/// whether the file was (re)written.
+async fn node_kubeconfig(ctx: &Ctx, opts: &InstallOptions, path: &Path) -> Result<(String, bool)> {
+    let (admin_server, ca) = super::cluster_of(ctx, opts.context.as_deref())?;
+    let server = opts.server.clone().unwrap_or(admin_server);
+    let label = format!("{:<58}", format!("kubeconfig {}", path.display()));
+    let now = Timestamp::now().as_second();
+    if !opts.rotate_token && path.exists() {
+        if let Ok(kc) = Kubeconfig::read_from(path) {
+            let token = kc
+                .auth_infos
+                .first()
+                .and_then(|a| a.auth_info.as_ref())
+                .and_then(|a| a.token.clone());
+            let same_cluster = kc
+                .clusters
+                .first()
+                .and_then(|c| c.cluster.as_ref())
+                .is_some_and(|c| {
+                    c.server.as_deref() == Some(server.as_str())
+                        && c.certificate_authority_data == ca
+                });
+            if let (Some(token), true) = (token, same_cluster) {
+                use secrecy::ExposeSecret as _;
+                let token = token.expose_secret().to_owned();
+                if let Some(claims) = token_claims(&token) {
+                    if keep_token(&claims, token_accepted(ctx, &token).await?, now) {
+                        let until = claims.expires.and_then(|e| Timestamp::from_second(e).ok());
+                        let until = until
+                            .map(|t| format!(" (token valid until {})", t.strftime("%Y-%m-%d")))
+                            .unwrap_or_default();
+                        return Ok((format!("{label} unchanged{until}"), false));
+                    }
+                }
+            }
+        }
+    }
+    let sa: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), update::NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(opts.token_ttl.as_secs() as i64),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let answer = sa
+        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            ctx.fail(
+                &format!(
+                    "requesting a token for ServiceAccount {}/{SERVICE_ACCOUNT}",
+                    update::NAMESPACE
+                ),
+                e,
+            )
+        })?;
+    let status = answer
+        .status
+        .ok_or_else(|| anyhow!("the TokenRequest for hkd came back without a token"))?;
+    write_private(
+        path,
+        &kubeconfig_text(&server, ca.as_deref(), &status.token),
+    )?;
+    Ok((
+        format!(
+            "{label} written (token valid until {})",
+            status.expiration_timestamp.0.strftime("%Y-%m-%d")
+        ),
+        true,
+    ))
+}
+
+/// Write `text` to `path` with mode 0600, atomically (a temporary file renamed over it).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Options of `hkctl uninstall`.
+#[derive(Debug, Clone, Copy)]
+pub struct UninstallOptions {
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+/// Why uninstalling now would strand a rollout, if it would.
+async fn rollouts_in_progress(ctx: &Ctx) -> Result<Vec<String>> {
+    let api: Api<update::Update> = Api::all(ctx.client.clone());
+    let updates = match api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
+        Err(e) => return Err(ctx.fail("listing Updates", e)),
+    };
+    Ok(updates
+        .iter()
+        .filter_map(|u| {
+            let s = u.status.clone().unwrap_or_default();
+            let busy = s.counts.in_flight > 0 || s.state.as_deref() == Some("Progressing");
+            busy.then(|| {
+                format!(
+                    "Update {}/{} ({} node(s) in flight)",
+                    u.namespace().unwrap_or_default(),
+                    u.name_any(),
+                    s.counts.in_flight
+                )
+            })
+        })
+        .collect())
+}
+
+/// `hkctl uninstall`: refuses while a rollout is in progress unless forced; deletes in the
+/// reverse order of install (the CRD last: deleting it deletes every Update).
+pub async fn uninstall(ctx: &Ctx, opts: UninstallOptions, out: &mut dyn Write) -> Result<()> {
+    let all = manifests();
+    let busy = rollouts_in_progress(ctx).await?;
+    if !busy.is_empty() && !opts.force {
+        bail!(
+            "a rollout is in progress: {}; pause or abort it and let its nodes finish, or pass \
+             --force (nodes in flight are then left as they are); nothing was deleted",
+            busy.join(", ")
+        );
+    }
+    let mut checks = Vec::new();
+    for m in &all {
+        let (_, plural, namespaced) = resource_of(m)?;
+        let c = Check::new("delete", group_of(m), plural);
+        checks.push(
+            match m["metadata"]["namespace"].as_str().filter(|_| namespaced) {
+                Some(ns) => c.in_ns(ns),
+                None => c,
+            },
+        );
+    }
+    if !opts.dry_run {
+        ctx.require("hkctl uninstall", &checks).await?;
+    }
+    let mut order: Vec<&Value> = all.iter().skip(1).rev().collect();
+    order.push(&all[0]);
+    for m in order {
+        let (api, what) = api_for(ctx, m)?;
+        let name = m["metadata"]["name"].as_str().unwrap_or_default();
+        if opts.dry_run {
+            writeln!(out, "{what:<58} would be deleted")?;
+            continue;
+        }
+        let word = match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => "deleted",
+            Err(kube::Error::Api(s)) if s.code == 404 => "absent",
+            Err(e) => return Err(ctx.fail(&format!("deleting {what}"), e)),
+        };
+        writeln!(out, "{what:<58} {word}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covers_ignores_what_the_server_adds() {
+        let want =
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "rules": [{"verbs": ["get"]}]});
+        let have = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}},
+                          "rules": [{"verbs": ["get"], "apiGroups": [""]}]});
+        assert!(covers(&have, &want));
+        let changed = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "rules": [{"verbs": ["get", "list"]}]});
+        assert!(!covers(&have, &changed));
+        assert!(covers(&json!({"n": 1.0}), &json!({"n": 1})));
+    }
+
+    #[test]
+    fn manifests_start_with_the_crd_and_name_their_kind() {
+        let all = manifests();
+        assert_eq!(all[0]["kind"], "CustomResourceDefinition");
+        assert_eq!(all[0]["apiVersion"], "apiextensions.k8s.io/v1");
+        assert_eq!(all[1]["kind"], "Namespace");
+        for m in &all {
+            resource_of(m).unwrap();
+        }
+        let mut yaml = Vec::new();
+        print_manifests(Format::Yaml, &mut yaml).unwrap();
+        let yaml = String::from_utf8(yaml).unwrap();
+        assert_eq!(yaml.matches("\n---\n").count(), all.len());
+    }
+
+    #[test]
+    fn tokens_are_kept_while_fresh_and_accepted() {
+        let sub = "system:serviceaccount:housekeeper-system:hkd".to_owned();
+        let claims = TokenClaims {
+            subject: sub.clone(),
+            issued: Some(0),
+            expires: Some(1000),
+        };
+        assert!(keep_token(&claims, true, 500));
+        assert!(!keep_token(&claims, true, 950), "less than a tenth left");
+        assert!(!keep_token(&claims, false, 500), "refused by the server");
+        let other = TokenClaims {
+            subject: "system:serviceaccount:x:y".into(),
+            ..claims
+        };
+        assert!(!keep_token(&other, true, 500));
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({"sub": sub, "iat": 5, "exp": 10}).to_string());
+        let got = token_claims(&format!("h.{payload}.s")).unwrap();
+        assert_eq!((got.issued, got.expires), (Some(5), Some(10)));
+        assert_eq!(token_claims("junk"), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! The rollout as `hkctl status` shows it: a versioned document (`apiVersion:
+//! hkctl.housekeeper.io/v1`, `kind: RolloutStatus`; schema in
+//! schema/rollout-status.v1.json) built from the Update and the Nodes. Pure.
+//!
+//! The Update's conditions and state are the coordinator's, as stored. The per-node rows come
+//! from the same planner the coordinator runs ([`plan`]), over every selected Node (the
+//! stored status lists at most 50): a row's phase and reason are what the coordinator would
+//! say now. A node the planner would grant next is shown Pending ("next"): only the
+//! coordinator grants.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::annotations::NodeView;
+use crate::cluster::plan::plan;
+use crate::cluster::update::{Counts, ImagePolicy, InFlight, Target, Update, UpdateCondition};
+
+pub const API_VERSION: &str = "hkctl.housekeeper.io/v1";
+pub const KIND: &str = "RolloutStatus";
+
+/// One Update's rollout at a glance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Always `hkctl.housekeeper.io/v1`.
+    pub api_version: String,
+    /// Always `RolloutStatus`.
+    pub kind: String,
+    pub update: UpdateRef,
+    pub target: Target,
+    /// The coordinator's one word: Progressing, Waiting, Paused, Halted, Complete; `Unknown`
+    /// before it has written a status.
+    pub state: String,
+    pub paused: bool,
+    /// Set when the rollout was aborted: what the nodes in flight do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<InFlight>,
+    /// Why nothing moves when the coordinator has not seen this generation of the Update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    pub conditions: Vec<UpdateCondition>,
+    /// Counted over `nodes`.
+    pub counts: Counts,
+    pub nodes: Vec<NodeRow>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateRef {
+    pub name: String,
+    pub namespace: String,
+    pub generation: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+/// One selected Node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRow {
+    pub name: String,
+    pub role: Role,
+    /// Pending, Waiting, Granted, Staging, Staged, Draining, Rebooting, Verifying, Done,
+    /// Failed.
+    pub phase: String,
+    /// The image the node runs, as its agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// When the node entered this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// What it waits for, what failed, or what its agent is doing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Whether a row's phase means the node is out of service for this rollout.
+pub fn in_flight(phase: &str) -> bool {
+    !matches!(phase, "Pending" | "Waiting" | "Done" | "Failed")
+}
+
+/// Build the document. `nodes` are all Nodes; the Update's selector picks its own.
+pub fn build(
+    update: &Update,
+    nodes: &[NodeView],
+    now: Timestamp,
+    policy: ImagePolicy,
+) -> RolloutStatus {
+    let stored = update.status.clone().unwrap_or_default();
+    let generation = update.metadata.generation.unwrap_or(1);
+    let p = plan(update, nodes, now, policy);
+    let by_name: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let nodes: Vec<NodeRow> = p
+        .all_nodes
+        .iter()
+        .map(|s| {
+            let view = by_name.get(s.name.as_str());
+            let next = p.grants.contains(&s.name);
+            NodeRow {
+                name: s.name.clone(),
+                role: if view.is_some_and(|v| v.control_plane) {
+                    Role::ControlPlane
+                } else {
+                    Role::Worker
+                },
+                phase: if next {
+                    "Pending".into()
+                } else {
+                    s.phase.clone()
+                },
+                current: view.and_then(|v| v.os_image.clone()),
+                since: if next { None } else { s.since.clone() },
+                reason: if next {
+                    "next: a slot is free".into()
+                } else {
+                    s.reason.clone()
+                },
+            }
+        })
+        .collect();
+    let mut counts = Counts {
+        total: nodes.len() as i32,
+        ..Default::default()
+    };
+    for n in &nodes {
+        match n.phase.as_str() {
+            "Pending" => counts.pending += 1,
+            "Waiting" => counts.waiting += 1,
+            "Done" => counts.done += 1,
+            "Failed" => counts.failed += 1,
+            _ => counts.in_flight += 1,
+        }
+    }
+    let notice = match stored.observed_generation {
+        Some(g) if g >= generation => None,
+        Some(g) => Some(format!(
+            "the coordinator has not seen generation {generation} yet (it last saw {g}); is hkd running?"
+        )),
+        None => Some("no coordinator has written a status yet; is hkd running on the nodes?".into()),
+    };
+    RolloutStatus {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+        update: UpdateRef {
+            name: update.name_any(),
+            namespace: update.namespace().unwrap_or_default(),
+            generation,
+            observed_generation: stored.observed_generation,
+        },
+        target: Target {
+            os_image_url: update.spec.os_image_url.clone(),
+            kube_version: update.spec.kube_version().map(str::to_owned),
+        },
+        state: stored.state.clone().unwrap_or_else(|| "Unknown".into()),
+        paused: update.spec.paused,
+        aborted: update.spec.abort.as_ref().map(|a| a.in_flight),
+        notice,
+        conditions: stored.conditions,
+        counts,
+        nodes,
+    }
+}
+
+/// The JSON schema of the document, as committed.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(RolloutStatus);
+    serde_json::to_string_pretty(&schema).expect("a schema serialises") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_matches_the_committed_one() {
+        crate::testing::golden("schema/rollout-status.v1.json", &super::schema_json());
+    }
+}
