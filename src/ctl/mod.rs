@@ -128,11 +128,18 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     let inner = last.to_string();
     let outer = e.to_string();
-    if std::ptr::eq(last, e) || outer.contains(&inner) {
+    let chosen = if std::ptr::eq(last, e) || outer.contains(&inner) {
         outer
     } else {
         inner
-    }
+    };
+    // Some parsers explain over several lines (a caret under the column): the first says it.
+    chosen
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 impl Ctx {

@@ -104,6 +104,20 @@ fn fit(text: &str, width: usize) -> String {
     out
 }
 
+/// Cut a name to `width` characters in its middle: node names differ most at their ends
+/// (`ip-10-0-1-23.ec2.internal`, `prod-pool-a-worker-17`).
+fn fit_name(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width || width < 5 {
+        return fit(text, width);
+    }
+    let tail = (width - 1) / 2 + (width - 1) % 2;
+    let head = width - 1 - tail;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(n - tail).collect();
+    format!("{start}…{end}")
+}
+
 fn pad(text: &str, width: usize) -> String {
     let n = text.chars().count();
     format!("{text}{}", " ".repeat(width.saturating_sub(n)))
@@ -254,7 +268,7 @@ pub fn table(s: &RolloutStatus, now: Timestamp, term: Term) -> Vec<String> {
         .max()
         .unwrap_or(7)
         .clamp(7, 17);
-    let (role_w, phase_w, age_w) = (6, 9, 4);
+    let (role_w, phase_w, age_w) = (6, 9, 5);
     let fixed = name_w + role_w + phase_w + ver_w + age_w + 5;
     let why_w = w.saturating_sub(fixed + 1);
     lines.push(paint(
@@ -278,7 +292,7 @@ pub fn table(s: &RolloutStatus, now: Timestamp, term: Term) -> Vec<String> {
             .unwrap_or_default();
         let line = format!(
             "{} {} {} {} {} {}",
-            pad(&fit(&row.name, name_w), name_w),
+            pad(&fit_name(&row.name, name_w), name_w),
             pad(role(row.role), role_w),
             paint(term, phase_paint(&row.phase), &phase),
             pad(&fit(ver, ver_w), ver_w),
