@@ -82,6 +82,12 @@ pub struct Kubernetes {
     pub kubeconfig: PathBuf,
     /// This node's Node name; empty: the host name, as the kubelet registers it.
     pub node_name: String,
+    /// Where the Updates and the coordinator's Lease live.
+    pub namespace: String,
+    /// How long the coordinator's Lease holds without renewal (renewed every third of it):
+    /// how long a rollout stands still when its coordinator dies without stepping down.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
     /// Stand as a candidate for the rollout's coordinator.
     pub coordinate: bool,
     /// The kubeadm program run when an Update sets `kubeVersion`.
@@ -98,6 +104,8 @@ impl Default for Kubernetes {
         Kubernetes {
             kubeconfig: PathBuf::from("/etc/hkd/kubeconfig"),
             node_name: String::new(),
+            namespace: crate::cluster::update::NAMESPACE.to_owned(),
+            lease_duration: Duration::from_secs(15),
             coordinate: true,
             kubeadm: PathBuf::from("/usr/bin/kubeadm"),
             kubelet_restart: ["systemctl", "restart", "kubelet.service"]

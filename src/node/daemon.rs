@@ -10,7 +10,7 @@ use std::thread;
 
 use anyhow::Context as _;
 
-use super::agent::{Agent, ClusterSide, Observer, Parts, Standalone};
+use super::agent::{Agent, ClusterSide, Observer, Parts, Rebooter, Standalone};
 use super::health::{Check, Gate};
 use super::journal::Journal;
 use super::kube::{KubeNode, Settings as ClusterSettings, Starter};
@@ -21,7 +21,7 @@ use super::socket::Server;
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
 use crate::cluster::kube_drain::Tuning;
-use crate::cluster::update::{ImagePolicy, NAMESPACE};
+use crate::cluster::update::ImagePolicy;
 use crate::config::hkd::{Backend as BackendChoice, Settings};
 use crate::metrics::Metrics;
 use crate::os::ostree::Ostree;
@@ -67,12 +67,39 @@ fn backend(settings: &Settings, root: &Path) -> anyhow::Result<(Box<dyn Backend>
     }
 }
 
+/// What hkd acts on the host through: deployments, reboots, the boot id.
+pub struct Seams {
+    pub backend: Box<dyn Backend>,
+    pub backend_name: String,
+    pub rebooter: Box<dyn Rebooter>,
+    pub observer: Box<dyn Observer>,
+}
+
 /// Runs the node agent until it fails. `root` is `/` on a host.
 pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()> {
     if settings.os.allow_unverified_images {
         tracing::warn!("os.allow_unverified_images is on: images nobody verified will be deployed");
     }
     let (backend, backend_name) = backend(settings, root)?;
+    let seams = Seams {
+        backend,
+        backend_name: backend_name.into(),
+        rebooter: Box::new(Logind::system(settings.reboot.on_blocked)),
+        observer: Box::new(ProcBootId {
+            proc_root: root.join("proc"),
+        }),
+    };
+    run_with(settings, root, socket, seams)
+}
+
+/// Runs the node agent on `seams` until it fails: everything of `hkd run` but the choice of
+/// the host's seams (the cluster simulation runs this with simulated hosts).
+pub fn run_with(
+    settings: &Settings,
+    root: &Path,
+    socket: &Path,
+    seams: Seams,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = crate::metrics::bind(settings.metrics.listen)?;
     let served = metrics.clone();
@@ -90,13 +117,11 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
             None => (Box::new(Standalone), None),
         };
     let parts = Parts {
-        backend,
-        backend_name: backend_name.into(),
-        rebooter: Box::new(Logind::system(settings.reboot.on_blocked)),
+        backend: seams.backend,
+        backend_name: seams.backend_name,
+        rebooter: seams.rebooter,
         cluster,
-        observer: Box::new(ProcBootId {
-            proc_root: root.join("proc"),
-        }),
+        observer: seams.observer,
         gate: Gate {
             root: root.to_owned(),
             settings: settings.health.clone(),
@@ -167,13 +192,16 @@ fn cluster_side(
         allow_unverified: settings.os.allow_unverified_images,
     };
     let coordinator = k.coordinate.then(|| CoordinatorConfig {
+        namespace: k.namespace.clone(),
+        lease_duration: k.lease_duration,
+        renew_every: k.lease_duration / 3,
         image_policy: policy,
         ..CoordinatorConfig::new(&node_name)
     });
     tracing::info!("following the cluster as node {node_name}");
     let settings = ClusterSettings {
         node_name,
-        namespace: NAMESPACE.to_owned(),
+        namespace: k.namespace.clone(),
         policy,
         kubeadm: k.kubeadm.clone(),
         kubelet_restart: k.kubelet_restart.clone(),

@@ -1,0 +1,717 @@
+//! Rollouts end to end: real hkd agents (the wiring of `hkd run`, each in a process of its own
+//! over a simulated host, see `sim`), their elected coordinator, the real API server.
+//!
+//! Stand-ins: the hosts (`sim::host`: deployments in a file, a reboot ends the process and the
+//! supervisor starts it again), the kubelet (`support::kubelet` registers Ready Nodes and runs
+//! pods), kubeadm (a script recording its arguments). Everything between — the follower, the
+//! drain, the coordinator and its Lease, the journal, the health gate — is production code.
+//!
+//! An observer checks DESIGN.md's invariants while the rollout runs: I1 on every Node event it
+//! sees, I3 on every simulated reboot (the node held an open grant and was cordoned), I4 on
+//! every `Done` (the host booted the target), I6 after the Update says Halted (no new grant).
+
+mod sim;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt;
+use housekeeper::cluster::annotations::{AgentPhase, NodeView};
+use housekeeper::cluster::update::Update;
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+use sim::{NodeSpec, Proxy, Sim, Timing};
+use support::cluster::Cluster;
+use support::{wait_for, KubeletStandIn, NodeRole, TestEnv};
+
+const V1: &str = "ostree-image-signed:docker://registry.sim/nestos:1";
+const V2: &str = "ostree-image-signed:docker://registry.sim/nestos:2";
+
+/// The entry point of the simulated node processes (see `sim`); not a test of its own.
+#[test]
+#[ignore = "the entry point of the simulation's node processes"]
+fn node_process_entry() {
+    sim::node_main_if_asked();
+}
+
+/// The run's cluster as the agents see it: through a proxy that can play an outage.
+async fn agent_kubeconfig(env: &TestEnv) -> Result<(String, Proxy)> {
+    let Cluster::Local(local) = env.cluster else {
+        bail!("the simulation needs the local test cluster: it plays API server outages through a proxy");
+    };
+    let upstream = local
+        .server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = Proxy::start(upstream).await?;
+    let mut kc: serde_json::Value =
+        serde_yaml_like(&std::fs::read_to_string(&local.admin_kubeconfig)?)?;
+    for c in kc["clusters"]
+        .as_array_mut()
+        .context("kubeconfig clusters")?
+    {
+        c["cluster"]["server"] = json!(format!("https://127.0.0.1:{}", proxy.port));
+    }
+    Ok((kc.to_string(), proxy))
+}
+
+/// The test cluster's kubeconfigs are JSON (which is YAML).
+fn serde_yaml_like(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).context("the test cluster's kubeconfig is JSON")
+}
+
+struct Rig {
+    env: TestEnv,
+    nodes: Vec<String>,
+    control_plane: Vec<String>,
+}
+
+impl Rig {
+    async fn new(test: &str, control_plane: usize, workers: usize) -> Result<Rig> {
+        let env = TestEnv::new(test).await?;
+        support::crd::install_update_crd(&env.admin).await?;
+        let k = KubeletStandIn::new(env.admin.clone());
+        let mut nodes = Vec::new();
+        let mut cps = Vec::new();
+        for i in 1..=control_plane {
+            let n = k
+                .register_node(&env, &format!("cp-{i}"), NodeRole::ControlPlane)
+                .await?;
+            cps.push(n.metadata.name.clone().context("name")?);
+            nodes.push(n.metadata.name.context("name")?);
+        }
+        for i in 1..=workers {
+            let n = k
+                .register_node(&env, &format!("w-{i:02}"), NodeRole::Worker)
+                .await?;
+            nodes.push(n.metadata.name.context("name")?);
+        }
+        Ok(Rig {
+            env,
+            nodes,
+            control_plane: cps,
+        })
+    }
+
+    fn updates(&self) -> Api<Update> {
+        Api::namespaced(self.env.admin.clone(), &self.env.ns)
+    }
+
+    async fn create_update(&self, name: &str, extra: serde_json::Value) -> Result<Update> {
+        let mut spec = json!({
+            "osImageURL": V2,
+            "nodeSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": self.nodes,
+            }]},
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        let u: Update = serde_json::from_value(json!({
+            "apiVersion": "housekeeper.io/v1alpha1", "kind": "Update",
+            "metadata": {"name": name}, "spec": spec,
+        }))?;
+        Ok(self.updates().create(&PostParams::default(), &u).await?)
+    }
+
+    async fn wait_state(&self, name: &str, states: &[&str], timeout: Duration) -> Result<Update> {
+        let api = self.updates();
+        wait_for(
+            &format!("Update {name} to be one of {states:?}"),
+            timeout,
+            || async {
+                let u = api.get(name).await?;
+                let state = u.status.and_then(|s| s.state).unwrap_or_default();
+                Ok(states.contains(&state.as_str()))
+            },
+        )
+        .await?;
+        Ok(api.get(name).await?)
+    }
+
+    async fn views(&self) -> Result<BTreeMap<String, NodeView>> {
+        let api: Api<Node> = Api::all(self.env.admin.clone());
+        let mut out = BTreeMap::new();
+        for n in &self.nodes {
+            out.insert(n.clone(), NodeView::from_node(&api.get(n).await?));
+        }
+        Ok(out)
+    }
+
+    fn sim(
+        &self,
+        dir: &std::path::Path,
+        kubeconfig: &str,
+        stage: impl Fn(usize) -> Duration,
+        coordinate: impl Fn(usize) -> bool,
+    ) -> Result<Sim> {
+        let specs: Vec<NodeSpec> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeSpec {
+                name: n.clone(),
+                image: V1.into(),
+                stage_time: stage(i),
+                coordinate: coordinate(i),
+            })
+            .collect();
+        Sim::start(
+            dir,
+            &specs,
+            kubeconfig,
+            &self.env.ns,
+            &Timing {
+                lease: Duration::from_secs(3),
+                boot: Duration::from_millis(700),
+                health_timeout: Duration::from_secs(6),
+            },
+        )
+    }
+}
+
+/// What the observer found wrong, and what it saw.
+#[derive(Default)]
+struct Seen {
+    violations: Vec<String>,
+    max_in_flight: usize,
+    /// Nodes granted after the Update was seen Halted (I6).
+    halted_at_grants: Option<BTreeSet<String>>,
+    reboots: BTreeMap<String, u32>,
+}
+
+/// Check invariants continuously while the rollout runs.
+fn observe(
+    client: Client,
+    nodes: Vec<String>,
+    update: Update,
+    max_unavailable: usize,
+    sim_root: std::path::PathBuf,
+) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let uid = update.metadata.uid.clone().unwrap_or_default();
+    let name = update.metadata.name.clone().unwrap_or_default();
+    let ns = update.metadata.namespace.clone().unwrap_or_default();
+    let names: BTreeSet<String> = nodes.iter().cloned().collect();
+    let views: Arc<Mutex<BTreeMap<String, NodeView>>> = Arc::default();
+    // I1 and I4 on every Node event.
+    {
+        let (seen, views, names, uid) = (seen.clone(), views.clone(), names.clone(), uid.clone());
+        let sim_root = sim_root.clone();
+        let api: Api<Node> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(Ok(ev)) = stream.next().await {
+                let (watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
+                    continue;
+                };
+                let v = NodeView::from_node(&n);
+                if !names.contains(&v.name) {
+                    continue;
+                }
+                let mut views = views.lock().unwrap();
+                let before = views.insert(v.name.clone(), v.clone());
+                let in_flight = views
+                    .values()
+                    .filter(|v| {
+                        v.grant.as_ref().is_some_and(|g| {
+                            g.uid == uid && !v.phase_for(g).is_some_and(AgentPhase::is_terminal)
+                        })
+                    })
+                    .count();
+                let mut s = seen.lock().unwrap();
+                s.max_in_flight = s.max_in_flight.max(in_flight);
+                if in_flight > max_unavailable {
+                    s.violations.push(format!(
+                        "I1: {in_flight} nodes in flight, maxUnavailable {max_unavailable}"
+                    ));
+                }
+                let done = |v: &NodeView| {
+                    v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Done)
+                };
+                if done(&v) && !before.as_ref().is_some_and(done) {
+                    let booted =
+                        std::fs::read_to_string(sim_root.join(&v.name).join("booted-image"))
+                            .unwrap_or_default();
+                    if booted != V2 {
+                        s.violations.push(format!(
+                            "I4: {} reported Done while booted {booted:?}",
+                            v.name
+                        ));
+                    }
+                }
+                if let Some(at_halt) = &s.halted_at_grants {
+                    if v.grant.as_ref().is_some_and(|g| g.uid == uid) && !at_halt.contains(&v.name)
+                    {
+                        s.violations.push(format!(
+                            "I6: {} was granted after the rollout halted",
+                            v.name
+                        ));
+                    }
+                }
+            }
+        });
+    }
+    // I3 on every reboot of a simulated host; I6's reference point.
+    {
+        let (seen, views) = (seen.clone(), views.clone());
+        let updates: Api<Update> = Api::namespaced(client.clone(), &ns);
+        tokio::spawn(async move {
+            let mut boots: BTreeMap<String, u32> = BTreeMap::new();
+            loop {
+                for n in &nodes {
+                    let host = sim::host::SimHost {
+                        dir: sim_root.join(n),
+                        stage_time: Duration::ZERO,
+                    };
+                    let Ok(state) = host.load() else { continue };
+                    let last = boots.insert(n.clone(), state.boots).unwrap_or(state.boots);
+                    if state.boots > last {
+                        let v = views.lock().unwrap().get(n).cloned().unwrap_or_default();
+                        let open = v.grant.as_ref().is_some_and(|g| {
+                            g.uid == uid && !v.phase_for(g).is_some_and(AgentPhase::is_terminal)
+                        });
+                        let mut s = seen.lock().unwrap();
+                        *s.reboots.entry(n.clone()).or_default() += state.boots - last;
+                        if !open || !v.unschedulable {
+                            s.violations.push(format!(
+                                "I3: {n} rebooted without an open grant and a cordon (grant {:?}, phase {:?}, cordoned {})",
+                                v.grant, v.phase, v.unschedulable
+                            ));
+                        }
+                    }
+                }
+                if let Ok(u) = updates.get(&name).await {
+                    let halted = u.status.and_then(|s| s.state).as_deref() == Some("Halted");
+                    let mut s = seen.lock().unwrap();
+                    if halted && s.halted_at_grants.is_none() {
+                        let granted = views
+                            .lock()
+                            .unwrap()
+                            .values()
+                            .filter(|v| v.grant.as_ref().is_some_and(|g| g.uid == uid))
+                            .map(|v| v.name.clone())
+                            .collect();
+                        s.halted_at_grants = Some(granted);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    seen
+}
+
+fn check_seen(seen: &Arc<Mutex<Seen>>) -> Result<()> {
+    let s = seen.lock().unwrap();
+    ensure!(
+        s.violations.is_empty(),
+        "invariants violated:\n{}",
+        s.violations.join("\n")
+    );
+    Ok(())
+}
+
+/// Faults while a rollout runs, every 1.5 s in turn: hkd SIGKILLed on some node, on the
+/// coordinator's node (the Lease holder), once an outage of the API server as the agents see
+/// it (every connection dropped, new ones refused for 4 s), and label writes on a third of
+/// the Nodes that make the coordinator's resourceVersion-guarded grants conflict. Never ends.
+async fn chaos(rig: &Rig, sim: &Sim, proxy: &Proxy) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    let node_api: Api<Node> = Api::all(rig.env.admin.clone());
+    let nodes = &rig.nodes;
+    for round in 0u64.. {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        match round % 5 {
+            0 | 2 => sim.kill(&nodes[(round as usize * 7) % nodes.len()]),
+            1 => {
+                if let Ok(l) = leases.get("housekeeper-coordinator").await {
+                    if let Some(holder) = l.spec.and_then(|s| s.holder_identity) {
+                        sim.kill(&holder);
+                    }
+                }
+            }
+            3 if round == 3 => proxy.outage(Duration::from_secs(4)).await,
+            _ => {
+                for n in nodes.iter().step_by(3) {
+                    let _ = node_api
+                        .patch(
+                            n,
+                            &PatchParams::default(),
+                            &Patch::Merge(
+                                json!({"metadata": {"labels": {"sim-chaos": round.to_string()}}}),
+                            ),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Events hkd recorded on a Node, as reasons.
+async fn node_events(client: &Client, node: &str) -> Result<Vec<String>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    Ok(api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("hkd"))
+        .map(|e| e.reason.unwrap_or_default())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_roll_control_plane_first_drain_run_kubeadm_and_uncordon() -> Result<()> {
+    let rig = Rig::new("sim-three", 1, 2).await?;
+    let (kubeconfig, _proxy) = agent_kubeconfig(&rig.env).await?;
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    let _finisher = k.spawn_finisher(&rig.env.ns);
+    // A pod to drain on the first worker (unreplicated: it needs evictPodForce).
+    k.run_pod(&rig.env.ns, "app", &rig.nodes[1], &[("app", "x")])
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |_| Duration::from_millis(300),
+        |_| true,
+    )?;
+    let u = rig
+        .create_update(
+            "roll",
+            json!({"maxUnavailable": 1, "kubeVersion": "v1.21.0", "evictPodForce": true}),
+        )
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        1,
+        dir.path().to_owned(),
+    );
+    let done = rig
+        .wait_state("roll", &["Complete", "Halted"], Duration::from_secs(150))
+        .await;
+    if let Err(e) = done {
+        let logs: Vec<String> = rig
+            .nodes
+            .iter()
+            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 15)))
+            .collect();
+        bail!("{e:#}\n{}", logs.join("\n"));
+    }
+    let u = rig.updates().get("roll").await?;
+    let status = u.status.clone().unwrap_or_default();
+    ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
+    check_seen(&seen)?;
+    // Every host booted v2, every Node says Done and is schedulable again.
+    let views = rig.views().await?;
+    for n in &rig.nodes {
+        ensure!(
+            sim.host(n).booted_image().as_deref() == Some(V2),
+            "{n} booted {:?}",
+            sim.host(n).booted_image()
+        );
+        let v = &views[n];
+        let g = v.grant.clone().context("grant")?;
+        ensure!(v.phase_for(&g) == Some(AgentPhase::Done), "{n}: {v:?}");
+        ensure!(!v.unschedulable && !v.cordoned_by_hkd, "{n} still cordoned");
+        ensure!(
+            v.os_image.as_deref() == Some(V2),
+            "{n} os-image {:?}",
+            v.os_image
+        );
+        let events = node_events(&rig.env.admin, n).await?;
+        for want in ["Draining", "Drained", "Uncordoned", "UpgradeDone"] {
+            ensure!(
+                events.iter().any(|e| e == want),
+                "{n}: no {want} Event in {events:?}"
+            );
+        }
+    }
+    // Control plane first: the workers began after the control-plane node was done.
+    let cp_done = views[&rig.control_plane[0]].since.context("since")?;
+    for w in &rig.nodes[1..] {
+        let calls = sim.kubeadm_calls(w);
+        ensure!(calls == ["upgrade node"], "{w} kubeadm calls {calls:?}");
+        ensure!(
+            views[w].since.context("since")? > cp_done,
+            "{w} finished before the control plane"
+        );
+    }
+    // kubeadm got the version asked for, on the control-plane node.
+    let calls = sim.kubeadm_calls(&rig.control_plane[0]);
+    ensure!(
+        calls == ["upgrade apply --yes v1.21.0"],
+        "control plane kubeadm calls {calls:?}"
+    );
+    // The pod was evicted and is gone.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    ensure!(
+        pods.get_opt("app").await?.is_none(),
+        "the pod on {} was not drained",
+        rig.nodes[1]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_agents_with_kills_an_outage_and_conflicts_halt_on_the_right_nodes() -> Result<()> {
+    let rig = Rig::new("sim-thirty", 3, 27).await?;
+    let (kubeconfig, proxy) = agent_kubeconfig(&rig.env).await?;
+    let dir = tempfile::tempdir()?;
+    // Two workers whose health check fails on v2: they roll back and report Failed; with
+    // maxFailed 1 the second failure halts the rollout while most workers still wait.
+    let bad: Vec<String> = vec![rig.nodes[3].clone(), rig.nodes[4].clone()];
+    // A pod whose PodDisruptionBudget refuses its eviction (429s) until it is lifted.
+    let guarded = rig.nodes[5].clone();
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    let _finisher = k.spawn_finisher(&rig.env.ns);
+    k.run_pod(&rig.env.ns, "guarded", &guarded, &[("app", "guarded")])
+        .await?;
+    let (pdbs, _) =
+        support::eviction::create_pdb(&rig.env.admin, &rig.env.ns, "guard", "guarded", 1).await?;
+    // The budget is lifted after a while, as when a replacement became ready elsewhere.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let _ = pdbs.delete("guard", &Default::default()).await;
+    });
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |i| Duration::from_millis(200 + (i as u64 * 137) % 1300),
+        // A third of the nodes stand for coordinator.
+        |i| i % 3 == 0,
+    )?;
+    for b in &bad {
+        std::fs::write(dir.path().join(b).join("fail-health"), V2)?;
+        // Their check also fails when the marker names what booted.
+        let check = dir
+            .path()
+            .join(b)
+            .join("etc/hkd/health.d/required.d/20-node");
+        std::fs::write(
+            &check,
+            format!(
+                "#!/bin/sh\nif [ \"$(cat {d}/booted-image)\" = \"$(cat {d}/fail-health)\" ]; then echo 'this node fails v2' >&2; exit 1; fi\n",
+                d = dir.path().join(b).display()
+            ),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let max_unavailable = 4;
+    let u = rig
+        .create_update(
+            "roll",
+            json!({"maxUnavailable": max_unavailable, "maxFailed": 1, "evictPodForce": true}),
+        )
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        max_unavailable,
+        dir.path().to_owned(),
+    );
+
+    // Faults while it runs: hkd killed on random nodes and on the coordinator's, an outage of
+    // the API server as the agents see it, and writes that make the coordinator's conflict.
+    let chaos = chaos(&rig, &sim, &proxy);
+    let end = tokio::select! {
+        r = rig.wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600)) => r,
+        _ = chaos => unreachable!(),
+    };
+    if let Err(e) = end {
+        let logs: Vec<String> = rig
+            .nodes
+            .iter()
+            .take(6)
+            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 10)))
+            .collect();
+        bail!("{e:#}\n{}", logs.join("\n"));
+    }
+    // Let nodes in flight at the halt finish.
+    let open = |v: &NodeView| {
+        v.grant
+            .as_ref()
+            .is_some_and(|g| !v.phase_for(g).is_some_and(AgentPhase::is_terminal))
+    };
+    let settled = wait_for(
+        "nodes in flight at the halt to finish",
+        Duration::from_secs(90),
+        || async { Ok(!rig.views().await?.values().any(open)) },
+    )
+    .await;
+    if let Err(e) = settled {
+        let views = rig.views().await?;
+        let stuck: Vec<String> = views
+            .iter()
+            .filter(|(_, v)| open(v))
+            .map(|(n, v)| format!("--- {n}: {v:?}\n{}", sim.log_tail(n, 25)))
+            .collect();
+        bail!("{e:#}\n{}", stuck.join("\n"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check_seen(&seen)?;
+
+    let u = rig.updates().get("roll").await?;
+    let status = u.status.clone().unwrap_or_default();
+    ensure!(status.state.as_deref() == Some("Halted"), "{status:?}");
+    let halted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Halted")
+        .context("Halted condition")?;
+    for b in &bad {
+        ensure!(
+            halted.message.contains(b.as_str()),
+            "Halted does not name {b}: {}",
+            halted.message
+        );
+    }
+    let views = rig.views().await?;
+    let failed: BTreeSet<&String> = views
+        .iter()
+        .filter(|(_, v)| v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Failed))
+        .map(|(n, _)| n)
+        .collect();
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|n| format!("{n}: {:?}", views[*n].reason))
+        .collect();
+    ensure!(
+        failed == bad.iter().collect(),
+        "failed {reasons:?}, expected {bad:?}"
+    );
+    for (n, v) in &views {
+        ensure!(!v.unschedulable, "{n} was left cordoned");
+        let booted = sim.host(n).booted_image();
+        let answered_done = v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Done);
+        if bad.contains(n) {
+            ensure!(
+                booted.as_deref() == Some(V1),
+                "{n} was not rolled back: {booted:?}"
+            );
+        } else if answered_done {
+            ensure!(booted.as_deref() == Some(V2), "{n} Done on {booted:?}");
+        } else {
+            ensure!(
+                v.grant.is_none() && booted.as_deref() == Some(V1),
+                "{n}: {v:?} booted {booted:?}"
+            );
+        }
+    }
+    let max_in_flight = seen.lock().unwrap().max_in_flight;
+    let reboots: u32 = seen.lock().unwrap().reboots.values().sum();
+    eprintln!(
+        "rollout halted: {} done, {} failed, max in flight {}, reboots {}, hkd starts {:?}",
+        views
+            .values()
+            .filter(|v| v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Done))
+            .count(),
+        failed.len(),
+        max_in_flight,
+        reboots,
+        sim.starts().values().sum::<u32>(),
+    );
+    ensure!(
+        max_in_flight >= 2,
+        "the rollout never ran nodes in parallel"
+    );
+    let pending = views.values().filter(|v| v.grant.is_none()).count();
+    ensure!(
+        pending > 0,
+        "the halt came after every node was granted: I6 was not put to the test"
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    if views[&guarded].grant.is_some() {
+        ensure!(
+            pods.get_opt("guarded").await?.is_none(),
+            "the guarded pod was not drained"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_agents_with_kills_an_outage_and_conflicts_complete() -> Result<()> {
+    let rig = Rig::new("sim-complete", 3, 27).await?;
+    let (kubeconfig, proxy) = agent_kubeconfig(&rig.env).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |i| Duration::from_millis(200 + (i as u64 * 211) % 1500),
+        |i| i % 3 == 1,
+    )?;
+    let max_unavailable = 5;
+    let u = rig
+        .create_update("roll", json!({"maxUnavailable": max_unavailable}))
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        max_unavailable,
+        dir.path().to_owned(),
+    );
+    let end = tokio::select! {
+        r = rig.wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600)) => r,
+        _ = chaos(&rig, &sim, &proxy) => unreachable!(),
+    };
+    if let Err(e) = end {
+        let logs: Vec<String> = rig
+            .nodes
+            .iter()
+            .take(6)
+            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 10)))
+            .collect();
+        bail!("{e:#}\n{}", logs.join("\n"));
+    }
+    check_seen(&seen)?;
+    let u = rig.updates().get("roll").await?;
+    let status = u.status.clone().unwrap_or_default();
+    ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
+    let views = rig.views().await?;
+    for (n, v) in &views {
+        ensure!(!v.unschedulable, "{n} was left cordoned");
+        ensure!(
+            sim.host(n).booted_image().as_deref() == Some(V2),
+            "{n} booted {:?}",
+            sim.host(n).booted_image()
+        );
+        let g = v.grant.clone().context("every node was granted")?;
+        ensure!(v.phase_for(&g) == Some(AgentPhase::Done), "{n}: {v:?}");
+    }
+    let s = seen.lock().unwrap();
+    let starts: u32 = sim.starts().values().sum();
+    eprintln!(
+        "rollout complete: 30 done, max in flight {}, reboots {}, hkd starts {starts}",
+        s.max_in_flight,
+        s.reboots.values().sum::<u32>(),
+    );
+    // Each node rebooted once: no reboot was repeated by a restarted agent.
+    ensure!(
+        s.reboots.values().all(|r| *r == 1),
+        "reboots per node: {:?}",
+        s.reboots
+    );
+    ensure!(
+        starts > 60,
+        "too few kills and reboots to speak of faults: {starts} starts"
+    );
+    Ok(())
+}
