@@ -3,5 +3,6 @@
 //! vm-tests/README.md for the bench, its markers and how to add a scenario.
 
 mod bench;
+mod convert;
 mod hkd;
 mod smoke;

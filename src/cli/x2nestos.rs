@@ -170,6 +170,9 @@ pub struct InstallArgs {
     /// Stop when done instead of rebooting
     #[arg(long)]
     pub no_reboot: bool,
+    /// Seconds to wait for the planned disk to appear
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub device_wait: u64,
 }
 
 /// Runs a parsed `x2nestos` command line, writing results to `out`.
@@ -190,6 +193,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             plan: args.plan,
             ignition: args.ignition,
             reboot: !args.no_reboot,
+            device_wait: Duration::from_secs(args.device_wait),
         }),
         Command::Doc(doc) => doc.run::<Cli>(out),
     }

@@ -33,8 +33,8 @@ use super::progress::Meter;
 use super::source::{self, Source, Timeouts};
 use crate::sys::command::Cmd;
 
-/// How long the disk and the network devices may take to show up after boot.
-const DEVICE_WAIT: Duration = Duration::from_secs(60);
+/// How long the disk and the network devices may take to show up after boot, by default.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
 /// Where the boot partition is mounted while the config and log are written.
 const BOOT_MOUNT: &str = "/run/x2nestos/boot";
 /// The log's place on the new disk's boot partition.
@@ -47,6 +47,8 @@ pub struct Choices {
     pub plan: PathBuf,
     pub ignition: PathBuf,
     pub reboot: bool,
+    /// How long to wait for the planned disk and network devices.
+    pub device_wait: Duration,
 }
 
 /// Lines for the console, kept for the log on the new disk.
@@ -142,7 +144,7 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
         .context("the carried Ignition config is not JSON")
         .map_err(untouched)?;
 
-    let disk = wait_for_disk(&plan, log).map_err(untouched)?;
+    let disk = wait_for_disk(&plan, choices.device_wait, log).map_err(untouched)?;
     let device = PathBuf::from(format!("/dev/{}", disk.name));
     log.say(format!(
         "target {} ({} bytes, serial {}) is the planned disk",
@@ -208,7 +210,7 @@ fn disks() -> Vec<Disk> {
     out
 }
 
-fn wait_for_disk(plan: &Plan, log: &mut Log) -> anyhow::Result<Disk> {
+fn wait_for_disk(plan: &Plan, wait: Duration, log: &mut Log) -> anyhow::Result<Disk> {
     let start = Instant::now();
     let mut said = false;
     loop {
@@ -225,7 +227,7 @@ fn wait_for_disk(plan: &Plan, log: &mut Log) -> anyhow::Result<Disk> {
             });
         match (found, checked) {
             (Some(d), Ok(())) => return Ok(d),
-            (_, Err(why)) if start.elapsed() >= DEVICE_WAIT => bail!("{why}"),
+            (_, Err(why)) if start.elapsed() >= wait => bail!("{why}"),
             _ => {
                 if !said {
                     log.say("waiting for the planned disk to appear");

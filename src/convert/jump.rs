@@ -66,6 +66,12 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
     if prepared.report.blocked {
         bail!("{}", blocked_line(&prepared.report));
     }
+    if opts.facts_root != Path::new("/") {
+        bail!(
+            "nothing was changed: the facts were read below {}, not from this machine; convert acts only on this machine's own facts",
+            opts.facts_root.display()
+        );
+    }
     let Some(mut plan) = prepared.report.plan.clone() else {
         bail!("nothing was changed: no plan could be made");
     };
@@ -73,39 +79,13 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
         confirm(&plan)?;
     }
     let work = Workdir::create(&choices.workdir)?;
-    let stage = work.path.join("stage");
-    fs::DirBuilder::new().mode(0o700).create(&stage)?;
-    let image = obtain_image(&prepared, &mut plan, &stage, out)?;
-    write_stage(
-        &stage,
-        &plan,
-        prepared.ignition.as_deref().unwrap_or_default(),
-    )?;
-    writeln!(
-        out,
-        "Building the conversion initramfs with dracut (kernel {})…",
-        prepared.release
-    )?;
-    let drivers = initramfs::drivers_of(&initramfs::driver_links(&plan.disk.name));
-    let initrd = initramfs::build(&work.path, &stage, &prepared.release, &drivers)?;
-    if let Some(image) = &image {
-        initramfs::append_image(&initrd, image)
-            .with_context(|| format!("appending the image to {}", initrd.display()))?;
-        fs::remove_file(image).ok();
-    }
-    let args = plan::kernel_args(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    let ctx = kexec_context(&prepared);
-    let method = load(&prepared.kernel, &initrd, &args, &ctx)?;
-    writeln!(
-        out,
-        "Loaded {} with {} ({} bytes of initramfs)",
-        prepared.kernel.display(),
-        match method {
-            Method::FileSyscall => "kexec_file_load",
-            Method::KexecTools => "kexec_load (kexec-tools)",
-        },
-        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
-    )?;
+    let (ctx, method) = match build_and_load(&prepared, &mut plan, &work.path, out) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            work.remove();
+            return Err(e.context("nothing was changed"));
+        }
+    };
     if choices.dry_run {
         unload(method, &ctx)?;
         work.remove();
@@ -141,6 +121,50 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
         .run()
         .context("starting the jump")?;
     Ok(())
+}
+
+/// Everything between the confirmation and the jump, inside the work directory: the image,
+/// the stage, the initramfs, the kexec load.
+fn build_and_load(
+    prepared: &Prepared,
+    plan: &mut Plan,
+    work: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<(Context, Method)> {
+    let stage = work.join("stage");
+    fs::DirBuilder::new().mode(0o700).create(&stage)?;
+    let image = obtain_image(prepared, plan, &stage, out)?;
+    write_stage(
+        &stage,
+        plan,
+        prepared.ignition.as_deref().unwrap_or_default(),
+    )?;
+    writeln!(
+        out,
+        "Building the conversion initramfs with dracut (kernel {})…",
+        prepared.release
+    )?;
+    let drivers = initramfs::drivers_of(&initramfs::driver_links(&plan.disk.name));
+    let initrd = initramfs::build(work, &stage, &prepared.release, &drivers)?;
+    if let Some(image) = &image {
+        initramfs::append_image(&initrd, image)
+            .with_context(|| format!("appending the image to {}", initrd.display()))?;
+        fs::remove_file(image).ok();
+    }
+    let args = plan::kernel_args(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let ctx = kexec_context(prepared);
+    let method = load(&prepared.kernel, &initrd, &args, &ctx)?;
+    writeln!(
+        out,
+        "Loaded {} with {} ({} bytes of initramfs)",
+        prepared.kernel.display(),
+        match method {
+            Method::FileSyscall => "kexec_file_load",
+            Method::KexecTools => "kexec_load (kexec-tools)",
+        },
+        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
+    )?;
+    Ok((ctx, method))
 }
 
 fn confirm(plan: &Plan) -> anyhow::Result<()> {

@@ -108,7 +108,7 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("image checksum mismatch: expected sha256 {expected}, got {actual}; the image is corrupt, truncated, or not the one the checksum is for — nothing was changed")]
+    #[error("image checksum mismatch: expected sha256 {expected}, got {actual}; the image is corrupt, truncated, or not the one the checksum is for")]
     Checksum { expected: String, actual: String },
     #[error("{0}")]
     Said(String),
@@ -448,7 +448,7 @@ pub fn check_signature(
             .trim()
             .to_owned();
         return Err(fail(format!(
-            "does not verify the image with the keyring {} (`{line}`: {why}); the image is not the one that was signed, or the key is not in that keyring — nothing was changed",
+            "does not verify the image with the keyring {} (`{line}`: {why}); the image is not the one that was signed, or the key is not in that keyring",
             keyring.display()
         )));
     }

@@ -1,0 +1,902 @@
+//! `x2nestos plan`, `convert` and `install` as an admin runs them, against loop devices over
+//! files (root), a local HTTP server, Debian's `gpgv` and `ignition-validate`.
+//!
+//! Every bad input of the conversion is refused before anything changes: each test runs
+//! `x2nestos convert --yes` with exactly one thing wrong, checks the one line that says why
+//! and what to do, and checks that the loop device's contents did not change. Machine facts
+//! that cannot be changed on this host (architecture, memory, kexec switched off, lockdown)
+//! come from a fixture tree named by the hidden `--facts-root`; `convert` refuses to act on
+//! such facts at all, so these tests can never reach a kexec load. The install test writes a
+//! real image onto a loop device with `x2nestos install` and reads the result back.
+//!
+//! Built only with `--features host-tests`; tools/test-all.sh installs the packages.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1 << 20;
+
+fn tool(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{name} is missing: apt-get install {package}");
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A loop device over a file of `size` bytes filled with a pattern; detached on drop.
+struct Loop {
+    dev: String,
+    file: PathBuf,
+}
+
+impl Loop {
+    fn new(dir: &Path, name: &str, size: u64) -> Loop {
+        let file = dir.join(name);
+        let pattern: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&file, pattern).unwrap();
+        let out = run(Command::new(tool("losetup", "mount"))
+            .args(["--find", "--show"])
+            .arg(&file));
+        Loop {
+            dev: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+            file,
+        }
+    }
+
+    fn digest(&self) -> String {
+        let mut f = std::fs::File::open(&self.dev).unwrap();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; MIB as usize];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup")
+            .args(["--detach", &self.dev])
+            .status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A machine's facts that pass every check: root is the caller, x86_64, kexec available,
+/// plenty of memory, a kernel image present.
+fn facts(dir: &Path) -> PathBuf {
+    let root = dir.join("facts");
+    let put = |rel: &str, text: &str| {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    put(
+        "proc/meminfo",
+        "MemAvailable: 8388608 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
+    );
+    put("proc/sys/kernel/osrelease", "6.1.0-fixture\n");
+    put("proc/sys/kernel/arch", "x86_64\n");
+    put("proc/sys/kernel/kexec_load_disabled", "0\n");
+    put(
+        "boot/config-6.1.0-fixture",
+        "CONFIG_KEXEC=y\nCONFIG_KEXEC_FILE=y\n",
+    );
+    put(
+        "boot/vmlinuz-6.1.0-fixture",
+        "not a kernel: convert never loads fixture facts\n",
+    );
+    put("sys/kernel/kexec_loaded", "0\n");
+    put(
+        "sys/kernel/security/lockdown",
+        "[none] integrity confidentiality\n",
+    );
+    root
+}
+
+/// A GPT disk image of `size` bytes: partition `boot` (ext4, label boot, with the first-boot
+/// stamp) and `root` (ext4, a file in it).
+fn metal_image(dir: &Path, size: u64) -> PathBuf {
+    let image = dir.join("metal.raw");
+    std::fs::write(&image, vec![0u8; size as usize]).unwrap();
+    let boot_sectors = 16 * MIB / 512;
+    let mut sfdisk = Command::new(tool("sfdisk", "fdisk"))
+        .args(["-q"])
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(
+        sfdisk.stdin.take().unwrap(),
+        "label: gpt\nstart=2048, size={boot_sectors}, name=boot\nname=root\n"
+    )
+    .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let boot_tree = dir.join("boot-tree");
+    std::fs::create_dir_all(&boot_tree).unwrap();
+    std::fs::write(boot_tree.join("ignition.firstboot"), "").unwrap();
+    run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
+        .args(["-q", "-F", "-L", "boot", "-d"])
+        .arg(&boot_tree)
+        .args(["-E", &format!("offset={}", MIB)])
+        .arg(&image)
+        .arg(format!("{}k", 16 * 1024)));
+    let root_tree = dir.join("root-tree");
+    std::fs::create_dir_all(root_tree.join("etc")).unwrap();
+    std::fs::write(root_tree.join("etc/os-release"), "ID=nestos\n").unwrap();
+    let root_start = 17 * MIB;
+    let root_kib = (size - root_start - MIB) / 1024;
+    run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
+        .args(["-q", "-F", "-L", "root", "-d"])
+        .arg(&root_tree)
+        .args(["-E", &format!("offset={root_start}")])
+        .arg(&image)
+        .arg(format!("{root_kib}k")));
+    image
+}
+
+fn xz(path: &Path) -> PathBuf {
+    run(Command::new(tool("xz", "xz-utils"))
+        .args(["-k", "-f", "-T1", "-1"])
+        .arg(path));
+    path.with_extension("raw.xz")
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn x2nestos(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_x2nestos"))
+        .args(args)
+        .output()
+        .expect("running x2nestos")
+}
+
+/// The error line (`x2nestos: error: …`) of a failed run.
+fn error_line(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "x2nestos succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("x2nestos: error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"))
+        .to_owned();
+    assert_eq!(
+        line.matches("x2nestos: error").count(),
+        1,
+        "one line: {stderr}"
+    );
+    line
+}
+
+struct Bench {
+    dir: tempfile::TempDir,
+    facts: PathBuf,
+    image: PathBuf,
+    sha: String,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = facts(dir.path());
+        let image = xz(&metal_image(dir.path(), 40 * MIB));
+        let sha = sha256_file(&image);
+        Bench {
+            dir,
+            facts,
+            image,
+            sha,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `convert --yes` against `disk` with the good defaults, `extra` replacing or adding
+    /// arguments; asserts the disk did not change and returns the error line.
+    fn refused(&self, disk: &Loop, extra: &[&str]) -> String {
+        let before = disk.digest();
+        let mut args: Vec<String> = vec![
+            "convert".into(),
+            "--yes".into(),
+            "--workdir".into(),
+            self.path().join("work").display().to_string(),
+        ];
+        let has = |flag: &str| extra.iter().any(|a| *a == flag);
+        if !has("--disk") {
+            args.extend(["--disk".into(), disk.dev.clone()]);
+        }
+        if !has("--image") {
+            args.extend(["--image".into(), self.image.display().to_string()]);
+        }
+        if !has("--sha256") {
+            args.extend(["--sha256".into(), self.sha.clone()]);
+        }
+        if !has("--facts-root") {
+            args.extend(["--facts-root".into(), self.facts.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = error_line(&x2nestos(&refs));
+        assert_eq!(disk.digest(), before, "the disk changed: {line}");
+        assert!(
+            !self.path().join("work").exists(),
+            "a work directory was left behind"
+        );
+        line
+    }
+}
+
+#[test]
+fn good_inputs_are_refused_only_for_the_fixture_facts() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let line = b.refused(&disk, &[]);
+    assert!(
+        line.contains("the facts were read below") && line.contains("not from this machine"),
+        "{line}"
+    );
+    // The plan itself is clean, and says what goes and what stays.
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = disk.dev.trim_start_matches("/dev/");
+    assert!(
+        text.contains(&format!("Will be destroyed: /dev/{name} (67108864 bytes")),
+        "{text}"
+    );
+    assert!(text.contains("Will be carried over: "), "{text}");
+    assert!(text.contains("verified by sha256"), "{text}");
+    assert!(text.lines().count() < 30, "a few lines: {text}");
+}
+
+#[test]
+fn a_disk_that_does_not_exist() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let line = b.refused(&disk, &["--disk", "/dev/nonexistent-disk"]);
+    assert_eq!(
+        line,
+        "x2nestos: error: nothing was changed: /dev/nonexistent-disk: no such block device; list the disks with `lsblk -d`"
+    );
+}
+
+#[test]
+fn a_disk_smaller_than_the_image() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "small", 24 * MIB);
+    let line = b.refused(&disk, &[]);
+    assert_eq!(
+        line,
+        "x2nestos: error: nothing was changed: the image needs 40 MiB but the disk has 24 MiB; choose a larger disk"
+    );
+}
+
+#[test]
+fn a_mounted_disk_that_is_not_the_running_system() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "data", 64 * MIB);
+    run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
+        .args(["-q", "-F"])
+        .arg(&disk.dev));
+    let mnt = b.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Read-only, so that the mount itself writes nothing the digest would see.
+    run(Command::new("mount").args(["-o", "ro"]).arg(&disk.dev).arg(&mnt));
+    let before = disk.digest();
+    let out = x2nestos(&[
+        "convert",
+        "--yes",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    let after = disk.digest();
+    run(Command::new("umount").arg(&mnt));
+    assert_eq!(after, before);
+    let name = disk.dev.trim_start_matches("/dev/");
+    assert_eq!(
+        line,
+        format!(
+            "x2nestos: error: nothing was changed: /dev/{name} is in use and does not hold the running system: {name} mounted on {}; unmount or stop it first",
+            mnt.display()
+        )
+    );
+}
+
+#[test]
+fn a_partition_instead_of_a_disk() {
+    // This host's kernel shows no partitions of loop devices: the partition is a fixture
+    // sysfs tree (disk::resolve over it is unit-tested), and here the CLI refuses a
+    // partition-like name that resolves to no whole disk.
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let partition = format!("{}p1", disk.dev);
+    let line = b.refused(&disk, &["--disk", &partition]);
+    assert_eq!(
+        line,
+        format!(
+            "x2nestos: error: nothing was changed: {partition}: no such block device; list the disks with `lsblk -d`"
+        )
+    );
+}
+
+#[test]
+fn an_image_whose_checksum_does_not_match() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let wrong = "0".repeat(64);
+    let line = b.refused(&disk, &["--sha256", &wrong]);
+    assert!(
+        line.starts_with(&format!(
+            "x2nestos: error: nothing was changed: image checksum mismatch: expected sha256 {wrong}, got {}",
+            b.sha
+        )),
+        "{line}"
+    );
+    let line = b.refused(&disk, &["--sha256", "not-hex"]);
+    assert!(
+        line.contains("--sha256: \"not-hex\" is not a SHA-256 digest"),
+        "{line}"
+    );
+    let line = b.refused(&disk, &["--sha256", ""]);
+    assert!(line.contains("is not a SHA-256 digest"), "{line}");
+}
+
+#[test]
+fn an_unverified_image_needs_insecure() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let out = x2nestos(&[
+        "convert",
+        "--yes",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("the image would not be verified: give --sha256 HEX"),
+        "{line}"
+    );
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--insecure",
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("UNVERIFIED (--insecure)"), "{text}");
+    assert!(
+        text.contains("Warning: --insecure: the image will be written UNVERIFIED"),
+        "{text}"
+    );
+}
+
+/// A one-shot HTTP server on 127.0.0.1: `respond` gets the request line and the stream.
+fn serve(respond: impl Fn(&str, &mut std::net::TcpStream) + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut byte).unwrap_or(0) == 0 {
+                    break;
+                }
+                request.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&request).into_owned();
+            respond(text.lines().next().unwrap_or_default(), &mut conn);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_url_that_404s() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let base = serve(|_, conn| {
+        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    });
+    let url = format!("{base}/metal.raw.xz");
+    let line = b.refused(&disk, &["--image", &url]);
+    assert_eq!(
+        line,
+        format!("x2nestos: error: nothing was changed: GET {url}: the server answered 404 Not Found; check the URL")
+    );
+}
+
+#[test]
+fn a_url_that_stalls() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let base = serve(|_, conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n\xFD7z");
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let url = format!("{base}/metal.raw.xz");
+    let started = std::time::Instant::now();
+    let line = b.refused(&disk, &["--image", &url, "--stall-timeout", "2"]);
+    assert!(
+        line.contains(&format!(
+            "reading {url}: no data for 2 s, the server stalled; try again, or use another mirror"
+        )),
+        "{line}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the stall was not cut short"
+    );
+}
+
+#[test]
+fn an_ignition_file_that_is_not_valid() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let bad = b.path().join("bad.ign");
+    std::fs::write(&bad, r#"{"ignition": {"version": "2.2.0"}}"#).unwrap();
+    let line = b.refused(&disk, &["--ignition", bad.to_str().unwrap()]);
+    assert!(
+        line.starts_with(&format!(
+            "x2nestos: error: nothing was changed: Ignition config {}: ",
+            bad.display()
+        )) && line.contains("2.2.0"),
+        "{line}"
+    );
+    std::fs::write(&bad, "{ not json").unwrap();
+    let line = b.refused(&disk, &["--ignition", bad.to_str().unwrap()]);
+    assert!(line.contains("Ignition config"), "{line}");
+}
+
+/// The fixture facts with one file changed.
+fn facts_with(b: &Bench, name: &str, rel: &str, text: &str) -> PathBuf {
+    let copy = b.path().join(name);
+    run(Command::new("cp").arg("-a").arg(&b.facts).arg(&copy));
+    std::fs::write(copy.join(rel), text).unwrap();
+    copy
+}
+
+#[test]
+fn not_enough_memory() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let root = facts_with(
+        &b,
+        "small-memory",
+        "proc/meminfo",
+        "MemAvailable: 262144 kB\nSwapTotal: 1048576 kB\nSwapFree: 0 kB\n",
+    );
+    let line = b.refused(&disk, &["--facts-root", root.to_str().unwrap()]);
+    assert!(
+        line.starts_with("x2nestos: error: nothing was changed: not enough memory: the conversion needs 385 MiB of RAM, 256 MiB are available, and swap does not survive kexec"),
+        "{line}"
+    );
+}
+
+#[test]
+fn kexec_switched_off_or_locked_down() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let root = facts_with(&b, "disabled", "proc/sys/kernel/kexec_load_disabled", "1\n");
+    let line = b.refused(&disk, &["--facts-root", root.to_str().unwrap()]);
+    assert!(
+        line.contains("nothing was changed: kexec is switched off until the next reboot (kernel.kexec_load_disabled = 1"),
+        "{line}"
+    );
+    let root = facts_with(
+        &b,
+        "locked",
+        "sys/kernel/security/lockdown",
+        "none [integrity] confidentiality\n",
+    );
+    std::fs::write(
+        root.join("boot/config-6.1.0-fixture"),
+        "CONFIG_KEXEC=y\n# CONFIG_KEXEC_FILE is not set\n",
+    )
+    .unwrap();
+    let line = b.refused(&disk, &["--facts-root", root.to_str().unwrap()]);
+    assert!(
+        line.contains(
+            "nothing was changed: kernel lockdown (integrity) forbids the old kexec_load"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unsupported_architecture() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let root = facts_with(&b, "riscv", "proc/sys/kernel/arch", "riscv64\n");
+    let line = b.refused(&disk, &["--facts-root", root.to_str().unwrap()]);
+    assert_eq!(
+        line,
+        "x2nestos: error: nothing was changed: architecture riscv64 is not supported: NestOS For Container is built for x86_64 and aarch64"
+    );
+}
+
+#[test]
+fn not_root() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let before = disk.digest();
+    // The image and facts must be readable by the unprivileged user.
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(b.path()));
+    let out = Command::new(tool("setpriv", "util-linux"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_x2nestos"))
+        .args(["convert", "--yes", "--disk", &disk.dev, "--image"])
+        .arg(&b.image)
+        .args(["--sha256", &b.sha, "--facts-root"])
+        .arg(&b.facts)
+        .args(["--workdir"])
+        .arg(b.path().join("work"))
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains(
+            "x2nestos must run as root (it loads a kernel and rewrites a disk); run it with sudo"
+        ),
+        "{line}"
+    );
+    assert_eq!(disk.digest(), before);
+}
+
+#[test]
+fn a_signed_image_is_checked_with_gpgv() {
+    let gpg = tool("gpg", "gnupg");
+    tool("gpgv", "gpgv");
+    let b = Bench::new();
+    let home = b.path().join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    run(Command::new("chmod").arg("700").arg(&home));
+    let gpg = |args: &[&str]| {
+        run(Command::new(&gpg)
+            .arg("--homedir")
+            .arg(&home)
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args))
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "x2nestos test <test@example.org>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let keyring = b.path().join("keys.gpg");
+    gpg(&["--output", keyring.to_str().unwrap(), "--export"]);
+    let sig = b.path().join("metal.raw.xz.sig");
+    gpg(&[
+        "--output",
+        sig.to_str().unwrap(),
+        "--detach-sign",
+        b.image.to_str().unwrap(),
+    ]);
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let plan = |image: &Path, sha: Option<&str>| {
+        let mut args = vec![
+            "plan".to_owned(),
+            "-o".into(),
+            "json".into(),
+            "--disk".into(),
+            disk.dev.clone(),
+            "--image".into(),
+            image.display().to_string(),
+            "--signature".into(),
+            sig.display().to_string(),
+            "--keyring".into(),
+            keyring.display().to_string(),
+            "--facts-root".into(),
+            b.facts.display().to_string(),
+        ];
+        if let Some(sha) = sha {
+            args.extend(["--sha256".into(), sha.to_owned()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        x2nestos(&refs)
+    };
+    // Signed and good, without a checksum: the signature's pass gives the digest.
+    let out = plan(&b.image, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["plan"]["image"]["signed"], true);
+    assert_eq!(report["plan"]["image"]["sha256"], b.sha.as_str());
+    // A changed image: refused with what gpgv said.
+    let tampered = b.path().join("tampered.raw.xz");
+    let mut bytes = std::fs::read(&b.image).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 1;
+    std::fs::write(&tampered, bytes).unwrap();
+    let out = plan(&tampered, None);
+    let line = error_line(&out);
+    assert!(
+        line.contains("does not verify the image with the keyring"),
+        "{line}"
+    );
+    assert!(line.contains("BAD signature"), "{line}");
+    // A signature that verifies but a checksum that disagrees.
+    let out = plan(&b.image, Some(&"1".repeat(64)));
+    assert!(error_line(&out).contains("image checksum mismatch"));
+}
+
+#[test]
+fn install_writes_the_image_and_the_ignition_config_onto_a_loop_device() {
+    let validate = tool("ignition-validate", "ignition");
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "target", 64 * MIB);
+    // The plan, as convert would carry it: from `plan -o json`, the image carried beside it.
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut plan = report["plan"].clone();
+    assert_eq!(
+        plan["image"]["imageBytes"],
+        40 * MIB,
+        "xz size from its index"
+    );
+    plan["image"]["carried"] = b.image.display().to_string().into();
+    let plan_path = b.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let ignition = b.path().join("config.ign");
+    std::fs::write(
+        &ignition,
+        r#"{"ignition":{"version":"3.3.0"},"storage":{"files":[{"path":"/etc/hostname","mode":420,"overwrite":true,"contents":{"source":"data:,converted%0A"}}]}}"#,
+    )
+    .unwrap();
+    run(Command::new(&validate).arg(&ignition));
+
+    let out = x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+    ]);
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{console}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        console.contains("x2nestos: carried image verified"),
+        "{console}"
+    );
+    assert!(console.contains("x2nestos: NestOS is written"), "{console}");
+    assert!(
+        console.contains("writing /dev/loop"),
+        "progress lines: {console}"
+    );
+
+    // The image is on the disk, byte for byte.
+    let raw = std::fs::read(b.path().join("metal.raw")).unwrap();
+    let mut written = vec![0u8; raw.len()];
+    std::fs::File::open(&disk.dev)
+        .unwrap()
+        .read_exact(&mut written)
+        .unwrap();
+    let boot_range = MIB as usize..17 * MIB as usize;
+    assert_eq!(written[..MIB as usize], raw[..MIB as usize], "first MiB");
+    assert_eq!(
+        written[17 * MIB as usize..],
+        raw[17 * MIB as usize..],
+        "the root partition"
+    );
+    assert_ne!(
+        written[boot_range.clone()],
+        raw[boot_range],
+        "the boot partition got files"
+    );
+
+    // The boot partition holds the config (0600), the stamp and the log.
+    let boot = Command::new(tool("losetup", "mount"))
+        .args([
+            "--find",
+            "--show",
+            "--offset",
+            &MIB.to_string(),
+            "--sizelimit",
+            &(16 * MIB).to_string(),
+        ])
+        .arg(&disk.dev)
+        .output()
+        .unwrap();
+    let boot = String::from_utf8(boot.stdout).unwrap().trim().to_owned();
+    let mnt = b.path().join("boot");
+    std::fs::create_dir(&mnt).unwrap();
+    run(Command::new("mount").arg(&boot).arg(&mnt));
+    let read = |rel: &str| std::fs::read_to_string(mnt.join(rel));
+    let config = read("ignition/config.ign");
+    let log = read("x2nestos/install.log");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(mnt.join("ignition/config.ign")).map(|m| m.permissions().mode() & 0o777);
+    let stamp = mnt.join("ignition.firstboot").exists();
+    run(Command::new("umount").arg(&mnt));
+    run(Command::new("losetup").args(["--detach", &boot]));
+    assert_eq!(config.unwrap(), std::fs::read_to_string(&ignition).unwrap());
+    assert_eq!(mode.unwrap(), 0o600);
+    assert!(stamp);
+    let log = log.unwrap();
+    assert!(
+        log.contains("is the planned disk") && log.contains(", verified"),
+        "{log}"
+    );
+
+    // Run again: the installer is re-runnable and gives the same disk.
+    let first = disk.digest();
+    let out = x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(disk.digest().len(), first.len());
+}
+
+#[test]
+fn install_refuses_a_corrupted_carried_image_before_writing() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "target", 64 * MIB);
+    let corrupted = b.path().join("corrupted.raw.xz");
+    let mut bytes = std::fs::read(&b.image).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&corrupted, bytes).unwrap();
+    let name = disk.dev.trim_start_matches("/dev/").to_owned();
+    let plan = serde_json::json!({
+        "apiVersion": "x2nestos.housekeeper.io/v1",
+        "kind": "Plan",
+        "disk": { "named": disk.dev, "name": name, "byId": [], "serial": null,
+                  "sizeBytes": 64 * MIB, "sectorSize": 512 },
+        "image": { "source": b.image, "sha256": b.sha, "compressedBytes": null,
+                   "imageBytes": 40 * MIB, "carry": "inMemory", "carried": corrupted },
+        "network": []
+    });
+    let plan_path = b.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let ignition = b.path().join("config.ign");
+    std::fs::write(&ignition, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+    let before = disk.digest();
+    let out = x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+    ]);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{console}");
+    assert!(console.contains("image checksum mismatch"), "{console}");
+    assert!(
+        console.contains("nothing was written: the disk is as it was"),
+        "{console}"
+    );
+    assert_eq!(disk.digest(), before);
+
+    // The planned disk is not this one (another size): refused before writing, too.
+    let mut other = plan.clone();
+    other["disk"]["sizeBytes"] = (32 * MIB).into();
+    std::fs::write(&plan_path, other.to_string()).unwrap();
+    let out = x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+        "--device-wait",
+        "2",
+    ]);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        console.contains(
+            "bytes but the planned disk had 33554432: it is not the disk that was planned"
+        ),
+        "{console}"
+    );
+    assert_eq!(disk.digest(), before);
+}

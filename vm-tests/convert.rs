@@ -1,0 +1,319 @@
+//! x2nestos on real machines: the generic Debian VM converts itself to testos (the NestOS
+//! stand-in) through kexec, carrying its identity over; the image carried in memory or
+//! streamed over the network; and a corrupted image refused before anything changes.
+//!
+//! x2nestos runs in the guest as an admin would run it: copied in, then
+//! `x2nestos convert --image http://10.0.2.2:PORT/metal.raw.xz --sha256 … --disk /dev/vda --yes`.
+//! It is the release build (`cargo build --release --bin x2nestos`; `X2NESTOS_BIN` names
+//! another), since the guest's emulated CPU hashes and decompresses a 1.2 GiB image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::bench::cmd::run;
+use crate::bench::http::HttpServer;
+use crate::bench::images::{self, Generic, Testos};
+use crate::bench::qemu::{Machine, MachineConfig};
+use crate::bench::{scenario, Scenario, BOOT_TIMEOUT};
+
+/// The generic machine's whole run: boot, convert (download, dracut, kexec), install (verify,
+/// decompress and write 1.2 GiB under emulation), reboot.
+const CONVERSION_RUN: Duration = Duration::from_secs(1500);
+const SHUTDOWN: Duration = Duration::from_secs(120);
+
+/// hkd's configuration on the converted machine, given through the admin's Ignition config
+/// that x2nestos merges with the carried identity.
+const HKD_CONFIG: &str = "[os]\nallow_unverified_images = true\n";
+
+fn x2nestos_binary(s: &Scenario) -> Result<PathBuf> {
+    let built = std::env::var_os("X2NESTOS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| images::repo_dir().join("target/release/x2nestos"));
+    if !built.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --bin x2nestos` (tools/test-all.sh does), or name one in X2NESTOS_BIN",
+            built.display()
+        );
+    }
+    let stripped = s.dir.join("x2nestos");
+    run(Command::new("strip").arg("-o").arg(&stripped).arg(&built))?;
+    Ok(stripped)
+}
+
+/// Boots the generic machine with a deadline long enough for a whole conversion.
+fn boot_generic(s: &Scenario, g: &Generic, disk: &Path, machine: &str) -> Result<Machine> {
+    let cfg = MachineConfig {
+        name: machine.to_string(),
+        kernel: g.kernel.clone(),
+        initrd: g.initrd.clone(),
+        cmdline: g.cmdline.clone(),
+        disk: disk.to_path_buf(),
+        extra_disks: Vec::new(),
+        timeout: CONVERSION_RUN,
+    };
+    s.progress(&format!("booting {machine} (generic)"));
+    let mut vm = Machine::start(&cfg, &s.dir, &g.keys_dir)?;
+    vm.wait_mark("ready", BOOT_TIMEOUT)?;
+    Ok(vm)
+}
+
+/// Copies x2nestos into the guest over SSH.
+fn install_x2nestos(vm: &Machine, g: &Generic, binary: &Path) -> Result<()> {
+    let file = std::fs::File::open(binary)?;
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(g.keys_dir.join("root"))
+        .args(["-p", &vm.ssh_port().to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("root@127.0.0.1")
+        .arg("cat >/usr/local/bin/x2nestos && chmod 755 /usr/local/bin/x2nestos")
+        .stdin(Stdio::from(file))
+        .output()
+        .context("copying x2nestos into the guest")?;
+    ensure!(
+        out.status.success(),
+        "copying x2nestos into the guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn sha256_of(t: &Testos) -> Result<String> {
+    let text = std::fs::read_to_string(&t.metal_sha256)?;
+    Ok(text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn data_url(text: &str) -> String {
+    let mut out = String::from("data:,");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn admin_ignition(s: &Scenario) -> Result<PathBuf> {
+    let cfg = serde_json::json!({
+        "ignition": { "version": "3.3.0" },
+        "storage": { "files": [
+            { "path": "/etc/hkd/config.d/50-vm.toml", "mode": 420,
+              "contents": { "source": data_url(HKD_CONFIG) } }
+        ] }
+    });
+    let path = s.dir.join("admin.ign");
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)?;
+    Ok(path)
+}
+
+/// Copies a host file into the guest (small files) through `cat`.
+fn put_file(vm: &Machine, path: &Path, guest: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    vm.sh(&format!(
+        "cat >{guest} <<'X2NESTOS_EOF'\n{text}\nX2NESTOS_EOF"
+    ))?;
+    Ok(())
+}
+
+/// Starts `x2nestos convert` as a transient unit whose output goes to the serial console;
+/// a failure leaves the scenario's own marker.
+fn start_convert(vm: &Machine, args: &str) -> Result<()> {
+    vm.sh(&format!(
+        "systemd-run --unit=x2nestos-convert -p StandardOutput=file:/dev/ttyS0 -p StandardError=file:/dev/ttyS0 \
+         /bin/sh -c '/usr/local/bin/x2nestos convert {args} || echo HK-MARK:convert-failed'"
+    ))?;
+    Ok(())
+}
+
+/// Converts a fresh generic machine with `extra` arguments; returns the disk and the
+/// generic machine's serial log.
+fn convert(s: &Scenario, g: &Generic, t: &Testos, extra: &str) -> Result<(PathBuf, String)> {
+    let binary = x2nestos_binary(s)?;
+    let server = HttpServer::serve(&t.dir)?;
+    let url = server.guest_url("metal.raw.xz");
+    let sha = sha256_of(t)?;
+    let disk = s.overlay(&g.disk, "machine")?;
+    let mut vm = boot_generic(s, g, &disk, "generic")?;
+    install_x2nestos(&vm, g, &binary)?;
+    put_file(&vm, &admin_ignition(s)?, "/root/admin.ign")?;
+
+    let plan = vm.sh(&format!(
+        "x2nestos plan --disk /dev/vda --image {url} --sha256 {sha} --user admin {extra} -o json"
+    ))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&plan).with_context(|| format!("plan -o json printed {plan:?}"))?;
+    ensure!(report["blocked"] == false, "the plan is blocked: {plan}");
+    ensure!(report["plan"]["disk"]["name"] == "vda", "{plan}");
+    s.progress(&format!(
+        "plan: carry {}, destroyed {}, carried over {}",
+        report["plan"]["image"]["carry"], report["destroyed"], report["carriedOver"]
+    ));
+
+    start_convert(
+        &vm,
+        &format!(
+            "--disk /dev/vda --image {url} --sha256 {sha} --yes --user admin --ignition /root/admin.ign {extra}"
+        ),
+    )?;
+    s.progress("x2nestos convert started; waiting for the installer to write and reboot");
+    vm.wait_exit(CONVERSION_RUN)?;
+    let serial = std::fs::read_to_string(vm.serial_log())?;
+    ensure!(
+        serial.contains("x2nestos: NestOS is written"),
+        "the installer did not finish; serial log {}:\n{}",
+        vm.serial_log().display(),
+        vm.tail(40)
+    );
+    drop(server);
+    Ok((disk, serial))
+}
+
+/// The converted machine: the original root key logs in, the same host name, the admin's
+/// key, the `command=`-restricted key stripped, hkd running, the install log on the disk.
+fn check_converted(s: &Scenario, t: &Testos, disk: &Path) -> Result<Machine> {
+    let mut vm = s.boot_testos(t, disk, "converted")?;
+    vm.wait_mark("ignition-applied", BOOT_TIMEOUT)?;
+    vm.wait_mark("ready", BOOT_TIMEOUT)?;
+    let host = vm.sh("hostname")?;
+    ensure!(
+        host.trim() == "generic-vm",
+        "host name {host:?}, want generic-vm"
+    );
+    vm.sh("test -e /run/ostree-booted")?;
+    let admin = vm.ssh_output("admin", "admin", "id -un")?;
+    ensure!(
+        String::from_utf8_lossy(&admin.stdout).trim() == "admin",
+        "admin's key does not log in: {}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let restricted = vm.ssh_output("root", "restricted", "echo shell")?;
+    ensure!(
+        String::from_utf8_lossy(&restricted.stdout).trim() == "shell",
+        "the command= key was not stripped: {:?}",
+        String::from_utf8_lossy(&restricted.stdout)
+    );
+    let address = vm.sh("ip -4 -o addr show dev eth0")?;
+    ensure!(address.contains("10.0.2.15/"), "eth0: {address}");
+    let active = vm.sh("systemctl is-active hkd || true")?;
+    ensure!(
+        active.trim() == "active",
+        "hkd.service is {active:?}: {}",
+        vm.sh("journalctl -u hkd --no-pager | tail -20")
+            .unwrap_or_default()
+    );
+    let log = vm.sh("cat /boot/x2nestos/install.log")?;
+    ensure!(
+        log.contains("is the planned disk") && log.contains(", verified"),
+        "install log:\n{log}"
+    );
+    s.progress(&format!("install log on the new disk:\n{log}"));
+    let mode = vm.sh("stat -c %a /boot/ignition/config.ign")?;
+    ensure!(mode.trim() == "600", "config.ign mode {mode}");
+    Ok(vm)
+}
+
+#[test]
+fn generic_converts_to_testos_carrying_its_identity() -> Result<()> {
+    scenario("convert-in-memory", |s: &Scenario| {
+        let (g, t) = (images::generic()?, images::testos()?);
+        let (disk, serial) = convert(s, g, t, "")?;
+        ensure!(
+            serial.contains("x2nestos: carried image verified"),
+            "the carried image was not verified before writing"
+        );
+        let mut vm = check_converted(s, t, &disk)?;
+        vm.shutdown_with("systemctl poweroff", SHUTDOWN)
+    })
+}
+
+#[test]
+fn generic_converts_with_the_image_streamed() -> Result<()> {
+    scenario("convert-streamed", |s: &Scenario| {
+        let (g, t) = (images::generic()?, images::testos()?);
+        let (disk, serial) = convert(s, g, t, "--stream")?;
+        ensure!(
+            serial.contains("x2nestos: network: eth0")
+                && serial.contains("x2nestos: streaming http://"),
+            "the installer did not stream the image over the carried network"
+        );
+        let mut vm = check_converted(s, t, &disk)?;
+        vm.shutdown_with("systemctl poweroff", SHUTDOWN)
+    })
+}
+
+#[test]
+fn generic_refuses_a_corrupted_image_and_boots_again() -> Result<()> {
+    scenario("convert-corrupted", |s: &Scenario| {
+        let (g, t) = (images::generic()?, images::testos()?);
+        let binary = x2nestos_binary(s)?;
+        let served = s.dir.join("served");
+        std::fs::create_dir_all(&served)?;
+        let mut image = std::fs::read(&t.metal_xz)?;
+        let middle = image.len() / 2;
+        image[middle] ^= 0x55;
+        std::fs::write(served.join("metal.raw.xz"), &image)?;
+        drop(image);
+        let server = HttpServer::serve(&served)?;
+        let url = server.guest_url("metal.raw.xz");
+        let sha = sha256_of(t)?;
+        let disk = s.overlay(&g.disk, "machine")?;
+        let mut vm = boot_generic(s, g, &disk, "generic")?;
+        install_x2nestos(&vm, g, &binary)?;
+        let fingerprint = "dd if=/dev/vda bs=1M count=1 status=none | sha256sum; \
+                           dd if=/dev/vda bs=1M skip=$(($(blockdev --getsize64 /dev/vda) / 1048576 - 1)) status=none | sha256sum";
+        let before = vm.sh(fingerprint)?;
+        for extra in ["", "--stream"] {
+            let out = vm.ssh_output(
+                "root",
+                "root",
+                &format!(
+                    "x2nestos convert --disk /dev/vda --image {url} --sha256 {sha} --yes {extra}"
+                ),
+            )?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                !out.status.success(),
+                "convert {extra} accepted a corrupted image"
+            );
+            ensure!(
+                stderr.contains("image checksum mismatch")
+                    && stderr.contains("nothing was changed"),
+                "convert {extra}: {stderr}"
+            );
+            s.progress(&format!("convert {extra} refused: {}", stderr.trim()));
+        }
+        ensure!(
+            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
+            "a kernel is loaded"
+        );
+        ensure!(vm.sh(fingerprint)? == before, "the disk changed");
+        vm.shutdown_with("systemctl reboot", SHUTDOWN)?;
+        let vm = boot_generic(s, g, &disk, "generic-again")?;
+        ensure!(vm.sh("hostname")?.trim() == "generic-vm");
+        s.progress("the old system boots again");
+        drop(server);
+        Ok(())
+    })
+}
