@@ -42,6 +42,11 @@ fn node_process_entry() {
 
 /// The run's cluster as the agents see it: through a proxy that can play an outage.
 async fn agent_kubeconfig(env: &TestEnv) -> Result<(String, Proxy)> {
+    agent_kubeconfig_as(env, None).await
+}
+
+/// Like [`agent_kubeconfig`], with `token` as the user when given.
+async fn agent_kubeconfig_as(env: &TestEnv, token: Option<&str>) -> Result<(String, Proxy)> {
     let Cluster::Local(local) = env.cluster else {
         bail!("the simulation needs the local test cluster: it plays API server outages through a proxy");
     };
@@ -59,6 +64,11 @@ async fn agent_kubeconfig(env: &TestEnv) -> Result<(String, Proxy)> {
     {
         c["cluster"]["server"] = json!(format!("https://127.0.0.1:{}", proxy.port));
     }
+    if let Some(token) = token {
+        for u in kc["users"].as_array_mut().context("kubeconfig users")? {
+            u["user"] = json!({ "token": token });
+        }
+    }
     Ok((kc.to_string(), proxy))
 }
 
@@ -69,13 +79,18 @@ fn serde_yaml_like(text: &str) -> Result<serde_json::Value> {
 
 struct Rig {
     env: TestEnv,
+    /// Where the Updates live (the test's namespace unless moved).
+    ns: String,
     nodes: Vec<String>,
     control_plane: Vec<String>,
 }
 
 impl Rig {
     async fn new(test: &str, control_plane: usize, workers: usize) -> Result<Rig> {
-        let env = TestEnv::new(test).await?;
+        Rig::in_env(TestEnv::new(test).await?, control_plane, workers).await
+    }
+
+    async fn in_env(env: TestEnv, control_plane: usize, workers: usize) -> Result<Rig> {
         support::crd::install_update_crd(&env.admin).await?;
         let k = KubeletStandIn::new(env.admin.clone());
         let mut nodes = Vec::new();
@@ -94,6 +109,7 @@ impl Rig {
             nodes.push(n.metadata.name.context("name")?);
         }
         Ok(Rig {
+            ns: env.ns.clone(),
             env,
             nodes,
             control_plane: cps,
@@ -101,7 +117,7 @@ impl Rig {
     }
 
     fn updates(&self) -> Api<Update> {
-        Api::namespaced(self.env.admin.clone(), &self.env.ns)
+        Api::namespaced(self.env.admin.clone(), &self.ns)
     }
 
     async fn create_update(&self, name: &str, extra: serde_json::Value) -> Result<Update> {
@@ -152,6 +168,18 @@ impl Rig {
         stage: impl Fn(usize) -> Duration,
         coordinate: impl Fn(usize) -> bool,
     ) -> Result<Sim> {
+        self.sim_in(dir, kubeconfig, &self.ns, stage, coordinate)
+    }
+
+    /// The agents, following the Updates of `namespace`.
+    fn sim_in(
+        &self,
+        dir: &std::path::Path,
+        kubeconfig: &str,
+        namespace: &str,
+        stage: impl Fn(usize) -> Duration,
+        coordinate: impl Fn(usize) -> bool,
+    ) -> Result<Sim> {
         let specs: Vec<NodeSpec> = self
             .nodes
             .iter()
@@ -167,7 +195,7 @@ impl Rig {
             dir,
             &specs,
             kubeconfig,
-            &self.env.ns,
+            namespace,
             &Timing {
                 lease: Duration::from_secs(3),
                 boot: Duration::from_millis(700),
@@ -712,6 +740,339 @@ async fn thirty_agents_with_kills_an_outage_and_conflicts_complete() -> Result<(
     ensure!(
         starts > 60,
         "too few kills and reboots to speak of faults: {starts} starts"
+    );
+    Ok(())
+}
+
+/// The shipped RBAC (`housekeeper::cluster::rbac::manifests`), moved to the namespace whose
+/// `hkd` ServiceAccount the local cluster has a token for, cluster-scoped names made unique.
+async fn apply_shipped_rbac(admin: &Client) -> Result<String> {
+    use kube::api::DynamicObject;
+    use kube::discovery::{ApiResource, Discovery};
+    let ns = support::local::HKD_TOKEN_NAMESPACE;
+    let role = housekeeper::cluster::rbac::ROLE;
+    let discovery = Discovery::new(admin.clone()).run().await?;
+    for mut m in housekeeper::cluster::rbac::manifests() {
+        let text = m.to_string();
+        let text = text
+            .replace(
+                &format!("\"{}\"", housekeeper::cluster::update::NAMESPACE),
+                &format!("\"{ns}\""),
+            )
+            .replace(&format!("\"{role}\""), &format!("\"{role}-{ns}\""));
+        m = serde_json::from_str(&text)?;
+        let obj: DynamicObject = serde_json::from_value(m.clone())?;
+        let types = obj
+            .types
+            .clone()
+            .context("manifest without apiVersion/kind")?;
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let (ar, caps): (ApiResource, _) = discovery
+            .get(group)
+            .and_then(|g| {
+                g.versioned_resources(version)
+                    .into_iter()
+                    .find(|(ar, _)| ar.kind == types.kind)
+            })
+            .with_context(|| format!("the server serves no {}", types.kind))?;
+        let api: Api<DynamicObject> = match (&caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(n)) => {
+                Api::namespaced_with(admin.clone(), n, &ar)
+            }
+            _ => Api::all_with(admin.clone(), &ar),
+        };
+        let name = obj.metadata.name.clone().context("name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("housekeeper-test").force(),
+            &Patch::Apply(&m),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
+    }
+    Ok(ns.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_work_under_the_shipped_rbac_and_are_refused_outside_it() -> Result<()> {
+    let env = TestEnv::new("sim-rbac").await?;
+    support::crd::install_update_crd(&env.admin).await?;
+    let ns = apply_shipped_rbac(&env.admin).await?;
+    let Cluster::Local(local) = env.cluster else {
+        bail!("this test needs the local test cluster (a static token for hkd's ServiceAccount)");
+    };
+    let token = local.hkd_token.clone();
+    let mut rig = Rig::in_env(env, 0, 2).await?;
+    rig.ns = ns.clone();
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    let _finisher = k.spawn_finisher(&rig.env.ns);
+    k.run_pod(&rig.env.ns, "app", &rig.nodes[0], &[("app", "x")])
+        .await?;
+    let (kubeconfig, _proxy) = agent_kubeconfig_as(&rig.env, Some(&token)).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim_in(
+        dir.path(),
+        &kubeconfig,
+        &ns,
+        |_| Duration::from_millis(300),
+        |_| true,
+    )?;
+    let name = format!("rbac-{}", rig.env.ns);
+    let u = rig
+        .create_update(&name, json!({"maxUnavailable": 1, "evictPodForce": true}))
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        1,
+        dir.path().to_owned(),
+    );
+    let done = rig
+        .wait_state(&name, &["Complete", "Halted"], Duration::from_secs(120))
+        .await;
+    if let Err(e) = done {
+        let logs: Vec<String> = rig
+            .nodes
+            .iter()
+            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 20)))
+            .collect();
+        bail!("{e:#}\n{}", logs.join("\n"));
+    }
+    let status = rig.updates().get(&name).await?.status.unwrap_or_default();
+    ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
+    check_seen(&seen)?;
+    // Everything the rollout needed went through under the RBAC: grants and status (the
+    // coordinator), cordon, eviction, phases and Events (the agents).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    ensure!(
+        pods.get_opt("app").await?.is_none(),
+        "the pod was not evicted"
+    );
+    for n in &rig.nodes {
+        let events = node_events(&rig.env.admin, n).await?;
+        ensure!(events.iter().any(|e| e == "UpgradeDone"), "{n}: {events:?}");
+        ensure!(
+            !sim.log_tail(n, 400).contains("(403)"),
+            "{n} met a 403:\n{}",
+            sim.log_tail(n, 30)
+        );
+    }
+    // And nothing beyond it.
+    let hkd = rig.env.cluster.token_client(&token, "hkd").await?;
+    let forbidden = |r: Result<(), kube::Error>, what: &str| -> Result<()> {
+        match r {
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+            other => bail!("{what}: expected 403, got {other:?}"),
+        }
+    };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(hkd.clone(), "kube-system");
+    forbidden(
+        secrets.list(&ListParams::default()).await.map(|_| ()),
+        "listing Secrets",
+    )?;
+    let nodes: Api<Node> = Api::all(hkd.clone());
+    forbidden(
+        nodes
+            .delete(&rig.nodes[0], &Default::default())
+            .await
+            .map(|_| ()),
+        "deleting a Node",
+    )?;
+    let updates: Api<Update> = Api::namespaced(hkd.clone(), &ns);
+    forbidden(
+        updates
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"paused": true}})),
+            )
+            .await
+            .map(|_| ()),
+        "changing an Update's spec",
+    )?;
+    let other: Api<Update> = Api::namespaced(hkd.clone(), &rig.env.ns);
+    forbidden(
+        other.list(&ListParams::default()).await.map(|_| ()),
+        "reading Updates elsewhere",
+    )?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(hkd, &ns);
+    forbidden(
+        leases.get("someone-elses").await.map(|_| ()),
+        "reading another Lease",
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_updates_halt_with_why_and_leave_the_nodes_alone() -> Result<()> {
+    let rig = Rig::new("sim-invalid", 0, 2).await?;
+    let (kubeconfig, _proxy) = agent_kubeconfig(&rig.env).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |_| Duration::from_millis(200),
+        |_| true,
+    )?;
+    // The schema cannot know time zones or image references: the planner halts, says why.
+    rig.create_update(
+        "tz",
+        json!({"maintenanceWindows": [{"start": "22:00", "end": "04:00", "timeZone": "Mars/Olympus_Mons"}]}),
+    )
+    .await?;
+    rig.create_update("image", json!({"osImageURL": "not an image reference"}))
+        .await?;
+    for (name, says) in [
+        ("tz", "Mars/Olympus_Mons"),
+        ("image", "not an image reference"),
+    ] {
+        let u = rig
+            .wait_state(name, &["Halted"], Duration::from_secs(60))
+            .await?;
+        let halted = u
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Halted" && c.status == "True")
+            .context("Halted condition")?;
+        ensure!(
+            halted.reason == "InvalidSpec" && halted.message.contains(says),
+            "{name}: {halted:?}"
+        );
+    }
+    // A valid Update that selects nothing grants nothing and says so.
+    let none: Update = serde_json::from_value(json!({
+        "apiVersion": "housekeeper.io/v1alpha1", "kind": "Update",
+        "metadata": {"name": "nothing"},
+        "spec": {"osImageURL": V2, "nodeSelector": {"matchLabels": {"pool": "none-such"}}},
+    }))?;
+    rig.updates().create(&PostParams::default(), &none).await?;
+    let u = rig
+        .wait_state(
+            "nothing",
+            &["Complete", "Waiting", "Halted"],
+            Duration::from_secs(60),
+        )
+        .await?;
+    ensure!(
+        u.status.clone().unwrap_or_default().counts.total == 0,
+        "{:?}",
+        u.status
+    );
+    // Meanwhile no node was staged, granted or cordoned, and both agents still run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (n, v) in rig.views().await? {
+        ensure!(
+            v.grant.is_none() && v.staged.is_none() && !v.unschedulable,
+            "{n}: {v:?}"
+        );
+        let host = sim.host(&n).load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            host.deployments.iter().all(|d| !d.staged),
+            "{n} staged something: {host:?}"
+        );
+    }
+    ensure!(
+        sim.starts().values().all(|s| *s == 1),
+        "an agent died: {:?}",
+        sim.starts()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Result<()> {
+    let rig = Rig::new("sim-vanish", 0, 3).await?;
+    // A coordinator Lease held by a node that no longer exists, renewed just now.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "housekeeper-coordinator"},
+                "spec": {"holderIdentity": "vanished-node", "leaseDurationSeconds": 5,
+                         "acquireTime": now, "renewTime": now},
+            }))?,
+        )
+        .await?;
+    let (kubeconfig, _proxy) = agent_kubeconfig(&rig.env).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |_| Duration::from_millis(200),
+        |_| true,
+    )?;
+    let u = rig
+        .create_update("roll", json!({"maxUnavailable": 1}))
+        .await?;
+    let _seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        1,
+        dir.path().to_owned(),
+    );
+    // The stale Lease is taken over once its term ran out.
+    wait_for(
+        "one of ours to hold the Lease",
+        Duration::from_secs(30),
+        || async {
+            let l = leases.get("housekeeper-coordinator").await?;
+            let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            Ok(rig.nodes.contains(&holder))
+        },
+    )
+    .await?;
+    // The first node granted is deleted from the cluster while it upgrades.
+    let nodes: Api<Node> = Api::all(rig.env.admin.clone());
+    let in_flight = |views: BTreeMap<String, NodeView>| {
+        views.into_iter().find_map(|(n, v)| {
+            v.grant
+                .as_ref()
+                .is_some_and(|g| !v.phase_for(g).is_some_and(AgentPhase::is_terminal))
+                .then_some(n)
+        })
+    };
+    wait_for("a node in flight", Duration::from_secs(60), || async {
+        Ok(in_flight(rig.views().await?).is_some())
+    })
+    .await?;
+    let victim = in_flight(rig.views().await?).context("the node in flight finished")?;
+    nodes.delete(&victim, &Default::default()).await?;
+    let u = rig
+        .wait_state("roll", &["Complete", "Halted"], Duration::from_secs(120))
+        .await?;
+    let status = u.status.unwrap_or_default();
+    ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
+    ensure!(
+        status.counts.total == 2 && status.counts.done == 2,
+        "{:?}",
+        status.counts
+    );
+    for n in rig.nodes.iter().filter(|n| **n != victim) {
+        let v = NodeView::from_node(&nodes.get(n).await?);
+        ensure!(!v.unschedulable, "{n} left cordoned");
+        ensure!(
+            sim.host(n).booted_image().as_deref() == Some(V2),
+            "{n} not on v2"
+        );
+    }
+    // The deleted node's hkd carries on alone and does not die of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        sim.log_tail(&victim, 200).contains("was deleted"),
+        "{victim}'s hkd did not notice:\n{}",
+        sim.log_tail(&victim, 20)
     );
     Ok(())
 }

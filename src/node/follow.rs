@@ -30,7 +30,7 @@ use crate::cluster::annotations::{
     AgentPhase, Grant, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE, STAGED,
 };
 use crate::cluster::selector::Selector;
-use crate::cluster::update::{target_image, ImagePolicy, InFlight, Update};
+use crate::cluster::update::{target_image, validate, ImagePolicy, InFlight, Update};
 
 /// What the follower knows, at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -107,9 +107,9 @@ fn target_of(update: &Update, policy: ImagePolicy) -> Option<String> {
         .map(|r| r.raw)
 }
 
-/// The grant's Update when a grant is open; else the newest Update that selects this node
-/// and is not aborted (the admin's latest wish); an Update with an unusable image is never
-/// followed.
+/// The grant's Update when a grant is open; else the newest valid Update that selects this
+/// node and is not aborted (the admin's latest wish). An invalid Update (the coordinator halts
+/// it and says why) is never followed: nothing is staged for a rollout that cannot run.
 fn owner<'a>(node: &NodeView, updates: &'a [Update], policy: ImagePolicy) -> Option<Owner<'a>> {
     if let Some(g) = &node.grant {
         let open = !node.phase_for(g).is_some_and(AgentPhase::is_terminal);
@@ -129,6 +129,7 @@ fn owner<'a>(node: &NodeView, updates: &'a [Update], policy: ImagePolicy) -> Opt
     updates
         .iter()
         .filter(|u| u.spec.abort.is_none() && selects(u, node))
+        .filter(|u| validate(&u.spec, policy).is_ok())
         .filter_map(|u| Some((u, target_of(u, policy)?)))
         .max_by(|(a, _), (b, _)| {
             let key = |u: &Update| {

@@ -362,3 +362,15 @@ fn kubeadm_applies_on_the_first_control_plane_node_only() {
         Some(KubeadmStep::Apply("v1.21.0".into()))
     );
 }
+
+#[test]
+fn an_invalid_update_is_not_followed() {
+    let mut u = update("roll", "uid-1", "2024-03-01T00:00:00Z");
+    u.spec.maintenance_windows = vec![serde_json::from_value(
+        json!({"start": "22:00", "end": "04:00", "timeZone": "Mars/Olympus_Mons"}),
+    )
+    .unwrap()];
+    let d = run(Some(&node()), &[u], &machine(staged()));
+    assert_eq!(d.following, None);
+    assert_eq!(d.events, vec![Event::TargetWithdrawn]);
+}

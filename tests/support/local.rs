@@ -24,6 +24,11 @@ pub const BIN_DIR_ENV: &str = "HOUSEKEEPER_KUBE_BIN_DIR";
 /// The static-token user that tests bind to a least-privilege Role.
 pub const LIMITED_USER: &str = "housekeeper-limited";
 
+/// The namespace whose `hkd` ServiceAccount [`LocalCluster::hkd_token`] authenticates as: a
+/// static token with the ServiceAccount's user name, so that the shipped RBAC (bound to the
+/// ServiceAccount) applies to it unchanged. No token controller runs here to issue a real one.
+pub const HKD_TOKEN_NAMESPACE: &str = "housekeeper-rbac-test";
+
 /// How long a start may take before it is called failed: readyz answers after 3–4 s on an idle
 /// 2-core machine; parallel cargo builds can make it several times slower.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,6 +45,8 @@ pub struct LocalCluster {
     pub ca_cert: PathBuf,
     pub admin_kubeconfig: PathBuf,
     pub limited_token: String,
+    /// A token of the user `system:serviceaccount:<HKD_TOKEN_NAMESPACE>:hkd`.
+    pub hkd_token: String,
     pub watchdog_pid: u32,
     /// Seconds from the first process to a ready API server and controller manager.
     pub start_seconds: f64,
@@ -176,11 +183,13 @@ async fn start(bins: &Binaries, dir: &Path, pgid: u32) -> Result<LocalCluster> {
     let admin_token = process::random_hex(16);
     let kcm_token = process::random_hex(16);
     let limited_token = process::random_hex(16);
+    let hkd_token = process::random_hex(16);
     // token,user,uid,"groups"
     let tokens = format!(
         "{admin_token},housekeeper-admin,uid-admin,\"system:masters\"\n\
          {kcm_token},system:kube-controller-manager,uid-kcm,\"system:masters\"\n\
-         {limited_token},{LIMITED_USER},uid-limited,\"housekeeper:testers\"\n"
+         {limited_token},{LIMITED_USER},uid-limited,\"housekeeper:testers\"\n\
+         {hkd_token},system:serviceaccount:{HKD_TOKEN_NAMESPACE}:hkd,uid-hkd,\"system:serviceaccounts,system:serviceaccounts:{HKD_TOKEN_NAMESPACE}\"\n"
     );
     let tokens_file = dir.join("tokens.csv");
     std::fs::write(&tokens_file, tokens)?;
@@ -311,6 +320,7 @@ async fn start(bins: &Binaries, dir: &Path, pgid: u32) -> Result<LocalCluster> {
         ca_cert: certs.ca_cert,
         admin_kubeconfig,
         limited_token,
+        hkd_token,
         watchdog_pid: pgid,
         start_seconds: t0.elapsed().as_secs_f64(),
     })
