@@ -18,6 +18,7 @@
 pub mod args;
 pub mod history;
 pub mod install;
+pub mod preview;
 pub mod render;
 pub mod status;
 pub mod steer;
