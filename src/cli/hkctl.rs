@@ -25,15 +25,15 @@ pub struct Cli {
     pub verbosity: Verbosity<InfoLevel>,
 
     /// The kubeconfig to use (default: $KUBECONFIG, else ~/.kube/config)
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", display_order = 900)]
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use (default: its current context)
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", display_order = 901)]
     pub context: Option<String>,
 
     /// The namespace of the Updates
-    #[arg(short, long, global = true, value_name = "NS")]
+    #[arg(short, long, global = true, value_name = "NS", display_order = 902)]
     pub namespace: Option<String>,
 
     /// The Update to act on (default: the only one in the namespace)
@@ -41,7 +41,8 @@ pub struct Cli {
         long = "update",
         global = true,
         value_name = "NAME",
-        env = "HKCTL_UPDATE"
+        env = "HKCTL_UPDATE",
+        display_order = 903
     )]
     pub update: Option<String>,
 
@@ -154,9 +155,6 @@ pub struct StatusArgs {
     /// Output format
     #[arg(short, long, value_enum, default_value_t = status::Output::Table)]
     pub output: status::Output,
-    /// The cluster's hkd allow unverified images (os.allow_unverified_images)
-    #[arg(long)]
-    pub allow_unverified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,14 +294,11 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             upgrade::upgrade(&ctx, &opts, term, out).await
         }
         Command::Status(a) => {
-            let policy = ImagePolicy {
-                allow_unverified: a.allow_unverified,
-            };
             if a.watch {
                 let tty = ctl::stdout_is_tty();
-                status::watch(&ctx, name, policy, a.output, term, tty, out).await
+                status::watch(&ctx, name, a.output, term, tty, out).await
             } else {
-                status::once(&ctx, name, policy, a.output, term, out).await
+                status::once(&ctx, name, a.output, term, out).await
             }
         }
         Command::Pause => steer::steer(&ctx, name, steer::Steer::Pause, out).await,

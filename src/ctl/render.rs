@@ -402,7 +402,7 @@ pub fn progress_line(s: &RolloutStatus, term: Term) -> String {
 mod tests {
     use super::*;
     use crate::cluster::annotations::{AgentPhase, Grant, NodeView};
-    use crate::cluster::update::{ImagePolicy, Update};
+    use crate::cluster::update::Update;
     use crate::ctl::view;
     use serde_json::json;
 
@@ -489,7 +489,7 @@ mod tests {
             d,
             node("worker-e", false),
         ];
-        view::build(&u, &nodes, now(), ImagePolicy::default())
+        view::build(&u, &nodes, now())
     }
 
     fn lines(l: Vec<String>) -> String {

@@ -24,7 +24,7 @@ use super::render::{self, Term};
 use super::view::{self, RolloutStatus};
 use super::Ctx;
 use crate::cluster::annotations::NodeView;
-use crate::cluster::update::{ImagePolicy, Update};
+use crate::cluster::update::Update;
 
 /// Nodes per list page: a 2000-node cluster in four round trips, each a few MB at most.
 const PAGE: u32 = 500;
@@ -98,7 +98,6 @@ pub fn print(
 pub async fn once(
     ctx: &Ctx,
     name: Option<&str>,
-    policy: ImagePolicy,
     output: Output,
     term: Term,
     out: &mut dyn Write,
@@ -106,13 +105,7 @@ pub async fn once(
     let update = ctx.pick_update(name).await?;
     let nodes = list_nodes(ctx).await?;
     let now = Timestamp::now();
-    print(
-        &view::build(&update, &nodes, now, policy),
-        output,
-        now,
-        term,
-        out,
-    )
+    print(&view::build(&update, &nodes, now), output, now, term, out)
 }
 
 /// What changed, from the watches.
@@ -128,7 +121,6 @@ enum Change {
 pub async fn watch(
     ctx: &Ctx,
     name: Option<&str>,
-    policy: ImagePolicy,
     output: Output,
     term: Term,
     tty: bool,
@@ -191,13 +183,7 @@ pub async fn watch(
             match &update {
                 Some(u) => {
                     let all: Vec<NodeView> = nodes.values().cloned().collect();
-                    print(
-                        &view::build(u, &all, now, policy),
-                        output,
-                        now,
-                        term,
-                        &mut text,
-                    )?;
+                    print(&view::build(u, &all, now), output, now, term, &mut text)?;
                 }
                 None => writeln!(text, "Update {}/{name} was deleted.", ctx.namespace)?,
             }

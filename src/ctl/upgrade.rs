@@ -215,7 +215,7 @@ pub async fn upgrade(
 
 /// The document from what the Update's status says (its bounded node list), for `--wait`.
 fn stored(u: &Update) -> RolloutStatus {
-    let mut s = view::build(u, &[], Timestamp::now(), ImagePolicy::default());
+    let mut s = view::build(u, &[], Timestamp::now());
     let st = u.status.clone().unwrap_or_default();
     s.counts = st.counts.clone();
     s.nodes = st

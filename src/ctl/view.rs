@@ -91,16 +91,18 @@ pub fn in_flight(phase: &str) -> bool {
     !matches!(phase, "Pending" | "Waiting" | "Done" | "Failed")
 }
 
+/// What the rows are computed under: whether the cluster allows unverified images is the
+/// coordinator's setting, and its verdict on the spec is in the conditions; the rows show
+/// the nodes in any case.
+const VIEW_POLICY: ImagePolicy = ImagePolicy {
+    allow_unverified: true,
+};
+
 /// Build the document. `nodes` are all Nodes; the Update's selector picks its own.
-pub fn build(
-    update: &Update,
-    nodes: &[NodeView],
-    now: Timestamp,
-    policy: ImagePolicy,
-) -> RolloutStatus {
+pub fn build(update: &Update, nodes: &[NodeView], now: Timestamp) -> RolloutStatus {
     let stored = update.status.clone().unwrap_or_default();
     let generation = update.metadata.generation.unwrap_or(1);
-    let p = plan(update, nodes, now, policy);
+    let p = plan(update, nodes, now, VIEW_POLICY);
     let by_name: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let nodes: Vec<NodeRow> = p
         .all_nodes
