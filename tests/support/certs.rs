@@ -1,7 +1,9 @@
 //! Key material for the test cluster, made with the `openssl` command (Debian's `openssl`).
 //!
-//! A throw-away CA, a serving certificate for kube-apiserver (SAN 127.0.0.1 and localhost,
-//! valid for two days), and the service-account signing key pair. ECDSA P-256 for the TLS
+//! A throw-away CA, a serving certificate for kube-apiserver (valid for two days), and the
+//! service-account signing key pair. The serving certificate names 127.0.0.1 and localhost, and
+//! also 10.0.2.2: the address under which QEMU's user-mode network shows this host's loopback to
+//! a guest, so hkd inside a VM (vm-tests) verifies the same server. ECDSA P-256 for the TLS
 //! keys (fast to make, accepted by Go and rustls); RSA for the service-account key, which every
 //! Kubernetes version accepts.
 
@@ -9,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+/// This host's loopback as a QEMU guest on a user-mode network reaches it.
+pub const QEMU_HOST_IP: &str = "10.0.2.2";
 
 pub struct Certs {
     pub ca_cert: PathBuf,
@@ -81,10 +86,12 @@ pub fn generate(dir: &Path) -> Result<Certs> {
     openssl(dir, &csr)?;
     std::fs::write(
         dir.join("apiserver.ext"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,DNS:localhost,IP:{QEMU_HOST_IP}\n"
+        ),
     )?;
     openssl(
         dir,

@@ -52,6 +52,14 @@ pub struct LocalCluster {
     pub start_seconds: f64,
 }
 
+impl LocalCluster {
+    /// The API server's URL as a QEMU guest on a user-mode network reaches it: the guest's
+    /// gateway address stands for this host's loopback, and the serving certificate names it.
+    pub fn server_for_qemu_guest(&self) -> String {
+        self.server.replace("127.0.0.1", certs::QEMU_HOST_IP)
+    }
+}
+
 /// Where the build script caches the binaries.
 fn default_bin_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
