@@ -1076,3 +1076,59 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_kubeadm_answers_failed_and_leaves_the_node_cordoned_for_the_admin() -> Result<()>
+{
+    let rig = Rig::new("sim-kubeadm", 0, 1).await?;
+    let (kubeconfig, _proxy) = agent_kubeconfig(&rig.env).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        &kubeconfig,
+        |_| Duration::from_millis(200),
+        |_| true,
+    )?;
+    let node = rig.nodes[0].clone();
+    let kubeadm = dir.path().join(&node).join("kubeadm");
+    std::fs::write(
+        &kubeadm,
+        "#!/bin/sh\necho '[upgrade/node] FATAL: the kubelet config cannot be downloaded' >&2\nexit 1\n",
+    )?;
+    rig.create_update("roll", json!({"kubeVersion": "v1.21.0", "maxFailed": 1}))
+        .await?;
+    let views = wait_for_answer(&rig, &node).await?;
+    let v = &views[&node];
+    let g = v.grant.clone().context("grant")?;
+    ensure!(v.phase_for(&g) == Some(AgentPhase::Failed), "{v:?}");
+    let reason = v.reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("kubeadm upgrade node failed") && reason.contains("FATAL"),
+        "{reason}"
+    );
+    // The OS upgrade itself went through; the node stays out of service, the cordon now the
+    // admin's to lift (hkd does not lift it later either).
+    ensure!(sim.host(&node).booted_image().as_deref() == Some(V2));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = NodeView::from_node(&Api::<Node>::all(rig.env.admin.clone()).get(&node).await?);
+    ensure!(v.unschedulable && !v.cordoned_by_hkd, "{v:?}");
+    let events = node_events(&rig.env.admin, &node).await?;
+    ensure!(events.iter().any(|e| e == "KubeadmFailed"), "{events:?}");
+    Ok(())
+}
+
+/// Wait until `node` answered its grant, Done or Failed.
+async fn wait_for_answer(rig: &Rig, node: &str) -> Result<BTreeMap<String, NodeView>> {
+    wait_for(
+        &format!("{node} to answer its grant"),
+        Duration::from_secs(90),
+        || async {
+            let v = &rig.views().await?[node];
+            Ok(v.grant
+                .as_ref()
+                .is_some_and(|g| v.phase_for(g).is_some_and(AgentPhase::is_terminal)))
+        },
+    )
+    .await?;
+    rig.views().await
+}

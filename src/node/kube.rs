@@ -42,7 +42,7 @@ use super::agent::{self, ClusterSide};
 use super::follow::{self, answer_annotations, Answer, Decision, Finish, KubeadmStep};
 use super::health::Check;
 use super::machine::{Event, Machine, Outcome, State};
-use crate::cluster::annotations::NodeView;
+use crate::cluster::annotations::{NodeView, CORDONED_BY_HKD};
 use crate::cluster::coordinator::{self, Coordinator};
 use crate::cluster::events::{self, brief, Reporter, NODE_EVENT_NAMESPACE};
 use crate::cluster::kube_drain::{Drainer, Tuning};
@@ -420,52 +420,37 @@ async fn perform(inner: &Inner, d: &Decision) -> Result<()> {
 
 /// kubeadm (for Done, when asked), hkd's cordon lifted, the answer written.
 async fn finish(inner: &Inner, f: &Finish) -> Result<()> {
-    let mut answer = f.answer.clone();
-    if answer == Answer::Done {
+    if f.answer == Answer::Done {
         if let Err(e) = kubeadm(inner, f).await {
             // The OS is fine, the Kubernetes upgrade is not: the node stays cordoned for the
-            // admin to look at, and says so.
+            // admin to look at, and says so. The cordon is handed over (hkd's mark removed), so
+            // hkd never lifts it itself.
             let reason = format!("{e:#}; the node stays cordoned until an admin uncordons it");
             inner
                 .event("Warning", "KubeadmFailed", reason.clone())
                 .await;
-            inner
-                .annotate(&answer_annotations(
-                    &f.grant,
-                    &Answer::Failed(reason),
-                    Timestamp::now(),
-                ))
-                .await?;
+            let failed = Answer::Failed(reason);
+            let mut annotations = answer_annotations(&f.grant, &failed, Timestamp::now());
+            annotations.insert(CORDONED_BY_HKD, None);
+            inner.annotate(&annotations).await?;
             return Ok(());
         }
     }
     if f.uncordon {
         inner.uncordon().await?;
     }
-    if let Answer::Failed(reason) = &answer {
-        if reason.is_empty() {
-            answer = Answer::Failed("failed".into());
-        }
-    }
     inner
-        .annotate(&answer_annotations(&f.grant, &answer, Timestamp::now()))
+        .annotate(&answer_annotations(&f.grant, &f.answer, Timestamp::now()))
         .await?;
-    match &answer {
-        Answer::Done => {
-            inner
-                .event(
-                    "Normal",
-                    "UpgradeDone",
-                    format!("upgrade done under grant {}", f.grant),
-                )
-                .await
-        }
-        Answer::Failed(r) => {
-            inner
-                .event("Warning", "UpgradeFailed", format!("upgrade failed: {r}"))
-                .await
-        }
-    }
+    let (kind, reason, message) = match &f.answer {
+        Answer::Done => (
+            "Normal",
+            "UpgradeDone",
+            format!("upgrade done under grant {}", f.grant),
+        ),
+        Answer::Failed(r) => ("Warning", "UpgradeFailed", format!("upgrade failed: {r}")),
+    };
+    inner.event(kind, reason, message).await;
     Ok(())
 }
 
