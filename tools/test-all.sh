@@ -22,6 +22,8 @@ step "unit and component-free tests" cargo nextest run --no-fail-fast
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
+step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut
+step "host-tests: x2nestos refusing every bad input, gpgv, install onto loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_cli
 step "host packages for the conversion initramfs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd
 step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --features host-tests --test convert_initramfs
 
@@ -43,6 +45,7 @@ step "kube-tests: hkctl status --watch under tmux" cargo nextest run --no-fail-f
 step "vm-tests host packages" need_packages $(vm-tests/images/build.sh packages)
 step "hkd for the test OS image" cargo build --quiet --features vm-tests --bin hkd
 step "VM images (vm-tests/images/build.sh)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
+step "x2nestos for the conversion scenarios (release: the guest hashes and decompresses 1.2 GiB)" cargo build --quiet --release --bin x2nestos
 step "vm-tests: QEMU scenarios" cargo nextest run --no-fail-fast --features vm-tests --test vm
 
 echo "all test tiers passed in $((SECONDS - t_all))s"

@@ -163,9 +163,16 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     }
     let expected = prepare::sha256_bytes(&plan);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
-    let target = Target::open(&device).map_err(|e| untouched(e.into()))?;
-
-    wipe(&disk, &target, log).map_err(touched)?;
+    // Opened exclusively once to learn that nothing holds the disk; closed again, because
+    // wipefs needs the partitions, which the exclusive open of the whole disk would lock.
+    drop(Target::open(&device).map_err(|e| untouched(e.into()))?);
+    wipe_partitions(&disk).map_err(touched)?;
+    let target = Target::open(&device).map_err(|e| touched(e.into()))?;
+    wipe_tail(&target).map_err(touched)?;
+    log.say(format!(
+        "old signatures wiped ({} partition(s), backup partition table)",
+        disk.partitions.len()
+    ));
     let mut meter = Meter::stdout_lines(
         &format!("writing {}", device.display()),
         plan.image.image_bytes,
@@ -359,30 +366,28 @@ fn tolerate_exists(
     }
 }
 
-/// Wipes what would confuse the new layout: file system, RAID and LVM signatures of the old
-/// partitions, and the old backup GPT at the disk's end. The first MiB is left for the writer.
-fn wipe(disk: &Disk, target: &Target, log: &mut Log) -> anyhow::Result<()> {
+/// Wipes the file system, RAID and LVM signatures of the old partitions, so that nothing
+/// stale is found inside the new layout.
+fn wipe_partitions(disk: &Disk) -> anyhow::Result<()> {
     for p in &disk.partitions {
         let dev = format!("/dev/{}", p.name);
         if Path::new(&dev).exists() {
             Cmd::new("wipefs").args(["--all", "--quiet", &dev]).run()?;
         }
     }
+    Ok(())
+}
+
+/// Zeroes the disk's last MiB, where the old backup GPT is. The first MiB is the writer's,
+/// written last.
+fn wipe_tail(target: &Target) -> anyhow::Result<()> {
     let size = target.size();
     if size > TAIL_WIPE + (1 << 20) {
         let zeros = vec![0u8; TAIL_WIPE as usize];
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(target.path())
-            .with_context(|| format!("opening {}", target.path().display()))?;
-        file.write_all_at(&zeros, size - TAIL_WIPE)
+        target
+            .write_at(&zeros, size - TAIL_WIPE)
             .with_context(|| format!("wiping the end of {}", target.path().display()))?;
-        file.sync_all()?;
     }
-    log.say(format!(
-        "old signatures wiped ({} partition(s), backup partition table)",
-        disk.partitions.len()
-    ));
     Ok(())
 }
 

@@ -259,15 +259,20 @@ fn identity_and_ignition(
             return (None, Vec::new());
         }
     };
-    let links = match network::read_host(Path::new("/")).and_then(|text| {
-        network::capture(
+    // The new system gets the network as configured (DHCP asked again); the installer, which
+    // runs minutes later on the same lease, brings the links up with the addresses they have.
+    let captured = network::read_host(Path::new("/")).and_then(|text| {
+        let installer = network::capture(&text, CaptureOptions { pin_dynamic: true })?;
+        let carried = network::capture(
             &text,
             CaptureOptions {
                 pin_dynamic: opts.pin_dynamic,
             },
-        )
-    }) {
-        Ok(capture) => {
+        )?;
+        Ok((carried, installer))
+    });
+    let links = match captured {
+        Ok((capture, installer)) => {
             let existing = keyfile::read_existing(Path::new("/")).ok().flatten();
             let keyfiles = keyfile::keyfiles(&capture, existing.as_deref());
             for iface in &capture.interfaces {
@@ -299,7 +304,7 @@ fn identity_and_ignition(
             notes.extend(capture.notes.iter().cloned());
             notes.extend(keyfiles.notes);
             gathered.identity.keyfiles = keyfiles.files;
-            plan::install_links(&capture)
+            plan::install_links(&installer)
         }
         Err(e) => {
             findings.push(warning(

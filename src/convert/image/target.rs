@@ -100,6 +100,13 @@ impl Target {
         &self.file
     }
 
+    /// Writes `data` at `offset` and flushes it (used to wipe what the image does not cover).
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)?;
+        self.file.sync_data()
+    }
+
     /// Asks the kernel to read the partition table again (`BLKRRPART`); nothing to do for a
     /// file. A device whose kernel shows no partitions (a loop device without partition
     /// scanning) answers EINVAL, which is not an error here.

@@ -50,8 +50,11 @@ impl Default for WriteOptions {
     fn default() -> Self {
         WriteOptions {
             sha256: None,
-            chunk_size: 4 << 20,
-            queue_depth: 4,
+            // 2 MiB writes are large and aligned enough for any disk; eight of them in
+            // flight (16 MiB) keep decompressing and writing overlapped while the whole
+            // writer stays under 64 MiB beside xz's decoder.
+            chunk_size: 2 << 20,
+            queue_depth: 6,
             xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             // Enough for two workers on `xz -T` images of the default preset (24 MiB blocks
             // decode into 24 MiB of output each) while the whole writer stays near 64 MiB.
