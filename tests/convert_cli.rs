@@ -329,7 +329,10 @@ fn a_mounted_disk_that_is_not_the_running_system() {
     let mnt = b.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // Read-only, so that the mount itself writes nothing the digest would see.
-    run(Command::new("mount").args(["-o", "ro"]).arg(&disk.dev).arg(&mnt));
+    run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&disk.dev)
+        .arg(&mnt));
     let before = disk.digest();
     let out = x2nestos(&[
         "convert",
