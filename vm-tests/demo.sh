@@ -11,8 +11,10 @@
 #   4. hkd, as the node's systemd service, upgrading it v1 -> v2 on its own (stage, reboot
 #      through logind, verify, health gate: done), then v2 -> v3, whose health check fails:
 #      hkd rolls the node back to v2 by itself.
-# Still to come: x2nestos converting generic into testos first, and the cluster rolling
-# several nodes in order.
+#   5. a cluster of two testos machines whose hkd follow a kube-apiserver on this host
+#      (reached from the guests at https://10.0.2.2): `hkctl install` writes the nodes'
+#      kubeconfig, `hkctl upgrade` starts the rollout, and the elected coordinator lets one
+#      node after the other cordon, drain, reboot into v2, verify and uncordon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/lib.sh
@@ -24,6 +26,8 @@ command -v cargo >/dev/null 2>&1 ||
 step "host packages" need_packages build-essential pkg-config git $(vm-tests/images/build.sh packages)
 step "build hkd (it goes into the test OS image)" cargo build --quiet --features vm-tests --bin hkd
 step "VM images (cached by their inputs)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
+step "kube-apiserver and etcd for the cluster act (built once from Debian's source, cached)" \
+    tests/kube/build-kube.sh
 step "build the VM scenarios" cargo test --quiet --features vm-tests --test vm --no-run
 
 scenario() {
@@ -36,5 +40,15 @@ step "3/4 upgrade testos v1 -> v2 by hand, v1 kept for rollback" \
     scenario smoke::testos_upgrades_v1_to_v2_by_hand
 step "4/4 hkd upgrades testos to v2, then rolls back a v3 that fails its health check" \
     scenario hkd::testos_hkd_upgrades_to_v2_then_rolls_back_a_failing_v3
+cat <<'EOF'
+
+5. The cluster. A kube-apiserver runs on this host; two testos machines boot with hkd set to
+   follow it (the kubeconfig `hkctl install` wrote, given to each machine through Ignition).
+   `hkctl upgrade` asks for v2 with at most one node out of service: one node after the
+   other is granted, cordoned, drained, rebooted into v2, verified and uncordoned, and the
+   Update ends Complete. No kubelet runs in the machines: the host stands in for it.
+EOF
+step "5. a cluster of two testos machines rolled to v2 one at a time by their hkd" \
+    scenario cluster::testos_cluster_rolls_two_nodes_to_v2_one_at_a_time
 
 echo "demo done in $((SECONDS - t_all))s; serial logs in target/tmp/vm-tests/"
