@@ -31,5 +31,15 @@ if ! command -v kubectl >/dev/null 2>&1; then
         exit 1
     }
 fi
-step "build (release)" cargo bench --quiet --features kube-tests --bench cluster --no-run >&2
-cargo bench --quiet --features kube-tests --bench cluster -- "$@"
+# Built once and run directly: a second cargo command could rebuild in a target directory that
+# other builds share.
+build() {
+    cargo bench --quiet --features kube-tests --bench cluster --no-run --message-format=json-render-diagnostics |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' > "$exe_file"
+}
+exe_file=$(mktemp)
+trap 'rm -f "$exe_file"' EXIT
+step "build (release)" build >&2
+exe=$(tail -n 1 "$exe_file")
+[ -x "$exe" ] || { echo "error: cargo built no benchmark program" >&2; exit 1; }
+"$exe" "$@"

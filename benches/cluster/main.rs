@@ -17,13 +17,15 @@
 //!   while it plans a rollout over 2000 Nodes of realistic size.
 //!
 //! Usage: `cluster [rollout] [drain] [memory]` (none: all three). The program runs itself as
-//! `cluster coordinator-process KUBECONFIG NAMESPACE` for the memory benchmark.
+//! `cluster coordinator-process KUBECONFIG NAMESPACE` and `cluster node-list-process
+//! KUBECONFIG full|paged` for the memory benchmark.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
 mod drain;
 mod memory;
+mod node_list;
 mod rollout;
 
 use std::time::Duration;
@@ -51,6 +53,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(memory::CHILD_ARG) {
         return memory::coordinator_process(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some(node_list::CHILD_ARG) {
+        return node_list::node_list_process(&args[1..]);
     }
     let which = selected(&args)?;
     // The harness polls /readyz until the new server answers; kube's client logs every

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::support::cluster::Cluster;
 use crate::support::{KubeletStandIn, NodeRole, TestEnv};
-use crate::{load, verdict};
+use crate::{load, node_list, verdict};
 
 /// The argument that makes this program the coordinator process.
 pub const CHILD_ARG: &str = "coordinator-process";
@@ -107,6 +107,23 @@ pub async fn run() -> Result<()> {
          (goal ≤ {GOAL_MIB:.0} MiB): {}",
         verdict(hwm <= GOAL_MIB)
     );
+    for (mode, what) in [
+        (
+            "full",
+            "one list of all Nodes into Vec<Node> (each coordinator wake-up)",
+        ),
+        (
+            "paged",
+            "the same read in pages of 500, each turned into NodeView at once",
+        ),
+    ] {
+        let (before, after, n) = node_list::measure(&kubeconfig, mode)?;
+        println!(
+            "    where it goes: {what}, {n} Nodes, in a fresh process: VmHWM {before:.1} → \
+             {after:.1} MiB (+{:.1})",
+            after - before
+        );
+    }
     println!("  load average after: {}", load());
     Ok(())
 }
