@@ -445,8 +445,7 @@ async fn status_json_and_table_of_a_rollout_in_its_middle() -> Result<()> {
             .unwrap_or_default()
     };
     ensure!(
-        row(&rig.workers[0]).contains("Draining")
-            && row(&rig.workers[0]).contains("draining: pod"),
+        row(&rig.workers[0]).contains("Draining") && row(&rig.workers[0]).contains("draining: pod"),
         "{table}"
     );
     ensure!(
