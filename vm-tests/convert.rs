@@ -1,6 +1,7 @@
 //! x2nestos on real machines: the generic Debian VM converts itself to testos (the NestOS
 //! stand-in) through kexec, carrying its identity over; the image carried in memory or
-//! streamed over the network; and a corrupted image refused before anything changes.
+//! streamed over the network; a corrupted image refused before anything changes, and
+//! `--dry-run` loading the conversion kernel and unloading it.
 //!
 //! x2nestos runs in the guest as an admin would run it: copied in, then
 //! `x2nestos convert --image http://10.0.2.2:PORT/metal.raw.xz --sha256 … --disk /dev/vda --yes`.
@@ -261,7 +262,7 @@ fn generic_converts_with_the_image_streamed() -> Result<()> {
 }
 
 #[test]
-fn generic_refuses_a_corrupted_image_and_boots_again() -> Result<()> {
+fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
     scenario("convert-corrupted", |s: &Scenario| {
         let (g, t) = (images::generic()?, images::testos()?);
         let binary = x2nestos_binary(s)?;
@@ -272,6 +273,7 @@ fn generic_refuses_a_corrupted_image_and_boots_again() -> Result<()> {
         image[middle] ^= 0x55;
         std::fs::write(served.join("metal.raw.xz"), &image)?;
         drop(image);
+        std::fs::copy(&t.metal_xz, served.join("good.raw.xz"))?;
         let server = HttpServer::serve(&served)?;
         let url = server.guest_url("metal.raw.xz");
         let sha = sha256_of(t)?;
@@ -306,6 +308,30 @@ fn generic_refuses_a_corrupted_image_and_boots_again() -> Result<()> {
             "a kernel is loaded"
         );
         ensure!(vm.sh(fingerprint)? == before, "the disk changed");
+
+        // The good image with --dry-run: everything up to the kexec load, then unloaded.
+        let good = server.guest_url("good.raw.xz");
+        let out = vm.sh(&format!(
+            "x2nestos convert --disk /dev/vda --image {good} --sha256 {sha} --stream --dry-run 2>&1"
+        ))?;
+        ensure!(
+            out.contains("with kexec_file_load")
+                && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
+            "dry run: {out}"
+        );
+        ensure!(
+            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
+            "still loaded after --dry-run"
+        );
+        ensure!(
+            vm.sh("test ! -e /var/tmp/x2nestos && echo gone")?.trim() == "gone",
+            "work dir left"
+        );
+        ensure!(
+            vm.sh(fingerprint)? == before,
+            "the disk changed in the dry run"
+        );
+        s.progress("--dry-run: loaded with kexec_file_load and unloaded");
         vm.shutdown_with("systemctl reboot", SHUTDOWN)?;
         let vm = boot_generic(s, g, &disk, "generic-again")?;
         ensure!(vm.sh("hostname")?.trim() == "generic-vm");

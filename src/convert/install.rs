@@ -5,8 +5,8 @@
 //! 1. Find the planned disk again (by-id, serial, name) and re-check its serial and size.
 //! 2. A carried image is verified completely before anything is written; a streamed one is
 //!    fetched over the links the plan names, brought up with the addresses they had.
-//! 3. First write: old signatures wiped (file systems of the old partitions, the backup GPT
-//!    at the disk's end). The writer then streams the image, the first MiB last.
+//! 3. First write: old signatures wiped (both ends of the old partitions, the backup GPT at
+//!    the disk's end). The writer then streams the image, the first MiB last.
 //! 4. The partition table is re-read; the boot partition (GPT name or ext label `boot`) is
 //!    mounted; `ignition/config.ign` (0600) and `x2nestos/install.log` are written there,
 //!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it.
@@ -39,7 +39,8 @@ pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
 const BOOT_MOUNT: &str = "/run/x2nestos/boot";
 /// The log's place on the new disk's boot partition.
 pub const LOG_PATH: &str = "x2nestos/install.log";
-/// The last bytes of the disk hold the old backup GPT: wiped with the rest of the signatures.
+/// How much is zeroed at each end of the old partitions and of the disk: every signature
+/// (superblocks, labels, the backup GPT) lies within it.
 const TAIL_WIPE: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
@@ -163,12 +164,8 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     }
     let expected = prepare::sha256_bytes(&plan);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
-    // Opened exclusively once to learn that nothing holds the disk; closed again, because
-    // wipefs needs the partitions, which the exclusive open of the whole disk would lock.
-    drop(Target::open(&device).map_err(|e| untouched(e.into()))?);
-    wipe_partitions(&disk).map_err(touched)?;
-    let target = Target::open(&device).map_err(|e| touched(e.into()))?;
-    wipe_tail(&target).map_err(touched)?;
+    let target = Target::open(&device).map_err(|e| untouched(e.into()))?;
+    wipe(&disk, &target).map_err(touched)?;
     log.say(format!(
         "old signatures wiped ({} partition(s), backup partition table)",
         disk.partitions.len()
@@ -366,27 +363,35 @@ fn tolerate_exists(
     }
 }
 
-/// Wipes the file system, RAID and LVM signatures of the old partitions, so that nothing
-/// stale is found inside the new layout.
-fn wipe_partitions(disk: &Disk) -> anyhow::Result<()> {
+/// Zeroes where signatures live: the first and last MiB of each old partition (file system
+/// superblocks, LVM labels, MD superblocks of every version, LUKS headers) and of the disk
+/// (the backup GPT), so that nothing stale is found inside the new layout. Everything is
+/// written through the disk's own exclusive descriptor, and never inside the disk's first
+/// MiB, which the writer writes last.
+fn wipe(disk: &Disk, target: &Target) -> anyhow::Result<()> {
+    let mut ranges = Vec::new();
     for p in &disk.partitions {
-        let dev = format!("/dev/{}", p.name);
-        if Path::new(&dev).exists() {
-            Cmd::new("wipefs").args(["--all", "--quiet", &dev]).run()?;
+        let start = fs::read_to_string(format!("/sys/class/block/{}/start", p.name))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map(|sectors| sectors * 512);
+        if let Some(start) = start {
+            ranges.push((start, start + TAIL_WIPE.min(p.size_bytes)));
+            ranges.push((
+                start + p.size_bytes.saturating_sub(TAIL_WIPE),
+                start + p.size_bytes,
+            ));
         }
     }
-    Ok(())
-}
-
-/// Zeroes the disk's last MiB, where the old backup GPT is. The first MiB is the writer's,
-/// written last.
-fn wipe_tail(target: &Target) -> anyhow::Result<()> {
-    let size = target.size();
-    if size > TAIL_WIPE + (1 << 20) {
-        let zeros = vec![0u8; TAIL_WIPE as usize];
-        target
-            .write_at(&zeros, size - TAIL_WIPE)
-            .with_context(|| format!("wiping the end of {}", target.path().display()))?;
+    ranges.push((target.size().saturating_sub(TAIL_WIPE), target.size()));
+    for (from, to) in ranges {
+        let (from, to) = (from.max(TAIL_WIPE), to.min(target.size()));
+        if from < to {
+            let zeros = vec![0u8; (to - from) as usize];
+            target
+                .write_at(&zeros, from)
+                .with_context(|| format!("wiping {} at {from}", target.path().display()))?;
+        }
     }
     Ok(())
 }

@@ -50,9 +50,9 @@ install() {
     # It carries secrets (host keys, network passwords): readable by root only, in the
     # initramfs as on the host.
     chmod 0600 "$initdir/etc/x2nestos/config.ign"
-    # Tools the installer calls: wipefs (old signatures), ip (links, when the image is
-    # streamed), losetup, mount and umount (the new boot partition).
-    inst_multiple wipefs ip losetup mount umount
+    # Tools the installer calls: ip (links, when the image is streamed), losetup, mount and
+    # umount (the new boot partition).
+    inst_multiple ip losetup mount umount
 
     inst_simple "$X2NESTOS_STAGE/x2nestos-install.service" \
         "$systemdsystemunitdir/x2nestos-install.service"
