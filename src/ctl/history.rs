@@ -179,3 +179,74 @@ pub async fn show(ctx: &Ctx, name: &str, out: &mut dyn Write) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_node_with_its_protocol_and_events_oldest_first() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": "w-1",
+                "annotations": {
+                    annotations::GRANT: "u-1/2", annotations::PHASE: "Draining",
+                    annotations::PHASE_GRANT: "u-1/2", annotations::SINCE: "2024-03-02T09:58:00Z",
+                    annotations::REASON: "pod shop/db-0 blocked by PodDisruptionBudget shop/db",
+                    annotations::CORDONED_BY_HKD: "u-1/2",
+                    annotations::OS_IMAGE: "ostree-image-signed:docker://r.example/os:1",
+                    "housekeeper.io/pre-staged": "u-1/2",
+                },
+            },
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        let event = |reason: &str, at: &str, message: &str| -> Event {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("w-1.{reason}"), "namespace": "default"},
+                "involvedObject": {"kind": "Node", "name": "w-1"},
+                "reason": reason, "message": message, "type": "Normal",
+                "lastTimestamp": at, "source": {"component": "housekeeper-coordinator"},
+            }))
+            .unwrap()
+        };
+        let events = vec![
+            event(
+                "Draining",
+                "2024-03-02T09:58:00Z",
+                "draining under grant u-1/2",
+            ),
+            event(
+                "Granted",
+                "2024-03-02T09:57:00Z",
+                "may upgrade for Update hs/os",
+            ),
+        ];
+        let mut u = Update::new(
+            "os",
+            serde_json::from_value(json!({"osImageURL": "x"})).unwrap(),
+        );
+        u.metadata.namespace = Some("hs".into());
+        u.metadata.uid = Some("u-1".into());
+        let now: Timestamp = "2024-03-02T10:00:00Z".parse().unwrap();
+        let text = render(&node, &events, &[u], now).join("\n");
+        for want in [
+            "Node w-1  worker, Ready, cordoned by hkd",
+            "grant     u-1/2 (Update hs/os)",
+            "phase     Draining since 2024-03-02 09:58:00 UTC (2m ago)",
+            "reason    pod shop/db-0 blocked by PodDisruptionBudget shop/db",
+            "also      housekeeper.io/pre-staged=u-1/2",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        let granted = text.find("Granted").unwrap();
+        let draining = text
+            .rfind("Draining  ")
+            .unwrap_or_else(|| text.rfind("Draining").unwrap());
+        assert!(granted < draining, "not oldest first:\n{text}");
+        let none = render(&node, &[], &[], now).join("\n");
+        assert!(none.contains("No Events about this node"), "{none}");
+    }
+}

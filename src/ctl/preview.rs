@@ -158,10 +158,12 @@ pub fn describe(
         ),
     ));
     lines.push(field(
-        "at once",
+        "pace",
         format!(
-            "at most {} node(s) out of service; halts after more than {} failure(s)",
-            spec.max_unavailable, spec.max_failed
+            "up to {} node(s) at a time; halts at {} failed (maxFailed {})",
+            spec.max_unavailable,
+            spec.max_failed + 1,
+            spec.max_failed
         ),
     ));
     let room = width.saturating_sub(18);
@@ -299,6 +301,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("paused"), "{text}");
+        assert!(
+            text.contains("up to 2 node(s) at a time; halts at 1 failed"),
+            "{text}"
+        );
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{text}");
     }
 
