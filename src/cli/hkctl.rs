@@ -136,7 +136,7 @@ pub struct UpgradeArgs {
     /// Evict pods with emptyDir data and pods without a controller
     #[arg(long)]
     pub evict_pod_force: bool,
-    /// The cluster's hkd allow unverified images (os.allow_unverified_images)
+    /// hkd on the nodes allows unverified images (os.allow_unverified_images)
     #[arg(long)]
     pub allow_unverified: bool,
     /// Validate and show what would happen; change nothing
