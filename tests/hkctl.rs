@@ -621,6 +621,37 @@ async fn pause_resume_and_abort_change_what_the_coordinator_does() -> Result<()>
         "{}",
         st.stdout
     );
+
+    // What the nodes in flight do can still be changed; the same again changes nothing.
+    let rb = rig
+        .hkctl(&["abort", "--in-flight", "roll-back"])
+        .await?
+        .ok()?;
+    ensure!(rb.stdout.contains("withdraw"), "{}", rb.stdout);
+    let u = rig.update("os").await?;
+    ensure!(
+        u.spec.abort.map(|a| a.in_flight) == Some(housekeeper::cluster::update::InFlight::RollBack),
+        "abort.inFlight is not rollBack"
+    );
+    let again = rig
+        .hkctl(&["abort", "--in-flight", "roll-back"])
+        .await?
+        .ok()?;
+    ensure!(again.stdout.contains("nothing changed"), "{}", again.stdout);
+
+    // A new `upgrade` lifts the abort: the rollout goes on to the end.
+    let up = rig.hkctl(&["upgrade", "--image", IMAGE]).await?.ok()?;
+    ensure!(
+        up.stdout.contains("abort of the earlier rollout is lifted"),
+        "{}",
+        up.stdout
+    );
+    wait_for("Complete after the new upgrade", ROLLOUT, || async {
+        let u = rig.update("os").await?;
+        Ok(u.status.and_then(|s| s.state).as_deref() == Some("Complete"))
+    })
+    .await?;
+    ensure!(granted(&rig).await? == 5, "not every node was granted");
     Ok(())
 }
 
