@@ -2,7 +2,13 @@
 # The main job, played on QEMU machines with visible progress (README: "Run the main job").
 #
 # On a fresh Debian 12 machine (as root, with a Rust toolchain) it installs what it needs with
-# apt-get, builds hkd and the VM images, then shows, each on real machines under emulation:
+# apt-get, builds hkd, x2nestos and the VM images, then shows, each on real machines under
+# emulation:
+#   0. x2nestos converting a plain Debian 12 machine ("generic") into the NestOS-like test OS:
+#      `x2nestos convert --image http://…/metal.raw.xz --sha256 … --disk /dev/vda --yes` in the
+#      guest, kexec into the conversion initramfs, the image written, the reboot, Ignition
+#      applying the carried identity; then SSH with the machine's original key, same host name,
+#      hkd running, the install log read from the new disk,
 #   1. a plain Debian 12 machine ("generic", the kind an admin converts) booting,
 #   2. the NestOS-like test OS booting from its metal image, Ignition applying its config
 #      on the first boot only,
@@ -26,6 +32,7 @@ command -v cargo >/dev/null 2>&1 ||
 step "host packages" need_packages build-essential pkg-config git $(vm-tests/images/build.sh packages)
 step "build hkd (it goes into the test OS image)" cargo build --quiet --features vm-tests --bin hkd
 step "VM images (cached by their inputs)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
+step "build x2nestos (release: the guest hashes and decompresses 1.2 GiB)" cargo build --quiet --release --bin x2nestos
 step "kube-apiserver and etcd for the cluster act (built once from Debian's source, cached)" \
     tests/kube/build-kube.sh
 step "build the VM scenarios" cargo test --quiet --features vm-tests --test vm --no-run
@@ -33,6 +40,8 @@ step "build the VM scenarios" cargo test --quiet --features vm-tests --test vm -
 scenario() {
     cargo test --quiet --features vm-tests --test vm -- --exact --nocapture --test-threads=1 "$1"
 }
+step "0/4 x2nestos converts the generic Debian 12 machine into testos, carrying its identity" \
+    scenario convert::generic_converts_to_testos_carrying_its_identity
 step "1/4 boot the generic Debian 12 machine" scenario smoke::generic_boots_to_multi_user
 step "2/4 boot testos from its metal image; Ignition on first boot only" \
     scenario smoke::testos_runs_ignition_on_first_boot_only
