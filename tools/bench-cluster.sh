@@ -42,4 +42,4 @@ trap 'rm -f "$exe_file"' EXIT
 step "build (release)" build >&2
 exe=$(tail -n 1 "$exe_file")
 [ -x "$exe" ] || { echo "error: cargo built no benchmark program" >&2; exit 1; }
-"$exe" "$@"
+"$exe" "${@:-all}"
