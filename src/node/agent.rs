@@ -38,6 +38,9 @@ pub trait ClusterSide: Send + Sync {
     fn drain(&self) -> Result<(), String>;
     /// Tell the cluster how the upgrade ended (and uncordon when it is done).
     fn report(&self, outcome: &Outcome, machine: &Machine);
+    /// The machine entered a new state (journaled), before that step's actions run: the
+    /// cluster side can show it first — a Node should say "Rebooting" before the reboot.
+    fn entered(&self, _machine: &Machine) {}
     /// Events the cluster side has for the machine after a step (a standalone node grants
     /// itself as soon as it is staged).
     fn after_step(&self, _machine: &Machine) -> Vec<Event> {
@@ -204,6 +207,7 @@ impl Agent {
                     self.parts.metrics.success();
                 }
                 self.machine = step.machine;
+                self.parts.cluster.entered(&self.machine);
                 // A no-op outside systemd.
                 let status = format!("upgrade: {}", self.machine.state.phase());
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);

@@ -42,7 +42,7 @@ use super::agent::{self, ClusterSide};
 use super::follow::{self, answer_annotations, Answer, Decision, Finish, KubeadmStep};
 use super::health::Check;
 use super::machine::{Event, Machine, Outcome, State};
-use crate::cluster::annotations::{NodeView, CORDONED_BY_HKD};
+use crate::cluster::annotations::{AgentPhase, NodeView, CORDONED_BY_HKD};
 use crate::cluster::coordinator::{self, Coordinator};
 use crate::cluster::events::{self, brief, Reporter, NODE_EVENT_NAMESPACE};
 use crate::cluster::kube_drain::{Drainer, Tuning};
@@ -53,6 +53,12 @@ pub const COMPONENT: &str = "hkd";
 
 /// Wait after a failed write before deciding again.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// How long a reboot waits for the Node to say Rebooting.
+const SHOW_REBOOT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the drain waits for the first view of this Node and the Updates.
+const FIRST_VIEW_WAIT: Duration = Duration::from_secs(120);
 
 /// How long the drain waits for this node's coordinator to step down.
 const STEP_DOWN_WAIT: Duration = Duration::from_secs(30);
@@ -85,6 +91,10 @@ struct Inner {
     may_lead: watch::Sender<bool>,
     /// A coordinator runs on this node now.
     coordinating: watch::Sender<bool>,
+    /// Both watches delivered their first complete view.
+    synced: watch::Sender<bool>,
+    node_synced: std::sync::atomic::AtomicBool,
+    updates_synced: std::sync::atomic::AtomicBool,
 }
 
 /// Starts the follower once the agent has loaded its journal.
@@ -143,6 +153,9 @@ impl KubeNode {
             status: OnceLock::new(),
             may_lead: watch::channel(false).0,
             coordinating: watch::channel(false).0,
+            synced: watch::channel(false).0,
+            node_synced: Default::default(),
+            updates_synced: Default::default(),
         });
         let starter = Starter {
             handle: handle.clone(),
@@ -170,6 +183,27 @@ impl ClusterSide for KubeNode {
     fn report(&self, _outcome: &Outcome, machine: &Machine) {
         // The follower answers the grant once it sees the machine at rest.
         self.inner.machine.send_replace(machine.clone());
+    }
+
+    fn entered(&self, machine: &Machine) {
+        self.after_step(machine);
+        if matches!(machine.state, State::Rebooting { .. }) {
+            // The follower writes the phase; the reboot waits for it a little, so that the
+            // Node says Rebooting while the machine is down (not a condition of the reboot).
+            let mut node = self.inner.node.subscribe();
+            let shown = node.wait_for(|n| {
+                n.as_ref().is_none_or(|n| {
+                    let v = NodeView::from_node(n);
+                    v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Rebooting)
+                })
+            });
+            let waited = self
+                .handle
+                .block_on(async { tokio::time::timeout(SHOW_REBOOT_WAIT, shown).await });
+            if waited.is_err() {
+                tracing::warn!("the Node does not say Rebooting yet; rebooting anyway");
+            }
+        }
     }
 
     fn after_step(&self, machine: &Machine) -> Vec<Event> {
@@ -263,6 +297,14 @@ impl Inner {
         Ok(())
     }
 
+    fn mark_synced(&self, which: &std::sync::atomic::AtomicBool) {
+        use std::sync::atomic::Ordering;
+        which.store(true, Ordering::SeqCst);
+        if self.node_synced.load(Ordering::SeqCst) && self.updates_synced.load(Ordering::SeqCst) {
+            self.synced.send_replace(true);
+        }
+    }
+
     fn drainer(&self) -> Drainer {
         Drainer::new(self.client.clone(), self.settings.tuning.clone())
     }
@@ -290,7 +332,8 @@ async fn watch_node(inner: Arc<Inner>) {
                 tracing::warn!("node {} was deleted", inner.settings.node_name);
                 inner.node.send_replace(None);
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Ok(watcher::Event::InitDone) => inner.mark_synced(&inner.node_synced),
+            Ok(watcher::Event::Init) => {}
             Err(e) => tracing::warn!("watching node {}: {e}", inner.settings.node_name),
         }
     }
@@ -309,6 +352,7 @@ async fn watch_updates(inner: Arc<Inner>) {
             Ok(watcher::Event::InitApply(u)) => fresh.get_or_insert_with(Vec::new).push(u),
             Ok(watcher::Event::InitDone) => {
                 inner.updates.send_replace(fresh.take().unwrap_or_default());
+                inner.mark_synced(&inner.updates_synced);
             }
             Ok(watcher::Event::Apply(u)) => {
                 inner.updates.send_modify(|all| {
@@ -334,6 +378,10 @@ async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
     // The events last sent, and the machine state they were sent for.
     let mut sent: Option<(Vec<Event>, Machine)> = None;
     let mut last_retry: Option<(String, Timestamp)> = None;
+    // Nothing is decided on a half view: an Update not listed yet is not a withdrawn one.
+    if inner.synced.subscribe().wait_for(|s| *s).await.is_err() {
+        return;
+    }
     loop {
         let machine = machine_rx.borrow_and_update().clone();
         node_rx.borrow_and_update();
@@ -506,10 +554,23 @@ async fn run(argv: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Cordon and drain for the machine: step the coordinator down, cordon, drain under the
-/// granting Update's policy, stop when the rollout is aborted with roll back.
+/// Cordon and drain for the machine: wait for the first view of the cluster (after a restart
+/// the machine asks at once), step the coordinator down, cordon, drain under the granting
+/// Update's policy; stop when the rollout is aborted with roll back. An error talking to the
+/// API server (an outage, a restarting server) is not the drain's verdict: cordon and drain
+/// are idempotent and are tried again, with a growing pause, until the policy's timeout.
 async fn drain(inner: &Inner) -> Result<(), String> {
     let node = inner.settings.node_name.clone();
+    let mut synced = inner.synced.subscribe();
+    let first_view = synced.wait_for(|s| *s);
+    if tokio::time::timeout(FIRST_VIEW_WAIT, first_view)
+        .await
+        .is_err()
+    {
+        return Err(format!(
+            "no answer from the API server about node {node} within {FIRST_VIEW_WAIT:?}"
+        ));
+    }
     let Some((grant, update)) = inner.granting_update() else {
         return Err(format!(
             "node {node} holds no grant of an existing Update any more"
@@ -528,23 +589,9 @@ async fn drain(inner: &Inner) -> Result<(), String> {
     {
         return Err("this node's coordinator did not step down; not draining under it".into());
     }
-    let drainer = inner.drainer();
-    let ours = drainer
-        .cordon(&node, &grant.to_string())
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    inner
-        .event(
-            "Normal",
-            "Draining",
-            if ours {
-                format!("hkd cordoned the node under grant {grant} and drains it")
-            } else {
-                "the node was already cordoned by someone else; hkd drains it and leaves the cordon theirs".into()
-            },
-        )
-        .await;
     let policy = update.spec.effective_drain();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(policy.timeout_seconds.max(1) as u64);
     let mut updates = inner.updates.subscribe();
     let abort = updates.wait_for(|all| {
         all.iter().any(|u| {
@@ -555,8 +602,22 @@ async fn drain(inner: &Inner) -> Result<(), String> {
                     .is_some_and(|a| a.in_flight == InFlight::RollBack)
         })
     });
+    let attempts = async {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match cordon_and_drain(inner, &grant, &policy).await {
+                Ok(report) => return Ok(report),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!("{e:#}; trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(format!("{e:#}")),
+            }
+        }
+    };
     let report = tokio::select! {
-        r = drainer.drain(&node, &policy) => r.map_err(|e| format!("{e:#}"))?,
+        r = attempts => r?,
         _ = abort => {
             if let Err(e) = inner.uncordon().await {
                 tracing::warn!("{e:#}");
@@ -572,6 +633,29 @@ async fn drain(inner: &Inner) -> Result<(), String> {
         inner.event("Warning", "DrainFailed", summary.clone()).await;
         Err(summary)
     }
+}
+
+/// One attempt: cordon (remembering that hkd did), then drain.
+async fn cordon_and_drain(
+    inner: &Inner,
+    grant: &crate::cluster::Grant,
+    policy: &crate::cluster::update::DrainPolicy,
+) -> Result<crate::cluster::kube_drain::DrainReport> {
+    let node = &inner.settings.node_name;
+    let drainer = inner.drainer();
+    let ours = drainer.cordon(node, &grant.to_string()).await?;
+    inner
+        .event(
+            "Normal",
+            "Draining",
+            if ours {
+                format!("hkd cordoned the node under grant {grant} and drains it")
+            } else {
+                "the node was already cordoned by someone else; hkd drains it and leaves the cordon theirs".into()
+            },
+        )
+        .await;
+    drainer.drain(node, policy).await
 }
 
 /// Run a coordinator candidate while this node may lead; stop it (stepping down) when not.

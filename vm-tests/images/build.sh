@@ -62,6 +62,7 @@ layer() {
     local name=$1 hash=$2 fn=$3 t0=$SECONDS
     LAYER="$CACHE/$name-$hash"
     if [ -e "$LAYER/.complete" ]; then
+        touch "$LAYER" # in use: spared by prune for the next hour
         echo "==> $name: cached ($LAYER)"
         return 0
     fi
@@ -73,6 +74,24 @@ layer() {
     clear_dir "$LAYER"
     mv "$LAYER.tmp" "$LAYER"
     touch "$LAYER/.complete"
+}
+
+# prune NAME KEEP: remove old layers NAME-* (each image rebuild leaves one, ~750 MiB for
+# testos) but KEEP, the newest other one, and any touched in the last hour (a run still
+# using it); and unfinished NAME-*.tmp left by a build that died over an hour ago. Called
+# with NAME's lock held.
+prune() {
+    local name=$1 keep=$2 d spared=0
+    for d in $(ls -dt "$CACHE/$name"-* 2>/dev/null); do
+        [ "$d" = "$keep" ] && continue
+        case $d in
+            *.tmp) ;;
+            *) if [ $spared -eq 0 ]; then spared=1; continue; fi ;;
+        esac
+        [ -n "$(find "$d" -maxdepth 0 -mmin +60)" ] || continue
+        echo "==> $name: removing the old layer $d"
+        clear_dir "$d"
+    done
 }
 
 # clear_dir DIR: remove DIR, including OSTree deployment dirs that carry the immutable flag.
@@ -520,6 +539,9 @@ main() {
         BOOT_GENERIC=$LAYER
         layer generic "$(hash_of "$TREE_GENERIC" "$BOOT_GENERIC" "$keys" "$(recipe build_generic install_markers)")" build_generic
         ln -sfn "$LAYER" "$CACHE/current/generic"
+        prune generic "$LAYER"
+        prune boot-generic "$BOOT_GENERIC"
+        prune tree-generic "$TREE_GENERIC"
         exec 8>&-
     fi
     if [ "$what" != generic ]; then
@@ -532,6 +554,8 @@ main() {
             "$(recipe build_testos write_version_overlay copy_elf busybox_initramfs)" \
             "$(file_hash "$HKD" "$REPO/systemd/hkd.service" "$HERE/initrd/testos-init" /usr/bin/busybox)")" build_testos
         ln -sfn "$LAYER" "$CACHE/current/testos"
+        prune testos "$LAYER"
+        prune tree-testos "$TREE_TESTOS"
         exec 7>&-
     fi
     echo "images ready in $CACHE/current"
