@@ -24,10 +24,12 @@
 //!
 //! Assumptions: the Update CRD is installed; the client has kube's own retry off.
 //!
-//! Caveats: each wake-up lists all Nodes (a reflector store with the coordinator's own writes
-//! laid over it would spare that on large clusters); an Event whose write fails after its
+//! Caveats: each wake-up lists all Nodes, in pages turned into views as they come, so memory
+//! stays bounded by a page (a reflector store with the coordinator's own writes laid over it
+//! would spare the reads on large clusters); an Event whose write fails after its
 //! status write is logged, not retried.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -293,14 +295,11 @@ impl Coordinator {
                     .await
                     .map_err(|e| anyhow!("reading {what}: {}", brief(&e)))?;
             }
-            let nodes = nodes_api
-                .list(&ListParams::default())
+            let (views, versions) = node_views(&nodes_api)
                 .await
-                .map_err(|e| anyhow!("listing Nodes for {what}: {}", brief(&e)))?
-                .items;
-            let views: Vec<NodeView> = nodes.iter().map(NodeView::from_node).collect();
+                .map_err(|e| anyhow!("listing Nodes for {what}: {}", brief(&e)))?;
             let p = plan(&update, &views, Timestamp::now(), self.config.image_policy);
-            if !self.write_grants(&update, &nodes, &p, until).await? {
+            if !self.write_grants(&update, &versions, &p, until).await? {
                 continue;
             }
             if !self.write_status(&update, &p, until).await? {
@@ -318,7 +317,7 @@ impl Coordinator {
     async fn write_grants(
         &self,
         update: &Update,
-        nodes: &[Node],
+        versions: &HashMap<String, String>,
         p: &Plan,
         until: Timestamp,
     ) -> Result<bool> {
@@ -333,10 +332,7 @@ impl Coordinator {
                     self.config.lease_name
                 ));
             }
-            let rv = nodes
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(name.as_str()))
-                .and_then(|n| n.metadata.resource_version.clone());
+            let rv = versions.get(name);
             let patch = json!({"metadata": {
                 "resourceVersion": rv,
                 "annotations": {GRANT: grant.to_string()},
@@ -472,6 +468,43 @@ impl Coordinator {
             instance: self.config.identity.clone(),
         };
         events::record(&self.client, &by, about, ns, type_, reason, message).await;
+    }
+}
+
+/// How many Nodes one page of the Node list holds.
+const NODE_PAGE: u32 = 500;
+
+/// All Nodes as the planner sees them, with their resourceVersions (for the grants'
+/// preconditions). Read in pages, each turned into views before the next is read: a whole
+/// list of 2000 real Nodes is tens of MiB of JSON, and holding it (and kube's copies of it)
+/// at once is what the coordinator's memory would be made of. The pages come from one
+/// snapshot of the server (the continue token pins its resourceVersion); when that snapshot
+/// has expired (410) the read starts over.
+async fn node_views(
+    api: &Api<Node>,
+) -> Result<(Vec<NodeView>, HashMap<String, String>), kube::Error> {
+    'again: loop {
+        let mut views = Vec::new();
+        let mut versions = HashMap::new();
+        let mut params = ListParams::default().limit(NODE_PAGE);
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(kube::Error::Api(s)) if s.code == 410 => continue 'again,
+                Err(e) => return Err(e),
+            };
+            for node in &page.items {
+                let view = NodeView::from_node(node);
+                if let Some(rv) = &node.metadata.resource_version {
+                    versions.insert(view.name.clone(), rv.clone());
+                }
+                views.push(view);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok((views, versions)),
+            }
+        }
     }
 }
 
