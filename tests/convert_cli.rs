@@ -235,7 +235,7 @@ impl Bench {
             "--workdir".into(),
             self.path().join("work").display().to_string(),
         ];
-        let has = |flag: &str| extra.iter().any(|a| *a == flag);
+        let has = |flag: &str| extra.contains(&flag);
         if !has("--disk") {
             args.extend(["--disk".into(), disk.dev.clone()]);
         }
