@@ -283,6 +283,36 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         let fingerprint = "dd if=/dev/vda bs=1M count=1 status=none | sha256sum; \
                            dd if=/dev/vda bs=1M skip=$(($(blockdev --getsize64 /dev/vda) / 1048576 - 1)) status=none | sha256sum";
         let before = vm.sh(fingerprint)?;
+        let good = server.guest_url("good.raw.xz");
+
+        // The disk holding the running system is the one to replace: planned, and shown.
+        let plan = vm.sh(&format!(
+            "x2nestos plan --disk /dev/vda --image {good} --sha256 {sha} -o json"
+        ))?;
+        let report: serde_json::Value = serde_json::from_str(&plan)?;
+        ensure!(report["blocked"] == false, "{plan}");
+        ensure!(
+            report["destroyed"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|l| l == "vda1 mounted on / (ext4)")),
+            "the running root is not shown as destroyed: {plan}"
+        );
+        // Without --yes and without a terminal to ask on: refused before anything is done.
+        let out = vm.ssh_output(
+            "root",
+            "root",
+            &format!("x2nestos convert --disk /dev/vda --image {good} --sha256 {sha} </dev/null"),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains(
+                    "erasing /dev/vda needs a confirmation; run on a terminal, or pass --yes"
+                ),
+            "convert without --yes: {stderr}"
+        );
+        ensure!(vm.sh("test ! -e /var/tmp/x2nestos && echo none")?.trim() == "none");
+
         for extra in ["", "--stream"] {
             let out = vm.ssh_output(
                 "root",
@@ -310,7 +340,6 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         ensure!(vm.sh(fingerprint)? == before, "the disk changed");
 
         // The good image with --dry-run: everything up to the kexec load, then unloaded.
-        let good = server.guest_url("good.raw.xz");
         let out = vm.sh(&format!(
             "x2nestos convert --disk /dev/vda --image {good} --sha256 {sha} --stream --dry-run 2>&1"
         ))?;
