@@ -23,7 +23,7 @@ use housekeeper::cluster::annotations::{AgentPhase, NodeView};
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
 use sim::{NodeSpec, Proxy, Sim, Timing};
@@ -235,9 +235,12 @@ fn observe(
         let sim_root = sim_root.clone();
         let api: Api<Node> = Api::all(client.clone());
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            while let Some(Ok(ev)) = stream.next().await {
-                let (watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
+            // Through API outages: the watcher starts again (with a fresh list).
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = stream.next().await {
+                let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
                     continue;
                 };
                 let v = NodeView::from_node(&n);
@@ -521,7 +524,9 @@ async fn thirty_agents_with_kills_an_outage_and_conflicts_halt_on_the_right_node
     // The budget is lifted after a while, as when a replacement became ready elsewhere.
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let _ = pdbs.delete("guard", &Default::default()).await;
+        while pdbs.delete("guard", &Default::default()).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     });
     let sim = rig.sim(
         dir.path(),
@@ -1078,16 +1083,23 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
     // The deleted node's hkd carries on alone and comes to rest, alive: where the deletion
     // caught it decides how (its drain fails without a grant; or, rebooted, its Node never
     // comes back Ready — no kubelet registers it again here — and it rolls back).
-    wait_for(&format!("{victim}'s hkd to come to rest"), Duration::from_secs(60), || async {
-        let log = sim.log_tail(&victim, 400);
-        Ok(["upgrade failed", "rolled back", "upgrade done"]
-            .iter()
-            .any(|end| log.contains(end)))
-    })
+    wait_for(
+        &format!("{victim}'s hkd to come to rest"),
+        Duration::from_secs(60),
+        || async {
+            let log = sim.log_tail(&victim, 400);
+            Ok(["upgrade failed", "rolled back", "upgrade done"]
+                .iter()
+                .any(|end| log.contains(end)))
+        },
+    )
     .await
     .with_context(|| sim.log_tail(&victim, 20))?;
     let log = sim.log_tail(&victim, 400);
-    ensure!(log.contains("was deleted") || log.contains("not found (404)"), "{log}");
+    ensure!(
+        log.contains("was deleted") || log.contains("not found (404)"),
+        "{log}"
+    );
     ensure!(!log.contains("hkd ended"), "{log}");
     Ok(())
 }
