@@ -35,7 +35,7 @@ fi
 # other builds share.
 build() {
     cargo bench --quiet --features kube-tests --bench cluster --no-run --message-format=json-render-diagnostics |
-        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' > "$exe_file"
+        grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' > "$exe_file"
 }
 exe_file=$(mktemp)
 trap 'rm -f "$exe_file"' EXIT
