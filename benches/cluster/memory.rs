@@ -108,13 +108,10 @@ pub async fn run() -> Result<()> {
         verdict(hwm <= GOAL_MIB)
     );
     for (mode, what) in [
-        (
-            "full",
-            "one list of all Nodes into Vec<Node> (each coordinator wake-up)",
-        ),
+        ("full", "one list of all Nodes at once, into Vec<Node>"),
         (
             "paged",
-            "the same read in pages of 500, each turned into NodeView at once",
+            "the coordinator's read: pages of 500, each turned into NodeView at once",
         ),
     ] {
         let (before, after, n) = node_list::measure(&kubeconfig, mode)?;

@@ -1,10 +1,10 @@
 //! Where the coordinator's memory goes: one read of all Nodes, in a fresh process of its own,
 //! two ways.
 //!
-//! - `full`: what the coordinator does on every wake-up — one `list` of all Nodes into
-//!   `Vec<Node>`, then a `NodeView` of each (kube reads the whole response into memory and
-//!   copies it before parsing it);
-//! - `paged`: pages of [`PAGE`] Nodes, each turned into `NodeView`s before the next is read.
+//! - `full`: one `list` of all Nodes at once into `Vec<Node>`, then a `NodeView` of each
+//!   (kube reads the whole response into memory and copies it before parsing it);
+//! - `paged`: what the coordinator does on every wake-up — pages of [`PAGE`] Nodes, each
+//!   turned into `NodeView`s before the next is read.
 //!
 //! Printed: the process's VmHWM before and after the read, in kB, on one line.
 
