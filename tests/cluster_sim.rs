@@ -33,11 +33,49 @@ use support::{wait_for, KubeletStandIn, NodeRole, TestEnv};
 const V1: &str = "ostree-image-signed:docker://registry.sim/nestos:1";
 const V2: &str = "ostree-image-signed:docker://registry.sim/nestos:2";
 
-/// The entry point of the simulated node processes (see `sim`); not a test of its own.
+/// The stand-in host keeps deployments as a host does (stage, finalize, rollback, restore).
+/// This test is also the entry point of the simulation's node processes: `sim::ENTRY` names
+/// it, and a process started with `sim::NODE_DIR_ENV` runs as a node and never returns here.
 #[test]
-#[ignore = "the entry point of the simulation's node processes"]
-fn node_process_entry() {
+fn simulated_host_keeps_deployments_like_a_host() -> Result<()> {
     sim::node_main_if_asked();
+    use housekeeper::os::{Backend, ImageRef};
+    let dir = tempfile::tempdir()?;
+    let host = sim::host::SimHost {
+        dir: dir.path().to_owned(),
+        stage_time: Duration::ZERO,
+    };
+    let e = |e: housekeeper::os::OsError| anyhow::anyhow!("{e}");
+    host.create(V1).map_err(e)?;
+    let v2 = ImageRef::parse(V2, false)?;
+    let staged = host.stage(&v2).map_err(e)?;
+    let all = host.status().map_err(e)?;
+    ensure!(all.booted().and_then(|d| d.origin.as_deref()) == Some(V1));
+    ensure!(all.staged().map(|d| d.checksum.as_str()) == Some(staged.as_str()));
+    ensure!(
+        all.default_deployment().is_some_and(|d| !d.staged),
+        "staged became the default"
+    );
+    ensure!(
+        host.stage(&v2).map_err(e)? == staged,
+        "staging twice is not idempotent"
+    );
+    host.finalize(&staged).map_err(e)?;
+    let all = host.status().map_err(e)?;
+    ensure!(all.default_deployment().map(|d| d.checksum.as_str()) == Some(staged.as_str()));
+    ensure!(all.staged().is_none());
+    host.restore_booted().map_err(e)?;
+    let all = host.status().map_err(e)?;
+    ensure!(all.default_deployment().and_then(|d| d.origin.as_deref()) == Some(V1));
+    host.rollback().map_err(e)?;
+    let all = host.status().map_err(e)?;
+    ensure!(all.default_deployment().and_then(|d| d.origin.as_deref()) == Some(V2));
+    let bad = ImageRef::parse(
+        "ostree-image-signed:docker://registry.sim/nestos:unstageable",
+        false,
+    )?;
+    ensure!(host.stage(&bad).is_err(), "an unstageable image staged");
+    Ok(())
 }
 
 /// The run's cluster as the agents see it: through a proxy that can play an outage.

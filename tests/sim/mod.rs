@@ -32,8 +32,8 @@ use tokio::sync::watch;
 /// Set in a re-executed test binary: run as the simulated node in this directory.
 pub const NODE_DIR_ENV: &str = "HOUSEKEEPER_SIM_NODE_DIR";
 
-/// The name of the (ignored) test that is the node processes' entry point.
-pub const ENTRY: &str = "node_process_entry";
+/// The name of the test that is also the node processes' entry point.
+pub const ENTRY: &str = "simulated_host_keeps_deployments_like_a_host";
 
 /// Run as a node process if this process is one; returns otherwise.
 pub fn node_main_if_asked() {
@@ -203,13 +203,7 @@ retry = "1s"
             .append(true)
             .open(dir.join("hkd.log"))?;
         Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                ENTRY,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", ENTRY, "--nocapture", "--test-threads=1"])
             .env(NODE_DIR_ENV, &dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
