@@ -7,10 +7,6 @@
 //! the process is, and a reboot ends the process as a shutdown would; the [`Sim`] supervisor
 //! starts it again after the simulated boot time, as systemd would. The Nodes are registered
 //! by the kubelet stand-in of `support`; no kubelet runs (the stand-in keeps them Ready).
-//!
-//! [`Proxy`] stands between the agents and the API server, so that "the API server restarts"
-//! can be played without disturbing the other tests that share the server: it drops every
-//! connection and refuses new ones for a while.
 
 pub mod host;
 
@@ -25,9 +21,6 @@ use anyhow::{Context, Result};
 use host::{SimHost, SimReboot};
 use housekeeper::config::hkd::Settings;
 use housekeeper::node::daemon::{run_with, Seams};
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// Set in a re-executed test binary: run as the simulated node in this directory.
 pub const NODE_DIR_ENV: &str = "HOUSEKEEPER_SIM_NODE_DIR";
@@ -319,49 +312,4 @@ fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
-}
-
-/// A TCP proxy in front of the API server that can play an outage.
-pub struct Proxy {
-    pub port: u16,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: String) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let (up, up_rx) = watch::channel(true);
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut rx = up_rx.clone();
-                if !*rx.borrow() {
-                    drop(client); // refused while "down"
-                    continue;
-                }
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Ok(Proxy { port, up })
-    }
-
-    /// Drop every connection and refuse new ones for `down`, as a restarting server does.
-    pub async fn outage(&self, down: Duration) {
-        self.up.send_replace(false);
-        tokio::time::sleep(down).await;
-        self.up.send_replace(true);
-    }
 }

@@ -47,6 +47,7 @@ pub struct LocalCluster {
     pub limited_token: String,
     /// A token of the user `system:serviceaccount:<HKD_TOKEN_NAMESPACE>:hkd`.
     pub hkd_token: String,
+    pub apiserver: Relaunch,
     pub watchdog_pid: u32,
     /// Seconds from the first process to a ready API server and controller manager.
     pub start_seconds: f64,
@@ -57,6 +58,56 @@ impl LocalCluster {
     /// gateway address stands for this host's loopback, and the serving certificate names it.
     pub fn server_for_qemu_guest(&self) -> String {
         self.server.replace("127.0.0.1", certs::QEMU_HOST_IP)
+    }
+}
+
+/// How the API server was started, to start it again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relaunch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub pid: u32,
+}
+
+impl LocalCluster {
+    /// Stop the API server (SIGTERM, as a restart does), leave it down for `down`, start it
+    /// again with the same arguments on the same port, and wait until it is ready. For a
+    /// cluster of the caller's own (see `hkctl_fresh.rs`): the run's shared cluster serves
+    /// other tests.
+    pub async fn restart_apiserver(&mut self, down: Duration) -> Result<()> {
+        let pid = self.apiserver.pid;
+        // SAFETY: signalling a process this cluster started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let admin = super::cluster::client_from_kubeconfig_file(&self.admin_kubeconfig).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while process::alive(pid) && !process::zombie(pid) {
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(down).await;
+        let p = Proc::spawn(
+            "kube-apiserver",
+            &self.apiserver.program,
+            &self.apiserver.args,
+            self.watchdog_pid,
+            &self.state_dir,
+            self.state_dir.join("kube-apiserver.restarted.log"),
+        )?;
+        self.apiserver.pid = p.child.id();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            match admin.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    bail!("kube-apiserver not ready again after {START_TIMEOUT:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 }
 
@@ -238,30 +289,31 @@ async fn start(bins: &Binaries, dir: &Path, pgid: u32) -> Result<LocalCluster> {
         dir,
         dir.join("etcd.log"),
     )?;
+    let apiserver_args: Vec<String> = vec![
+        format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={api_port}"),
+        "--insecure-port=0".into(),
+        format!("--cert-dir={}", p(dir)),
+        format!("--tls-cert-file={}", p(&certs.serving_cert)),
+        format!("--tls-private-key-file={}", p(&certs.serving_key)),
+        format!("--client-ca-file={}", p(&certs.ca_cert)),
+        format!("--token-auth-file={}", p(&tokens_file)),
+        "--authorization-mode=RBAC".into(),
+        "--service-account-issuer=https://kubernetes.default.svc".into(),
+        format!("--service-account-key-file={}", p(&certs.sa_pub)),
+        format!("--service-account-signing-key-file={}", p(&certs.sa_key)),
+        // A configuration value only: nothing is ever sent to this range.
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        // No token controller runs, so pods would wait for a default service account.
+        "--disable-admission-plugins=ServiceAccount".into(),
+        "--profiling=false".into(),
+    ];
     let mut apiserver = Proc::spawn(
         "kube-apiserver",
         &bins.apiserver,
-        &[
-            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={api_port}"),
-            "--insecure-port=0".into(),
-            format!("--cert-dir={}", p(dir)),
-            format!("--tls-cert-file={}", p(&certs.serving_cert)),
-            format!("--tls-private-key-file={}", p(&certs.serving_key)),
-            format!("--client-ca-file={}", p(&certs.ca_cert)),
-            format!("--token-auth-file={}", p(&tokens_file)),
-            "--authorization-mode=RBAC".into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={}", p(&certs.sa_pub)),
-            format!("--service-account-signing-key-file={}", p(&certs.sa_key)),
-            // A configuration value only: nothing is ever sent to this range.
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            // No token controller runs, so pods would wait for a default service account.
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--profiling=false".into(),
-        ],
+        &apiserver_args,
         pgid,
         dir,
         dir.join("kube-apiserver.log"),
@@ -329,6 +381,11 @@ async fn start(bins: &Binaries, dir: &Path, pgid: u32) -> Result<LocalCluster> {
         admin_kubeconfig,
         limited_token,
         hkd_token,
+        apiserver: Relaunch {
+            program: bins.apiserver.clone(),
+            args: apiserver_args,
+            pid: apiserver.child.id(),
+        },
         watchdog_pid: pgid,
         start_seconds: t0.elapsed().as_secs_f64(),
     })

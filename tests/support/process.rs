@@ -121,6 +121,17 @@ pub fn start_watchdog(owner: u32, state_dir: &Path, remove: &Path) -> Result<u32
     Ok(child.id())
 }
 
+/// Whether `pid` has exited and waits to be reaped (it holds no sockets any more).
+pub fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
 /// One process of the cluster: its name, handle and log.
 pub struct Proc {
     pub name: &'static str,
