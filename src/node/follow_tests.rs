@@ -52,8 +52,9 @@ fn now() -> Timestamp {
     "2024-03-02T10:00:00Z".parse().unwrap()
 }
 
-fn run(node: Option<&NodeView>, updates: &[Update], m: &Machine) -> Decision {
-    decide(Input {
+/// What the follower knows in most tests: the host booted OLD, no retry pending.
+fn input<'a>(node: Option<&'a NodeView>, updates: &'a [Update], m: &'a Machine) -> Input<'a> {
+    Input {
         node,
         updates,
         machine: m,
@@ -62,7 +63,11 @@ fn run(node: Option<&NodeView>, updates: &[Update], m: &Machine) -> Decision {
         now: now(),
         last_retry: None,
         retry_after: jiff::SignedDuration::from_secs(300),
-    })
+    }
+}
+
+fn run(node: Option<&NodeView>, updates: &[Update], m: &Machine) -> Decision {
+    decide(input(node, updates, m))
 }
 
 fn staged() -> State {
@@ -238,22 +243,9 @@ fn a_node_already_on_the_target_answers_done() {
     let n = granted(node(), None);
     let d = decide(Input {
         booted_image: Some(IMG),
-        ..input(&n, &u, &machine(State::Idle))
+        ..input(Some(&n), &u, &machine(State::Idle))
     });
     assert_eq!(d.finish.unwrap().answer, Answer::Done);
-}
-
-fn input<'a>(n: &'a NodeView, u: &'a [Update], m: &'a Machine) -> Input<'a> {
-    Input {
-        node: Some(n),
-        updates: u,
-        machine: m,
-        booted_image: Some(OLD),
-        policy: ImagePolicy::default(),
-        now: now(),
-        last_retry: None,
-        retry_after: jiff::SignedDuration::from_secs(300),
-    }
 }
 
 #[test]
@@ -267,7 +259,7 @@ fn a_failed_staging_before_any_grant_is_retried_at_a_pace() {
     let recent = now() - jiff::SignedDuration::from_secs(60);
     let d = decide(Input {
         last_retry: Some((IMG, recent)),
-        ..input(&n, &u, &m)
+        ..input(Some(&n), &u, &m)
     });
     assert!(d.events.is_empty());
     assert_eq!(
@@ -277,7 +269,7 @@ fn a_failed_staging_before_any_grant_is_retried_at_a_pace() {
     let long_ago = now() - jiff::SignedDuration::from_secs(600);
     let d = decide(Input {
         last_retry: Some((IMG, long_ago)),
-        ..input(&n, &u, &m)
+        ..input(Some(&n), &u, &m)
     });
     assert_eq!(d.events, vec![requested()]);
 }
