@@ -449,6 +449,19 @@ async fn chaos(rig: &Rig, sim: &Sim, mut server: Option<&mut support::local::Loc
     }
 }
 
+/// `result`, or its error with the last lines of the first nodes' hkd logs.
+fn with_logs<T>(result: Result<T>, rig: &Rig, sim: &Sim) -> Result<T> {
+    result.map_err(|e| {
+        let logs: Vec<String> = rig
+            .nodes
+            .iter()
+            .take(6)
+            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 15)))
+            .collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })
+}
+
 /// Events hkd recorded on a Node, as reasons.
 async fn node_events(client: &Client, node: &str) -> Result<Vec<String>> {
     let api: Api<Event> = Api::namespaced(client.clone(), "default");
@@ -494,14 +507,7 @@ async fn three_agents_roll_control_plane_first_drain_run_kubeadm_and_uncordon() 
     let done = rig
         .wait_state("roll", &["Complete", "Halted"], Duration::from_secs(150))
         .await;
-    if let Err(e) = done {
-        let logs: Vec<String> = rig
-            .nodes
-            .iter()
-            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 15)))
-            .collect();
-        bail!("{e:#}\n{}", logs.join("\n"));
-    }
+    with_logs(done, &rig, &sim)?;
     let u = rig.updates().get("roll").await?;
     let status = u.status.clone().unwrap_or_default();
     ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
@@ -632,15 +638,7 @@ async fn thirty_agents_with_kills_and_conflicts_halt_on_the_right_nodes() -> Res
         r = rig.wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600)) => r,
         _ = chaos => unreachable!(),
     };
-    if let Err(e) = end {
-        let logs: Vec<String> = rig
-            .nodes
-            .iter()
-            .take(6)
-            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 10)))
-            .collect();
-        bail!("{e:#}\n{}", logs.join("\n"));
-    }
+    with_logs(end, &rig, &sim)?;
     // Let nodes in flight at the halt finish.
     let open = |v: &NodeView| {
         v.grant
@@ -779,15 +777,7 @@ async fn thirty_agents_with_kills_a_server_restart_and_conflicts_complete() -> R
         r = rig.wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600)) => r,
         _ = chaos(&rig, &sim, Some(&mut server)) => unreachable!(),
     };
-    if let Err(e) = end {
-        let logs: Vec<String> = rig
-            .nodes
-            .iter()
-            .take(6)
-            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 10)))
-            .collect();
-        bail!("{e:#}\n{}", logs.join("\n"));
-    }
+    with_logs(end, &rig, &sim)?;
     check_seen(&seen)?;
     let u = rig.updates().get("roll").await?;
     let status = u.status.clone().unwrap_or_default();
@@ -913,14 +903,7 @@ async fn agents_work_under_the_shipped_rbac_and_are_refused_outside_it() -> Resu
     let done = rig
         .wait_state(&name, &["Complete", "Halted"], Duration::from_secs(120))
         .await;
-    if let Err(e) = done {
-        let logs: Vec<String> = rig
-            .nodes
-            .iter()
-            .map(|n| format!("--- {n}\n{}", sim.log_tail(n, 20)))
-            .collect();
-        bail!("{e:#}\n{}", logs.join("\n"));
-    }
+    with_logs(done, &rig, &sim)?;
     let status = rig.updates().get(&name).await?.status.unwrap_or_default();
     ensure!(status.state.as_deref() == Some("Complete"), "{status:?}");
     check_seen(&seen)?;
