@@ -239,10 +239,10 @@ impl Bench {
         if !has("--disk") {
             args.extend(["--disk".into(), disk.dev.clone()]);
         }
-        if !has("--image") {
+        if !has("--image") && !has("--live") {
             args.extend(["--image".into(), self.image.display().to_string()]);
         }
-        if !has("--sha256") {
+        if !has("--sha256") && !has("--insecure") {
             args.extend(["--sha256".into(), self.sha.clone()]);
         }
         if !has("--facts-root") {
@@ -902,4 +902,149 @@ fn install_refuses_a_corrupted_carried_image_before_writing() {
         "{console}"
     );
     assert_eq!(disk.digest(), before);
+}
+
+/// An ISO of the NestOS live fixture tree, made by xorriso.
+fn live_iso(dir: &Path) -> PathBuf {
+    let iso = dir.join("nestos-live.iso");
+    run(Command::new(tool("xorriso", "xorriso"))
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+        .arg(&iso)
+        .arg("tests/fixtures/convert/live/nestos-iso"));
+    iso
+}
+
+#[test]
+fn the_live_iso_path_is_planned_from_the_iso_itself() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let iso = live_iso(b.path());
+    let sha = sha256_file(&iso);
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--live",
+        iso.to_str().unwrap(),
+        "--sha256",
+        &sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let live = &report["plan"]["live"];
+    assert_eq!(live["entry"], "isolinux/isolinux.cfg", "{text}");
+    assert_eq!(live["prefix"], "nestos.");
+    assert_eq!(live["kernel"], "images/pxeboot/vmlinuz");
+    assert_eq!(
+        live["initrds"],
+        serde_json::json!([
+            "images/pxeboot/initrd.img",
+            "images/ignition.img",
+            "images/pxeboot/rootfs.img"
+        ])
+    );
+    let args: Vec<&str> = live["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&format!("nestos.inst.install_dev={}", disk.dev).as_str()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"ignition.firstboot"), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("nestos.liveiso=")),
+        "{args:?}"
+    );
+    assert_eq!(report["plan"]["image"]["sha256"], sha.as_str());
+
+    // The text plan says what boots and with which arguments.
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--live",
+        iso.to_str().unwrap(),
+        "--sha256",
+        &sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Live image: "), "{text}");
+    assert!(
+        text.contains("Kernel arguments: mitigations=auto,nosmt ignition.firstboot"),
+        "{text}"
+    );
+
+    // convert acts only on this machine's facts: refused, the disk unchanged.
+    let line = b.refused(&disk, &["--live", iso.to_str().unwrap(), "--sha256", &sha]);
+    assert!(line.contains("the facts were read below"), "{line}");
+}
+
+#[test]
+fn bad_live_inputs_are_refused_before_anything_changes() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let iso = live_iso(b.path());
+    let iso = iso.to_str().unwrap();
+    let sha = sha256_file(Path::new(iso));
+    let tree = "tests/fixtures/convert/live/nestos-iso";
+
+    let line = b.refused(&disk, &["--live", tree]);
+    assert!(
+        line.contains("a directory cannot be checked against a published checksum; give the .iso file with --sha256, or pass --insecure"),
+        "{line}"
+    );
+    let line = b.refused(&disk, &["--live", iso, "--sha256", &"0".repeat(64)]);
+    assert!(line.contains("checksum mismatch"), "{line}");
+    let image = b.image.to_str().unwrap();
+    let line = b.refused(&disk, &["--live", image, "--insecure"]);
+    assert!(line.contains("not an ISO 9660 image"), "{line}");
+    let line = b.refused(
+        &disk,
+        &["--live", "http://127.0.0.1:9/live.iso", "--sha256", &sha],
+    );
+    assert!(
+        line.contains("download the ISO first and give its file path"),
+        "{line}"
+    );
+    // A live tree whose entry has no <prefix>.liveiso= argument.
+    let plain = b.path().join("no-prefix");
+    run(Command::new("cp").args(["-r", tree]).arg(&plain));
+    let cfg = plain.join("isolinux/isolinux.cfg");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("nestos.liveiso=NestOS-For-Container-22.03 ", "");
+    std::fs::write(&cfg, text).unwrap();
+    let line = b.refused(&disk, &["--live", plain.to_str().unwrap(), "--insecure"]);
+    assert!(
+        line.contains("no <prefix>.liveiso= kernel argument"),
+        "{line}"
+    );
+    // --live and --stream, --live and --image: refused by the command line itself.
+    for extra in [
+        vec!["--live", iso, "--sha256", &sha, "--stream"],
+        vec!["--live", iso, "--sha256", &sha, "--image", image],
+    ] {
+        let mut args = vec!["convert", "--yes", "--disk", &disk.dev];
+        args.extend(extra.iter().copied());
+        let out = x2nestos(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cannot be used with"),
+            "{stderr}"
+        );
+    }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use housekeeper::convert::ignition::{self, Identity, UserKeys};
-use housekeeper::convert::overlay::{self, live, Directives, Member};
+use housekeeper::convert::overlay::{self, live, media::Media, Directives, Member};
+
+const FIXTURE_ISO: &str = "tests/fixtures/convert/live/nestos-iso";
 
 fn tool(name: &str, package: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
@@ -50,8 +52,8 @@ fn config() -> String {
 
 /// The overlay for the NestOS fixture ISO, written to a file.
 fn overlay_file(dir: &Path) -> (PathBuf, String) {
-    let tree = Path::new("tests/fixtures/convert/live/nestos-iso");
-    let live = live::read_live(tree).unwrap();
+    let tree = live::Dir(FIXTURE_ISO.into());
+    let live = live::read_live(&tree).unwrap();
     let prefix = live.prefix().unwrap();
     let ignition = config();
     let members = overlay::installer_members(
@@ -178,6 +180,83 @@ fn an_empty_archive_and_a_large_member_read_back() {
 }
 
 /// A private copy of the host's dracut with our module added, as x2nestos itself does.
+/// `xorriso` makes an ISO of the fixture tree, with Rock Ridge names or (`plain`) with
+/// ISO 9660 level-1 names only (`VMLINUZ.;1`), as the oldest tools write them.
+fn make_iso(dir: &Path, plain: bool) -> PathBuf {
+    let xorriso = tool("xorriso", "xorriso");
+    let iso = dir.join(if plain { "plain.iso" } else { "live.iso" });
+    let mut cmd = Command::new(xorriso);
+    cmd.args(["-as", "mkisofs", "-quiet", "-V", "NESTOS"]);
+    if !plain {
+        cmd.args(["-R", "-J"]);
+    }
+    run(cmd.arg("-o").arg(&iso).arg(FIXTURE_ISO));
+    iso
+}
+
+#[test]
+fn a_live_iso_is_read_in_place_as_its_extracted_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_tree = Media::open(Path::new(FIXTURE_ISO)).unwrap();
+    let expected = from_tree.boot().unwrap();
+    for plain in [false, true] {
+        let iso = make_iso(dir.path(), plain);
+        let media = Media::open(&iso).unwrap();
+        let boot = media.boot().unwrap();
+        assert_eq!(boot.kernel, expected.kernel, "plain names: {plain}");
+        assert_eq!(boot.args, expected.args, "plain names: {plain}");
+        assert_eq!(
+            boot.initrd_parts(media.tree()).unwrap(),
+            expected.initrd_parts(from_tree.tree()).unwrap()
+        );
+        assert_eq!(
+            media.load_bytes(&boot).unwrap(),
+            from_tree.load_bytes(&expected).unwrap()
+        );
+
+        // What kexec would load: the kernel as on the ISO, then every part padded to 4
+        // bytes, then the overlay.
+        let (kernel, initrd) = (dir.path().join("k"), dir.path().join("i"));
+        media.assemble(&boot, b"OVERLAY", &kernel, &initrd).unwrap();
+        let tree = Path::new(FIXTURE_ISO);
+        assert_eq!(
+            std::fs::read(&kernel).unwrap(),
+            std::fs::read(tree.join("images/pxeboot/vmlinuz")).unwrap()
+        );
+        let mut want = Vec::new();
+        for part in expected.initrd_parts(from_tree.tree()).unwrap() {
+            want.extend(std::fs::read(tree.join(part)).unwrap());
+            want.resize(want.len().div_ceil(4) * 4, 0);
+        }
+        want.extend(b"OVERLAY");
+        assert_eq!(std::fs::read(&initrd).unwrap(), want);
+    }
+}
+
+#[test]
+fn what_is_not_a_live_iso_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_iso = dir.path().join("disk.raw");
+    std::fs::write(&not_iso, vec![0u8; 64 * 2048]).unwrap();
+    let err = Media::open(&not_iso).err().unwrap().to_string();
+    assert!(
+        err.contains("not an ISO 9660 image") && err.ends_with("give a NestOS live ISO"),
+        "{err}"
+    );
+    // An ISO of something that is not a live image: no boot entry.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("docs")).unwrap();
+    std::fs::write(other.join("docs/readme.txt"), "hello").unwrap();
+    let iso = dir.path().join("other.iso");
+    run(Command::new(tool("xorriso", "xorriso"))
+        .args(["-as", "mkisofs", "-quiet", "-R", "-o"])
+        .arg(&iso)
+        .arg(&other));
+    let err = format!("{:#}", Media::open(&iso).unwrap().boot().unwrap_err());
+    assert!(err.contains("is it an extracted NestOS live ISO?"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
 fn private_dracut(dir: &Path) -> PathBuf {
     let base = dir.join("dracut");
     let host = Path::new("/usr/lib/dracut");

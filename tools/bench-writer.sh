@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark of the x2nestos image writer (examples/write_image.rs) against `xz -dc | dd` and,
-# when installed, `coreos-installer install --image-file … --insecure`: the same images
+# Benchmark of the x2nestos image writer (examples/write_image.rs) against `xz -dc | dd` and
+# `coreos-installer install --image-file … --insecure` (installed by cargo if missing): the same images
 # (single-block xz and multi-block xz from `xz -T2`) onto the same loop device over a file in
 # a temp dir. Prints MB/s of uncompressed bytes, CPU seconds and peak RSS. Not a test.
 #
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 SIZE_MIB=${SIZE_MIB:-1024}
 PRESET=${PRESET:-6}
-need_packages time xz-utils util-linux
+need_packages time xz-utils util-linux udev
 [ "$(id -u)" -eq 0 ] || { echo "error: bench-writer.sh needs root for loop devices" >&2; exit 1; }
 
 work=$(mktemp -d /var/tmp/bench-writer.XXXXXX)
@@ -47,12 +47,40 @@ for img in single multi; do
 done
 
 truncate -s "$((SIZE_MIB + 64))M" "$work/target.img"
-loop=$(losetup --find --show "$work/target.img")
+loop=$(losetup --find --show --partscan "$work/target.img")
 echo "target: $loop over $work/target.img"
 
 coreos=$(command -v coreos-installer || true)
 [ -n "$coreos" ] || coreos=$(ls ~/.cargo/bin/coreos-installer 2>/dev/null || true)
-[ -n "$coreos" ] || echo "coreos-installer: not installed (cargo install coreos-installer); its rows are skipped"
+if [ -z "$coreos" ]; then
+    step "coreos-installer (cargo install, several minutes)" cargo install --quiet --locked coreos-installer
+    coreos=~/.cargo/bin/coreos-installer
+fi
+
+# coreos-installer wants what a real install host has: a disk whose partition table the kernel
+# re-reads (so the loop device is made with -P), a udevd to settle, and blkid answering for
+# every block device when it looks for duplicate "boot" filesystems after the write. It runs in
+# a namespace of its own with a private /run/udev and a udevd in an empty network namespace (it
+# receives no kernel events, so it changes nothing on this machine and settles at once), and a
+# blkid that reports nothing for this machine's own disks, which a sandbox may forbid opening.
+cat > "$work/coreos-ns.sh" <<'NS'
+#!/bin/sh
+mkdir -p /run/udev && mount -t tmpfs tmpfs /run/udev || exit 1
+/lib/systemd/systemd-udevd --daemon 2>/dev/null || exit 1
+shim=$(mktemp -d)
+cat > "$shim/blkid" <<'SHIM'
+#!/bin/sh
+for a in "$@"; do case $a in /dev/vd*|/dev/sd*|/dev/nvme*|/dev/xvd*) exit 0 ;; esac; done
+exec /usr/sbin/blkid "$@"
+SHIM
+chmod +x "$shim/blkid"
+PATH=$shim:$PATH "$@"
+rc=$?
+udevadm control --exit 2>/dev/null
+rm -rf "$shim"
+exit $rc
+NS
+chmod +x "$work/coreos-ns.sh"
 
 # run NAME CMD...: runs CMD under /usr/bin/time -v and prints one result row.
 printf '\n%-28s %9s %9s %9s %10s\n' "run" "wall s" "MB/s" "CPU s" "peak RSS"
@@ -77,7 +105,6 @@ for img in single multi; do
     run "housekeeper ($img)" "$writer" "$file" "$loop" --sha256 "$sum"
     run "xz -dc | dd ($img)" sh -c "xz -dc '$file' | dd of='$loop' bs=4M conv=fsync status=none"
     run "xz -T2 -dc | dd ($img)" sh -c "xz -T2 -dc '$file' | dd of='$loop' bs=4M conv=fsync status=none"
-    if [ -n "$coreos" ]; then
-        run "coreos-installer ($img)" "$coreos" install --image-file "$file" --insecure "$loop"
-    fi
+    run "coreos-installer ($img)" unshare --mount --net --propagation private \
+        "$work/coreos-ns.sh" "$coreos" install --image-file "$file" --insecure "$loop"
 done

@@ -17,35 +17,37 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
+# The tiers' tests are gated by features that change nothing in the crate itself;
+# every tier builds with all of them, so the crate and its tests are compiled once.
 step "unit and component-free tests" cargo nextest run --no-fail-fast
 
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition mount xz-utils
-step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_host
-step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut
-step "host-tests: x2nestos refusing every bad input, gpgv, install onto loop devices (root)" cargo nextest run --no-fail-fast --features host-tests --test convert_cli
-step "host packages for the conversion initramfs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd
-step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --features host-tests --test convert_initramfs
+step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_host
+step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut xorriso
+step "host-tests: x2nestos refusing every bad input, gpgv, install onto loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_cli
+step "host packages for the conversion initramfs and live ISOs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd xorriso
+step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --all-features --test convert_initramfs
 
 step "host packages for the OSTree backend" need_packages ostree
-step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --features host-tests --test os_ostree --test node_agent
+step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --all-features --test os_ostree --test node_agent
 
 step "host packages for the rpm-ostree backend (dbus-daemon)" need_packages dbus
-step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on a private bus" cargo nextest run --no-fail-fast --features host-tests --test os_rpmostree --test node_reboot
+step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on a private bus" cargo nextest run --no-fail-fast --all-features --test os_rpmostree --test node_reboot
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
-step "kube-tests against a real API server" cargo nextest run --no-fail-fast --features kube-tests --test kube_api --test cluster_drain --test cluster_coordinator --test hkctl --test hkctl_fresh
-step "kube-tests: rollouts of real hkd agents over simulated hosts, with faults" cargo nextest run --no-fail-fast --features kube-tests --test cluster_sim
+step "kube-tests against a real API server" cargo nextest run --no-fail-fast --all-features --test kube_api --test cluster_drain --test cluster_coordinator --test hkctl --test hkctl_fresh
+step "kube-tests: rollouts of real hkd agents over simulated hosts, with faults" cargo nextest run --no-fail-fast --all-features --test cluster_sim
 step "host packages for hkctl's terminal test" need_packages tmux
-step "kube-tests: hkctl status --watch under tmux" cargo nextest run --no-fail-fast --features kube-tests --test hkctl_watch
+step "kube-tests: hkctl status --watch under tmux" cargo nextest run --no-fail-fast --all-features --test hkctl_watch
 
 # --- tier: QEMU machines (vm-tests) ---
 # shellcheck disable=SC2046 # one package per word
 step "vm-tests host packages" need_packages $(vm-tests/images/build.sh packages)
-step "hkd for the test OS image" cargo build --quiet --features vm-tests --bin hkd
+step "hkd for the test OS image" cargo build --quiet --all-features --bin hkd
 step "VM images (vm-tests/images/build.sh)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
 step "x2nestos for the conversion scenarios (release: the guest hashes and decompresses 1.2 GiB)" cargo build --quiet --release --bin x2nestos
-step "vm-tests: QEMU scenarios" cargo nextest run --no-fail-fast --features vm-tests --test vm
+step "vm-tests: QEMU scenarios" cargo nextest run --no-fail-fast --all-features --test vm
 
 echo "all test tiers passed in $((SECONDS - t_all))s"

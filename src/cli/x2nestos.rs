@@ -61,8 +61,17 @@ pub struct PlanArgs {
     pub disk: String,
     /// The NestOS metal image (.raw, .raw.xz, .raw.gz, .raw.zst): a file or an
     /// http(s) URL
-    #[arg(long, value_name = "FILE|URL")]
-    pub image: String,
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        required_unless_present = "live",
+        conflicts_with = "live"
+    )]
+    pub image: Option<String>,
+    /// Boot a NestOS live ISO (the .iso file, or its extracted tree) and let its installer
+    /// write the disk, instead of writing a metal image from the conversion initramfs
+    #[arg(long, value_name = "ISO|DIR", conflicts_with = "stream")]
+    pub live: Option<String>,
     /// The image file's SHA-256, 64 hex digits
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
@@ -107,7 +116,12 @@ impl PlanArgs {
     pub fn options(&self) -> Options {
         Options {
             disk: self.disk.clone(),
-            image: self.image.clone(),
+            image: self
+                .image
+                .clone()
+                .or_else(|| self.live.clone())
+                .unwrap_or_default(),
+            live: self.live.is_some(),
             sha256: self.sha256.clone(),
             signature: self.signature.clone(),
             keyring: self.keyring.clone(),

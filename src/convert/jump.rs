@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 
 use super::initramfs;
-use super::plan::{self, Carry, Plan, Report, CARRIED_IMAGE};
+use super::overlay::{self, media::Media};
+use super::plan::{self, Carry, Plan, PlannedLive, Report, CARRIED_IMAGE};
 use super::preflight::Severity;
 use super::prepare::{self, Options, Prepared};
 use super::progress::Meter;
@@ -79,7 +80,18 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
         confirm(&plan)?;
     }
     let work = Workdir::create(&choices.workdir)?;
-    let (ctx, method) = match build_and_load(&prepared, &mut plan, &work.path, out) {
+    let loaded = match &plan.live {
+        Some(live) => load_live(
+            &prepared,
+            &plan,
+            live,
+            Path::new(&opts.image),
+            &work.path,
+            out,
+        ),
+        None => build_and_load(&prepared, &mut plan, &work.path, out),
+    };
+    let (ctx, method) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             work.remove();
@@ -103,7 +115,12 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
     );
     writeln!(
         out,
-        "Jumping into the conversion initramfs; the installer's progress shows on the console."
+        "{}",
+        if plan.live.is_some() {
+            "Jumping into the NestOS live system; its installer's progress shows on the console."
+        } else {
+            "Jumping into the conversion initramfs; the installer's progress shows on the console."
+        }
     )?;
     out.flush()?;
     // SAFETY: sync has no preconditions.
@@ -158,13 +175,76 @@ fn build_and_load(
         out,
         "Loaded {} with {} ({} bytes of initramfs)",
         prepared.kernel.display(),
-        match method {
-            Method::FileSyscall => "kexec_file_load",
-            Method::KexecTools => "kexec_load (kexec-tools)",
-        },
+        method_name(method),
         fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
     )?;
     Ok((ctx, method))
+}
+
+/// The live path: the live image's kernel, its initramfs parts and root filesystem, then an
+/// overlay with the installer's directives and the Ignition config, loaded with the
+/// arguments the plan shows.
+fn load_live(
+    prepared: &Prepared,
+    plan: &Plan,
+    live: &PlannedLive,
+    media_path: &Path,
+    work: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<(Context, Method)> {
+    let media = Media::open(media_path)?;
+    let boot = media.boot()?;
+    if boot.kernel != live.kernel || boot.initrd_parts(media.tree())? != live.initrds {
+        bail!(
+            "the live image {} changed since it was planned; run x2nestos again",
+            media_path.display()
+        );
+    }
+    let prefix = boot.prefix()?;
+    let dest_device = live
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("{}=", prefix.inst("install_dev"))))
+        .unwrap_or_default()
+        .to_owned();
+    let members = overlay::installer_members(
+        &prefix,
+        &overlay::Directives {
+            dest_device,
+            ignition: prepared.ignition.clone().unwrap_or_default(),
+        },
+    );
+    let mut archive = Vec::new();
+    overlay::write_newc(&members, &mut archive)?;
+    let kernel = work.join("live-kernel");
+    let initrd = work.join("live-initrd.img");
+    writeln!(
+        out,
+        "Assembling the live system from {} ({} initramfs part(s) and the overlay)…",
+        media_path.display(),
+        live.initrds.len()
+    )?;
+    media.assemble(&boot, &archive, &kernel, &initrd)?;
+    let mut ctx = kexec_context(prepared);
+    ctx.kernel_head = media.kernel_head(&boot);
+    drop(media);
+    let method = load(&kernel, &initrd, &live.args, &ctx)?;
+    writeln!(
+        out,
+        "Loaded {} from the live image with {} ({} bytes of initramfs) for /dev/{}",
+        live.kernel,
+        method_name(method),
+        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0),
+        plan.disk.name
+    )?;
+    Ok((ctx, method))
+}
+
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::FileSyscall => "kexec_file_load",
+        Method::KexecTools => "kexec_load (kexec-tools)",
+    }
 }
 
 fn confirm(plan: &Plan) -> anyhow::Result<()> {
@@ -348,6 +428,7 @@ mod tests {
                 carried: None,
             },
             network: vec![],
+            live: None,
         };
         assert_eq!(
             question(&plan),

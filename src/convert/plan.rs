@@ -42,6 +42,42 @@ pub struct Plan {
     /// Links the installer brings up when it streams the image.
     #[serde(default)]
     pub network: Vec<InstallLink>,
+    /// The NestOS live ISO / PXE path: the live system is booted instead of the conversion
+    /// initramfs, and NestOS's own installer writes the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<PlannedLive>,
+}
+
+/// What is loaded with kexec on the live path, as read from the live image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedLive {
+    /// The boot config the entry was read from (`isolinux/isolinux.cfg`).
+    pub entry: String,
+    pub kernel: String,
+    /// The entry's initramfs parts and the root filesystem; the overlay follows them.
+    pub initrds: Vec<String>,
+    /// The installer's argument prefix (`nestos.`), from the entry's `<prefix>liveiso=`.
+    pub prefix: String,
+    /// The kernel command line of the jump.
+    pub args: Vec<String>,
+    /// Bytes loaded into memory (kernel and initramfs parts, before the overlay).
+    pub load_bytes: u64,
+}
+
+/// Memory the live system needs: its files are loaded and the root filesystem unpacked in
+/// RAM, beside the base.
+pub fn live_memory_needed(load_bytes: u64) -> u64 {
+    BASE_MEMORY + 2 * load_bytes
+}
+
+/// The console arguments of the running machine, kept across the jump.
+pub fn console_args(proc_cmdline: &str) -> Vec<String> {
+    proc_cmdline
+        .split_whitespace()
+        .filter(|a| a.starts_with("console=") || a.starts_with("earlycon"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The target disk as identified before kexec. Device names may change order across the
@@ -222,11 +258,7 @@ pub fn verification(
 /// shows where the admin looks; never a hard-coded ttyS0), no root file system to mount,
 /// and a reboot rather than a hang if the kernel panics.
 pub fn kernel_args(proc_cmdline: &str) -> Vec<String> {
-    let mut args: Vec<String> = proc_cmdline
-        .split_whitespace()
-        .filter(|a| a.starts_with("console=") || a.starts_with("earlycon"))
-        .map(str::to_owned)
-        .collect();
+    let mut args = console_args(proc_cmdline);
     args.extend(
         [
             "rd.x2nestos",
@@ -316,14 +348,25 @@ pub fn summary(report: &Report) -> Vec<String> {
             }
             format!("verified by {}", by.join(" and "))
         };
-        lines.push(format!(
-            "Image: {} ({check}; {})",
-            image.source,
-            match image.carry {
-                Carry::InMemory => "carried in memory",
-                Carry::Stream => "streamed by the installer",
+        match &plan.live {
+            None => lines.push(format!(
+                "Image: {} ({check}; {})",
+                image.source,
+                match image.carry {
+                    Carry::InMemory => "carried in memory",
+                    Carry::Stream => "streamed by the installer",
+                }
+            )),
+            Some(live) => {
+                lines.push(format!(
+                    "Live image: {} ({check}); boots {} with {} initramfs part(s) and an overlay, NestOS's installer writes the disk",
+                    image.source,
+                    live.kernel,
+                    live.initrds.len()
+                ));
+                lines.push(format!("Kernel arguments: {}", live.args.join(" ")));
             }
-        ));
+        }
     }
     lines.push(format!(
         "Will be destroyed: {}",
@@ -557,6 +600,7 @@ mod tests {
                 carried: Some(CARRIED_IMAGE.into()),
             },
             network: vec![],
+            live: None,
         };
         let report = Report::new(
             vec![],

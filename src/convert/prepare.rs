@@ -13,7 +13,8 @@ use super::identity::{self, Gathered, IdentityOptions};
 use super::ignition;
 use super::image::verify::parse_sha256;
 use super::network::{self, keyfile, CaptureOptions};
-use super::plan::{self, Carry, InstallLink, Plan, PlannedDisk, PlannedImage, Report};
+use super::overlay::media::{self, Media};
+use super::plan::{self, Carry, InstallLink, Plan, PlannedDisk, PlannedImage, PlannedLive, Report};
 use super::preflight::{self, Facts, Finding, Severity};
 use super::source::{self, Source, Timeouts};
 
@@ -21,7 +22,10 @@ use super::source::{self, Source, Timeouts};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub disk: String,
+    /// The metal image, or with `live` the live ISO file / tree.
     pub image: String,
+    /// The live ISO / PXE path: `image` is a NestOS live ISO (or its extracted tree) to boot.
+    pub live: bool,
     pub sha256: Option<String>,
     pub signature: Option<String>,
     pub keyring: Option<PathBuf>,
@@ -98,21 +102,34 @@ pub fn prepare(opts: &Options) -> Prepared {
         ));
     }
     let source = match Source::parse(&opts.image) {
+        Ok(Source::Url(url)) if opts.live => {
+            findings.push(blocking(
+                "imageSource",
+                format!("live image {url}: download the ISO first and give its file path"),
+            ));
+            None
+        }
         Ok(s) => Some(s),
         Err(e) => {
             findings.push(blocking("imageSource", e));
             None
         }
     };
-    let probe = source
-        .as_ref()
-        .and_then(|s| match source::probe(s, opts.timeouts) {
+    let live_tree = opts.live && Path::new(&opts.image).is_dir();
+    if opts.live {
+        if let Err(e) = media::check_verifiable(Path::new(&opts.image), opts.insecure) {
+            findings.push(blocking("verification", e.to_string()));
+        }
+    }
+    let probe = source.as_ref().filter(|_| !live_tree).and_then(|s| {
+        match source::probe(s, opts.timeouts) {
             Ok(p) => Some(p),
             Err(e) => {
                 findings.push(blocking("imageUnreachable", e.to_string()));
                 None
             }
-        });
+        }
+    });
     let mut digest = None;
     let mut expected = verification.as_ref().and_then(|v| v.sha256);
     if let (Some(s), Some(_), Some(v)) = (&source, &probe, &verification) {
@@ -144,7 +161,21 @@ pub fn prepare(opts: &Options) -> Prepared {
     );
     facts.memory_needed = plan::memory_needed(carry, probe.and_then(|p| p.length));
     facts.image_size = probe.and_then(|p| p.image_bytes);
-    if let Some(p) = probe {
+    let live = match (opts.live, &source) {
+        (true, Some(_)) => match read_live(Path::new(&opts.image), disk.as_ref()) {
+            Ok(live) => {
+                facts.memory_needed = plan::live_memory_needed(live.load_bytes);
+                facts.image_size = None;
+                Some(live)
+            }
+            Err(e) => {
+                findings.push(blocking("liveImage", format!("{e:#}")));
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(p) = probe.filter(|_| !opts.live) {
         if p.image_bytes.is_none() {
             notes.push(format!(
                 "the {} image's decompressed size cannot be told beforehand; the installer checks that it fits while writing",
@@ -162,7 +193,7 @@ pub fn prepare(opts: &Options) -> Prepared {
         .map(|r| r.trim().to_owned())
         .unwrap_or_default();
     let kernel = opts.facts_root.join(format!("boot/vmlinuz-{release}"));
-    if !kernel.exists() {
+    if !opts.live && !kernel.exists() {
         findings.push(blocking(
             "kernel",
             format!(
@@ -171,7 +202,7 @@ pub fn prepare(opts: &Options) -> Prepared {
             ),
         ));
     }
-    if which("dracut").is_none() {
+    if !opts.live && which("dracut").is_none() {
         findings.push(blocking(
             "dracut",
             "dracut is not installed; it builds the conversion initramfs: apt-get install dracut (or dnf install dracut)",
@@ -182,7 +213,7 @@ pub fn prepare(opts: &Options) -> Prepared {
     findings.sort_by_key(|f| f.severity != Severity::Blocking);
 
     let plan = match (&disk, &source, &verification) {
-        (Some(d), Some(s), Some(v)) => Some(Plan {
+        (Some(d), Some(s), Some(v)) if live.is_some() || !opts.live => Some(Plan {
             api_version: plan::API_VERSION.into(),
             kind: "Plan".into(),
             disk: PlannedDisk::of(&opts.disk, d),
@@ -196,7 +227,8 @@ pub fn prepare(opts: &Options) -> Prepared {
                 carry,
                 carried: None,
             },
-            network: links,
+            network: if opts.live { Vec::new() } else { links },
+            live,
         }),
         _ => None,
     };
@@ -209,6 +241,29 @@ pub fn prepare(opts: &Options) -> Prepared {
         kernel,
         release,
     }
+}
+
+/// Reads the live image's default entry and the kernel command line of the jump: the
+/// entry's arguments with the install device (the disk's stable name), and this machine's
+/// console.
+fn read_live(path: &Path, disk: Option<&Disk>) -> anyhow::Result<PlannedLive> {
+    let media = Media::open(path)?;
+    let boot = media.boot()?;
+    let dest = disk.map_or_else(String::new, |d| {
+        d.by_id
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("/dev/{}", d.name))
+    });
+    let console = plan::console_args(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    Ok(PlannedLive {
+        entry: boot.source.clone(),
+        kernel: boot.kernel.clone(),
+        initrds: boot.initrd_parts(media.tree())?,
+        prefix: boot.prefix()?.as_str().to_owned(),
+        args: boot.kexec_args(&dest, &console)?,
+        load_bytes: media.load_bytes(&boot)?,
+    })
 }
 
 fn resolve_disk(named: &str, facts: &mut Facts, destroyed: &mut Vec<String>) -> Option<Disk> {

@@ -7,7 +7,57 @@
 //! isolinux `label`/`kernel`/`linux`/`append initrd=…`/`menu default`, GRUB
 //! `menuentry { linux …; initrd … }` and `set default=N`.
 
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+/// Read access to a live image's files by paths relative to its root: an extracted tree
+/// ([`Dir`]) or the ISO file itself (`super::iso::Iso`).
+pub trait Tree {
+    /// How the image is named in messages.
+    fn describe(&self) -> String;
+    fn read_text(&self, rel: &str) -> Option<String>;
+    fn is_file(&self, rel: &str) -> bool;
+    /// The names of the subdirectories of `rel`.
+    fn subdirs(&self, rel: &str) -> Vec<String>;
+    fn size(&self, rel: &str) -> io::Result<u64>;
+    fn open(&self, rel: &str) -> io::Result<Box<dyn Read + '_>>;
+}
+
+/// An extracted live ISO or PXE tree.
+pub struct Dir(pub PathBuf);
+
+impl Tree for Dir {
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    fn read_text(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.0.join(rel)).ok()
+    }
+
+    fn is_file(&self, rel: &str) -> bool {
+        self.0.join(rel).is_file()
+    }
+
+    fn subdirs(&self, rel: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.0.join(rel)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn size(&self, rel: &str) -> io::Result<u64> {
+        Ok(std::fs::metadata(self.0.join(rel))?.len())
+    }
+
+    fn open(&self, rel: &str) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(std::fs::File::open(self.0.join(rel))?))
+    }
+}
 
 /// The installer's argument prefix (`nestos.`, `coreos.`), with the trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,33 +213,27 @@ pub fn parse_grub(text: &str) -> Option<(String, Vec<String>, Vec<String>)> {
 }
 
 /// The config files a live ISO may carry, in the order they are tried.
-fn candidates(tree: &Path) -> Vec<PathBuf> {
+fn candidates(tree: &dyn Tree) -> Vec<String> {
     let mut out = vec![
-        tree.join("isolinux/isolinux.cfg"),
-        tree.join("syslinux/syslinux.cfg"),
+        "isolinux/isolinux.cfg".to_owned(),
+        "syslinux/syslinux.cfg".to_owned(),
     ];
-    if let Ok(entries) = std::fs::read_dir(tree.join("EFI")) {
-        let mut vendors: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        vendors.sort();
-        out.extend(vendors.into_iter().map(|dir| dir.join("grub.cfg")));
-    }
-    out.push(tree.join("boot/grub2/grub.cfg"));
-    out.push(tree.join("boot/grub/grub.cfg"));
+    let mut vendors = tree.subdirs("EFI");
+    vendors.sort();
+    out.extend(vendors.into_iter().map(|dir| format!("EFI/{dir}/grub.cfg")));
+    out.push("boot/grub2/grub.cfg".into());
+    out.push("boot/grub/grub.cfg".into());
     out
 }
 
-/// The default boot entry of the live image extracted at `tree`; its kernel and initramfs
-/// files must exist.
-pub fn read_live(tree: &Path) -> Result<LiveBoot, LiveError> {
-    for path in candidates(tree) {
-        let Ok(text) = std::fs::read_to_string(&path) else {
+/// The default boot entry of the live image `tree`; its kernel and initramfs files must
+/// exist.
+pub fn read_live(tree: &dyn Tree) -> Result<LiveBoot, LiveError> {
+    for source in candidates(tree) {
+        let Some(text) = tree.read_text(&source) else {
             continue;
         };
-        let parsed = if path.extension().is_some_and(|e| e == "cfg")
-            && path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("grub"))
-        {
+        let parsed = if source.ends_with("grub.cfg") {
             parse_grub(&text)
         } else {
             parse_isolinux(&text)
@@ -197,17 +241,12 @@ pub fn read_live(tree: &Path) -> Result<LiveBoot, LiveError> {
         let Some((kernel, initrds, args)) = parsed else {
             continue;
         };
-        let source = path
-            .strip_prefix(tree)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
         for (what, file) in
             std::iter::once(("kernel", &kernel)).chain(initrds.iter().map(|i| ("initramfs", i)))
         {
-            if !tree.join(file).is_file() {
+            if !tree.is_file(file) {
                 return Err(LiveError::Missing {
-                    tree: tree.display().to_string(),
+                    tree: tree.describe(),
                     what,
                     path: file.clone(),
                 });
@@ -220,7 +259,7 @@ pub fn read_live(tree: &Path) -> Result<LiveBoot, LiveError> {
             args,
         });
     }
-    Err(LiveError::NoEntry(tree.display().to_string()))
+    Err(LiveError::NoEntry(tree.describe()))
 }
 
 impl LiveBoot {
@@ -238,17 +277,17 @@ impl LiveBoot {
 
     /// The live root filesystem image: `rootfs.img` beside the kernel, as on NestOS and
     /// CoreOS ISOs; `None` when the ISO has none.
-    pub fn rootfs(&self, tree: &Path) -> Option<String> {
+    pub fn rootfs(&self, tree: &dyn Tree) -> Option<String> {
         let dir = Path::new(&self.kernel).parent()?;
         let path = dir.join("rootfs.img").display().to_string();
-        tree.join(&path).is_file().then_some(path)
+        tree.is_file(&path).then_some(path)
     }
 
     /// The initramfs parts to load, in order: the entry's own, then the root filesystem
     /// (loaded from RAM instead of the ISO), then our overlay is appended by the caller.
-    pub fn initrd_parts(&self, tree: &Path) -> Result<Vec<String>, LiveError> {
+    pub fn initrd_parts(&self, tree: &dyn Tree) -> Result<Vec<String>, LiveError> {
         let rootfs = self.rootfs(tree).ok_or_else(|| LiveError::Missing {
-            tree: tree.display().to_string(),
+            tree: tree.describe(),
             what: "root filesystem",
             path: Path::new(&self.kernel)
                 .with_file_name("rootfs.img")
@@ -289,10 +328,10 @@ impl LiveBoot {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+    fn fixture(name: &str) -> Dir {
+        Dir(Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/convert/live")
-            .join(name)
+            .join(name))
     }
 
     #[test]
@@ -371,7 +410,8 @@ mod tests {
     #[test]
     fn what_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = read_live(dir.path()).unwrap_err();
+        let tree = Dir(dir.path().to_owned());
+        let err = read_live(&tree).unwrap_err();
         assert!(matches!(err, LiveError::NoEntry(_)));
         std::fs::create_dir_all(dir.path().join("isolinux")).unwrap();
         std::fs::write(
@@ -379,17 +419,17 @@ mod tests {
             "label l\nkernel /vmlinuz\nappend initrd=/initrd.img quiet\n",
         )
         .unwrap();
-        let err = read_live(dir.path()).unwrap_err().to_string();
+        let err = read_live(&tree).unwrap_err().to_string();
         assert!(err.ends_with(": kernel vmlinuz is missing"), "{err}");
         std::fs::write(dir.path().join("vmlinuz"), "k").unwrap();
         std::fs::write(dir.path().join("initrd.img"), "i").unwrap();
-        let live = read_live(dir.path()).unwrap();
+        let live = read_live(&tree).unwrap();
         assert_eq!(
             live.prefix().unwrap_err().to_string(),
             "live image entry in isolinux/isolinux.cfg: no <prefix>.liveiso= kernel argument, so the installer's argument prefix cannot be told; is it a NestOS live ISO?"
         );
         assert!(live
-            .initrd_parts(dir.path())
+            .initrd_parts(&tree)
             .unwrap_err()
             .to_string()
             .ends_with("root filesystem rootfs.img is missing"));

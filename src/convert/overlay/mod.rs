@@ -1,17 +1,22 @@
-//! The NestOS live ISO / PXE path: an overlay initramfs carrying the install directives and
-//! the Ignition config, appended to the live image's own initramfs and rootfs.
+//! The NestOS live ISO / PXE path (`x2nestos convert --live ISO|DIR`): the live image's own
+//! kernel, initramfs and root filesystem are loaded with kexec, followed by an overlay
+//! initramfs carrying the install directives and the Ignition config; NestOS's installer in
+//! the live system then writes the disk.
 //!
 //! The archive is written by [`write_newc`] (the kernel's "newc" cpio format, which the
 //! kernel unpacks from every archive concatenated into one initrd); no `cpio` or shell
 //! pipeline is needed on the host. What goes into it, and which kernel arguments go with
 //! it, comes from the live image's own boot configuration ([`live`]): the installer reads
 //! `<prefix>inst.*` arguments whose prefix (`coreos.`, `nestos.`) differs between builds, so
-//! it is read from the image's `<prefix>liveiso=` argument rather than assumed.
+//! it is read from the image's `<prefix>liveiso=` argument rather than assumed. An ISO file is
+//! read in place ([`iso`]), never mounted ([`media`]).
 //!
-//! Caveat: checked here against hand-made ISO trees modelled on the CoreOS/NestOS layout;
-//! a real NestOS ISO is exercised on the VM bench.
+//! Checked against hand-made ISO trees modelled on the CoreOS/NestOS layout, made into ISOs
+//! by `xorriso`; no NestOS release ISO is available to the tests.
 
+pub mod iso;
 pub mod live;
+pub mod media;
 
 use std::io::{self, Write};
 

@@ -1,0 +1,393 @@
+//! Reading files out of an ISO 9660 image without mounting it: live ISOs are read where the
+//! kernel has no iso9660 driver or mounting is not wanted (`x2nestos plan` changes nothing).
+//!
+//! Only what a live ISO needs: the primary volume descriptor, directory records, Rock Ridge
+//! alternate names (`NM`, continued across records and `CE` continuation areas), plain
+//! ISO 9660 names (`VMLINUZ.;1`) matched without case, version or trailing dot when the image
+//! has no Rock Ridge, and single-extent files.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const SECTOR: u64 = 2048;
+/// Volume descriptors start at sector 16.
+const FIRST_DESCRIPTOR: u64 = 16;
+
+/// A file or directory: where its data is and how long it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub lba: u32,
+    pub len: u32,
+    pub dir: bool,
+}
+
+/// An ISO 9660 image opened for reading.
+pub struct Iso {
+    file: File,
+    root: Extent,
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// One directory record at the start of `rec` (its length byte included): the name as the
+/// directory lists it (Rock Ridge when present, else the plain name cleaned) and its extent.
+/// `.` and `..` come back as `None`. `continuation` reads a `CE` area.
+fn parse_record(
+    rec: &[u8],
+    continuation: &dyn Fn(u32, u32, u32) -> io::Result<Vec<u8>>,
+) -> io::Result<Option<(String, Extent)>> {
+    if rec.len() < 34 {
+        return Err(invalid("directory record shorter than 34 bytes"));
+    }
+    let extent = Extent {
+        lba: u32_le(rec, 2),
+        len: u32_le(rec, 10),
+        dir: rec[25] & 0x02 != 0,
+    };
+    let name_len = rec[32] as usize;
+    let name_end = 33 + name_len;
+    if name_end > rec.len() {
+        return Err(invalid("directory record name runs past the record"));
+    }
+    let raw = &rec[33..name_end];
+    if raw == [0] || raw == [1] {
+        return Ok(None);
+    }
+    // The system use area follows the name, padded to an even offset.
+    let mut area = rec[name_end + (name_len + 1) % 2..].to_vec();
+    let mut rock_ridge = String::new();
+    let mut seen_nm = false;
+    let mut guard = 0;
+    while !area.is_empty() && guard < 16 {
+        guard += 1;
+        let mut next = None;
+        let mut at = 0;
+        while at + 4 <= area.len() {
+            let len = area[at + 2] as usize;
+            if len < 4 || at + len > area.len() {
+                break;
+            }
+            let entry = &area[at..at + len];
+            match &entry[..2] {
+                b"NM" if len >= 5 => {
+                    seen_nm = true;
+                    rock_ridge.push_str(&String::from_utf8_lossy(&entry[5..]));
+                }
+                b"CE" if len >= 28 => {
+                    next = Some((u32_le(entry, 4), u32_le(entry, 12), u32_le(entry, 20)));
+                }
+                b"ST" => break,
+                _ => {}
+            }
+            at += len;
+        }
+        area = match next {
+            Some((lba, offset, length)) => continuation(lba, offset, length)?,
+            None => Vec::new(),
+        };
+    }
+    let name = if seen_nm && !rock_ridge.is_empty() {
+        rock_ridge
+    } else {
+        let plain = String::from_utf8_lossy(raw);
+        let plain = plain.split(';').next().unwrap_or_default();
+        plain
+            .strip_suffix('.')
+            .unwrap_or(plain)
+            .to_ascii_lowercase()
+    };
+    Ok(Some((name, extent)))
+}
+
+/// The records of a directory's data: records do not cross sector boundaries, and a zero
+/// length byte ends a sector's records.
+fn parse_directory(
+    data: &[u8],
+    continuation: &dyn Fn(u32, u32, u32) -> io::Result<Vec<u8>>,
+) -> io::Result<Vec<(String, Extent)>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < data.len() {
+        let len = data[at] as usize;
+        if len == 0 {
+            at = (at / SECTOR as usize + 1) * SECTOR as usize;
+            continue;
+        }
+        if at + len > data.len() {
+            return Err(invalid("directory record runs past the directory"));
+        }
+        if let Some(entry) = parse_record(&data[at..at + len], continuation)? {
+            out.push(entry);
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+impl Iso {
+    pub fn open(path: &Path) -> io::Result<Iso> {
+        let file = File::open(path)?;
+        let mut sector = vec![0u8; SECTOR as usize];
+        for index in FIRST_DESCRIPTOR..FIRST_DESCRIPTOR + 32 {
+            file.read_exact_at(&mut sector, index * SECTOR)
+                .map_err(|_| invalid("no ISO 9660 volume descriptor"))?;
+            if &sector[1..6] != b"CD001" {
+                return Err(invalid("no ISO 9660 volume descriptor"));
+            }
+            match sector[0] {
+                1 => {
+                    // The root directory's record is at offset 156.
+                    let root = Extent {
+                        lba: u32_le(&sector, 156 + 2),
+                        len: u32_le(&sector, 156 + 10),
+                        dir: true,
+                    };
+                    return Ok(Iso { file, root });
+                }
+                255 => break,
+                _ => {}
+            }
+        }
+        Err(invalid("no ISO 9660 primary volume descriptor"))
+    }
+
+    fn read_extent(&self, lba: u32, offset: u32, len: u32) -> io::Result<Vec<u8>> {
+        let mut data = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut data, lba as u64 * SECTOR + offset as u64)?;
+        Ok(data)
+    }
+
+    /// The entries of a directory.
+    pub fn read_dir(&self, dir: Extent) -> io::Result<Vec<(String, Extent)>> {
+        if !dir.dir {
+            return Err(invalid("not a directory"));
+        }
+        let data = self.read_extent(dir.lba, 0, dir.len)?;
+        parse_directory(&data, &|lba, offset, len| {
+            self.read_extent(lba, offset, len)
+        })
+    }
+
+    /// The entry at a relative path (`images/pxeboot/vmlinuz`); the root for `""`. Names are
+    /// matched exactly, then without case (plain ISO 9660 names are upper case).
+    pub fn lookup(&self, path: &str) -> io::Result<Option<Extent>> {
+        let mut current = self.root;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !current.dir {
+                return Ok(None);
+            }
+            let entries = self.read_dir(current)?;
+            let found = entries.iter().find(|(name, _)| name == part).or_else(|| {
+                entries
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(part))
+            });
+            match found {
+                Some((_, extent)) => current = *extent,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(current))
+    }
+
+    /// A reader over a file's bytes.
+    pub fn reader(&self, file: Extent) -> impl Read + '_ {
+        ExtentReader {
+            file: &self.file,
+            at: file.lba as u64 * SECTOR,
+            left: file.len as u64,
+        }
+    }
+}
+
+struct ExtentReader<'a> {
+    file: &'a File,
+    at: u64,
+    left: u64,
+}
+
+impl Read for ExtentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(self.left as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the ISO image ends inside a file",
+            ));
+        }
+        self.at += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// An ISO file as a live image tree.
+pub struct IsoTree {
+    pub iso: Iso,
+    pub path: std::path::PathBuf,
+}
+
+impl super::live::Tree for IsoTree {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn read_text(&self, rel: &str) -> Option<String> {
+        let mut text = String::new();
+        self.open(rel).ok()?.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    fn is_file(&self, rel: &str) -> bool {
+        matches!(self.iso.lookup(rel), Ok(Some(e)) if !e.dir)
+    }
+
+    fn subdirs(&self, rel: &str) -> Vec<String> {
+        match self.iso.lookup(rel) {
+            Ok(Some(dir)) if dir.dir => self
+                .iso
+                .read_dir(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, e)| e.dir)
+                .map(|(name, _)| name)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn size(&self, rel: &str) -> io::Result<u64> {
+        Ok(self.file(rel)?.len as u64)
+    }
+
+    fn open(&self, rel: &str) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.iso.reader(self.file(rel)?)))
+    }
+}
+
+impl IsoTree {
+    fn file(&self, rel: &str) -> io::Result<Extent> {
+        match self.iso.lookup(rel)? {
+            Some(e) if !e.dir => Ok(e),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{rel}: no such file in {}", self.path.display()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &[u8], lba: u32, len: u32, dir: bool, system_use: &[u8]) -> Vec<u8> {
+        let mut rec = vec![0u8; 33];
+        rec[2..6].copy_from_slice(&lba.to_le_bytes());
+        rec[10..14].copy_from_slice(&len.to_le_bytes());
+        rec[25] = if dir { 2 } else { 0 };
+        rec[32] = name.len() as u8;
+        rec.extend_from_slice(name);
+        if name.len() % 2 == 0 {
+            rec.push(0);
+        }
+        rec.extend_from_slice(system_use);
+        rec[0] = rec.len() as u8;
+        rec
+    }
+
+    fn nm(name: &str, continues: bool) -> Vec<u8> {
+        let mut e = vec![b'N', b'M', (5 + name.len()) as u8, 1, u8::from(continues)];
+        e.extend_from_slice(name.as_bytes());
+        e
+    }
+
+    fn none(_: u32, _: u32, _: u32) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    #[test]
+    fn rock_ridge_names_win_over_plain_ones() {
+        let rec = record(
+            b"ISOLINUX.CFG;1",
+            30,
+            100,
+            false,
+            &nm("isolinux.cfg", false),
+        );
+        let (name, extent) = parse_record(&rec, &none).unwrap().unwrap();
+        assert_eq!(name, "isolinux.cfg");
+        assert_eq!(
+            extent,
+            Extent {
+                lba: 30,
+                len: 100,
+                dir: false
+            }
+        );
+        let rec = record(b"VMLINUZ.;1", 31, 5, false, &[]);
+        assert_eq!(parse_record(&rec, &none).unwrap().unwrap().0, "vmlinuz");
+        let rec = record(b"PXEBOOT", 32, 2048, true, &[]);
+        let (name, extent) = parse_record(&rec, &none).unwrap().unwrap();
+        assert_eq!((name.as_str(), extent.dir), ("pxeboot", true));
+        assert_eq!(
+            parse_record(&record(b"\0", 1, 1, true, &[]), &none).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn names_continue_across_entries_and_continuation_areas() {
+        let mut su = nm("a-long-", true);
+        // CE: block 7, offset 10, length of the continued area.
+        let rest = nm("name.img", false);
+        let mut ce = vec![b'C', b'E', 28, 1];
+        for v in [7u32, 10, rest.len() as u32] {
+            ce.extend_from_slice(&v.to_le_bytes());
+            ce.extend_from_slice(&v.to_be_bytes());
+        }
+        su.extend_from_slice(&ce);
+        let rec = record(b"A_LONG_N.IMG;1", 40, 9, false, &su);
+        let asked = std::cell::Cell::new(None);
+        let (name, _) = parse_record(&rec, &|lba, off, len| {
+            asked.set(Some((lba, off, len)));
+            Ok(rest.clone())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(name, "a-long-name.img");
+        assert_eq!(asked.get(), Some((7, 10, rest.len() as u32)));
+    }
+
+    #[test]
+    fn directories_skip_sector_padding() {
+        let mut data = record(b"\0", 20, 4096, true, &[]);
+        data.extend(record(b"\x01", 20, 4096, true, &[]));
+        data.extend(record(b"A;1", 50, 1, false, &[]));
+        data.resize(SECTOR as usize, 0);
+        data.extend(record(b"B;1", 51, 2, false, &[]));
+        data.resize(2 * SECTOR as usize, 0);
+        let names: Vec<String> = parse_directory(&data, &none)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let mut broken = record(b"A;1", 50, 1, false, &[]);
+        broken[0] = 200;
+        assert!(parse_directory(&broken, &none).is_err());
+    }
+}
