@@ -1,7 +1,9 @@
 //! x2nestos on real machines: the generic Debian VM converts itself to testos (the NestOS
-//! stand-in) through kexec, carrying its identity over; the image carried in memory or
-//! streamed over the network; a corrupted image refused before anything changes, and
-//! `--dry-run` loading the conversion kernel and unloading it.
+//! stand-in) through kexec, carrying its identity over (root's and a named user's keys);
+//! the image carried in memory with an orderly `systemctl kexec`, or streamed over the
+//! network with the raw reboot syscall (`--force`); a corrupted image refused before anything
+//! changes, and `--dry-run` loading the conversion kernel — and, on the live ISO path, the
+//! live kernel with its initramfs, root filesystem and overlay — then unloading it.
 //!
 //! x2nestos runs in the guest as an admin would run it: copied in, then
 //! `x2nestos convert --image http://10.0.2.2:PORT/metal.raw.xz --sha256 … --disk /dev/vda --yes`.
@@ -63,7 +65,12 @@ fn boot_generic(s: &Scenario, g: &Generic, disk: &Path, machine: &str) -> Result
 
 /// Copies x2nestos into the guest over SSH.
 fn install_x2nestos(vm: &Machine, g: &Generic, binary: &Path) -> Result<()> {
-    let file = std::fs::File::open(binary)?;
+    copy_in(vm, g, binary, "/usr/local/bin/x2nestos", "755")
+}
+
+/// Copies a host file into the guest over SSH, with `mode`.
+fn copy_in(vm: &Machine, g: &Generic, path: &Path, guest: &str, mode: &str) -> Result<()> {
+    let file = std::fs::File::open(path)?;
     let out = Command::new("ssh")
         .args(["-F", "/dev/null", "-i"])
         .arg(g.keys_dir.join("root"))
@@ -83,13 +90,14 @@ fn install_x2nestos(vm: &Machine, g: &Generic, binary: &Path) -> Result<()> {
             "LogLevel=ERROR",
         ])
         .arg("root@127.0.0.1")
-        .arg("cat >/usr/local/bin/x2nestos && chmod 755 /usr/local/bin/x2nestos")
+        .arg(format!("cat >{guest} && chmod {mode} {guest}"))
         .stdin(Stdio::from(file))
         .output()
-        .context("copying x2nestos into the guest")?;
+        .with_context(|| format!("copying {} into the guest", path.display()))?;
     ensure!(
         out.status.success(),
-        "copying x2nestos into the guest failed: {}",
+        "copying {} into the guest failed: {}",
+        path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
@@ -148,9 +156,17 @@ fn start_convert(vm: &Machine, args: &str) -> Result<()> {
     Ok(())
 }
 
-/// Converts a fresh generic machine with `extra` arguments; returns the disk and the
-/// generic machine's serial log.
-fn convert(s: &Scenario, g: &Generic, t: &Testos, extra: &str) -> Result<(PathBuf, String)> {
+/// Converts a fresh generic machine with `extra` arguments (also planned) and `jump` (convert
+/// only); returns the disk and the generic machine's serial log. The admin's login keys are
+/// carried besides root's (`--user admin`).
+fn convert(
+    s: &Scenario,
+    g: &Generic,
+    t: &Testos,
+    extra: &str,
+    jump: &str,
+) -> Result<(PathBuf, String)> {
+    let extra = &format!("--user admin {extra}");
     let binary = x2nestos_binary(s)?;
     let server = HttpServer::serve(&t.dir)?;
     let url = server.guest_url("metal.raw.xz");
@@ -175,7 +191,7 @@ fn convert(s: &Scenario, g: &Generic, t: &Testos, extra: &str) -> Result<(PathBu
     start_convert(
         &vm,
         &format!(
-            "--disk /dev/vda --image {url} --sha256 {sha} --yes --ignition /root/admin.ign {extra}"
+            "--disk /dev/vda --image {url} --sha256 {sha} --yes --ignition /root/admin.ign {extra} {jump}"
         ),
     )?;
     s.progress("x2nestos convert started; waiting for the installer to write and reboot");
@@ -191,11 +207,8 @@ fn convert(s: &Scenario, g: &Generic, t: &Testos, extra: &str) -> Result<(PathBu
     Ok((disk, serial))
 }
 
-/// The converted machine: the original root key logs in, the same host name and address,
-/// the `command=`-restricted key stripped, hkd running, the install log on the disk.
-///
-/// Named users (`--user`) are not carried here: testos's stand-in initramfs does not create
-/// /var/home before Ignition runs (NestOS's does), so Ignition could not make their homes.
+/// The converted machine: the original root and admin keys log in, the same host name and
+/// address, the `command=`-restricted key stripped, hkd running, the install log on the disk.
 fn check_converted(s: &Scenario, t: &Testos, disk: &Path) -> Result<Machine> {
     let mut vm = s.boot_testos(t, disk, "converted")?;
     vm.wait_mark("ignition-applied", BOOT_TIMEOUT)?;
@@ -211,6 +224,13 @@ fn check_converted(s: &Scenario, t: &Testos, disk: &Path) -> Result<Machine> {
         String::from_utf8_lossy(&restricted.stdout).trim() == "shell",
         "the command= key was not stripped: {:?}",
         String::from_utf8_lossy(&restricted.stdout)
+    );
+    let admin = vm.ssh_output("admin", "admin", "id -un; echo $HOME")?;
+    ensure!(
+        String::from_utf8_lossy(&admin.stdout) == "admin\n/home/admin\n",
+        "the admin's key was not carried: {:?} {:?}",
+        String::from_utf8_lossy(&admin.stdout),
+        String::from_utf8_lossy(&admin.stderr)
     );
     let address = vm.sh("ip -4 -o addr show dev eth0")?;
     ensure!(address.contains("10.0.2.15/"), "eth0: {address}");
@@ -236,10 +256,14 @@ fn check_converted(s: &Scenario, t: &Testos, disk: &Path) -> Result<Machine> {
 fn generic_converts_to_testos_carrying_its_identity() -> Result<()> {
     scenario("convert-in-memory", |s: &Scenario| {
         let (g, t) = (images::generic()?, images::testos()?);
-        let (disk, serial) = convert(s, g, t, "")?;
+        let (disk, serial) = convert(s, g, t, "", "")?;
         ensure!(
             serial.contains("x2nestos: carried image verified"),
             "the carried image was not verified before writing"
+        );
+        ensure!(
+            serial.contains("Jumping through `systemctl kexec`"),
+            "not an orderly jump"
         );
         let mut vm = check_converted(s, t, &disk)?;
         vm.shutdown_with("systemctl poweroff", SHUTDOWN)
@@ -250,7 +274,12 @@ fn generic_converts_to_testos_carrying_its_identity() -> Result<()> {
 fn generic_converts_with_the_image_streamed() -> Result<()> {
     scenario("convert-streamed", |s: &Scenario| {
         let (g, t) = (images::generic()?, images::testos()?);
-        let (disk, serial) = convert(s, g, t, "--stream")?;
+        // The raw reboot syscall (--force) instead of `systemctl kexec`.
+        let (disk, serial) = convert(s, g, t, "--stream", "--force")?;
+        ensure!(
+            serial.contains("Jumping with the reboot syscall (--force)"),
+            "--force did not jump with the reboot syscall"
+        );
         ensure!(
             serial.contains("x2nestos: network: eth0")
                 && serial.contains("x2nestos: streaming http://"),
@@ -361,6 +390,43 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
             "the disk changed in the dry run"
         );
         s.progress("--dry-run: loaded with kexec_file_load and unloaded");
+
+        // The live ISO path, as far as the kexec load: an ISO with this machine's kernel (its
+        // bzImage, which kexec_file_load takes) and initramfs laid out as a NestOS live ISO.
+        let kernel = vm.ssh_output("root", "root", "cat /boot/vmlinuz-$(uname -r)")?;
+        ensure!(kernel.status.success() && kernel.stdout.len() > 1 << 20, "no bzImage in /boot");
+        let iso = live_iso(s, g, &kernel.stdout)?;
+        let iso_sha = hex_sha256(&iso)?;
+        copy_in(&vm, g, &iso, "/root/live.iso", "644")?;
+        let plan = vm.sh(&format!(
+            "x2nestos plan --disk /dev/vda --live /root/live.iso --sha256 {iso_sha} -o json"
+        ))?;
+        let report: serde_json::Value = serde_json::from_str(&plan)?;
+        ensure!(report["blocked"] == false, "{plan}");
+        let args = report["plan"]["live"]["args"].to_string();
+        ensure!(
+            args.contains("nestos.inst.install_dev=/dev/")
+                && args.contains("console=ttyS0")
+                && !args.contains("liveiso"),
+            "live kernel arguments: {args}"
+        );
+        let out = vm.sh(&format!(
+            "x2nestos convert --disk /dev/vda --live /root/live.iso --sha256 {iso_sha} --dry-run 2>&1"
+        ))?;
+        ensure!(
+            out.contains("from the live image with kexec_file_load")
+                && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
+            "live dry run: {out}"
+        );
+        ensure!(
+            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
+            "still loaded after the live --dry-run"
+        );
+        ensure!(
+            vm.sh(fingerprint)? == before,
+            "the disk changed in the live dry run"
+        );
+        s.progress(&format!("live ISO --dry-run: {}", out.trim()));
         vm.shutdown_with("systemctl reboot", SHUTDOWN)?;
         let vm = boot_generic(s, g, &disk, "generic-again")?;
         ensure!(vm.sh("hostname")?.trim() == "generic-vm");
@@ -368,4 +434,47 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         drop(server);
         Ok(())
     })
+}
+
+/// A NestOS-shaped live ISO (isolinux entry with `nestos.liveiso=`, images/pxeboot/{vmlinuz,
+/// initrd.img,rootfs.img}) around `kernel` and the generic machine's initramfs, made by
+/// xorriso.
+fn live_iso(s: &Scenario, g: &Generic, kernel: &[u8]) -> Result<PathBuf> {
+    let tree = s.dir.join("live-tree");
+    let pxe = tree.join("images/pxeboot");
+    std::fs::create_dir_all(&pxe)?;
+    std::fs::create_dir_all(tree.join("isolinux"))?;
+    std::fs::write(pxe.join("vmlinuz"), kernel)?;
+    std::fs::copy(&g.initrd, pxe.join("initrd.img"))?;
+    // The root filesystem part: a small cpio archive, as the real one is (a squashfs inside).
+    let rootfs = std::fs::File::create(pxe.join("rootfs.img"))?;
+    let mut cpio = Command::new("cpio")
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(&tree)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(rootfs))
+        .spawn()
+        .context("cpio (apt-get install cpio)")?;
+    {
+        use std::io::Write as _;
+        cpio.stdin.take().unwrap().write_all(b"isolinux\n")?;
+    }
+    ensure!(cpio.wait()?.success(), "cpio failed");
+    std::fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        "default live\nlabel live\n  menu default\n  kernel /images/pxeboot/vmlinuz\n  \
+         append initrd=/images/pxeboot/initrd.img nestos.liveiso=HK-LIVE ignition.firstboot ignition.platform.id=metal\n",
+    )?;
+    let iso = s.dir.join("live.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "HK-LIVE", "-o"])
+        .arg(&iso)
+        .arg(&tree))?;
+    Ok(iso)
+}
+
+fn hex_sha256(path: &Path) -> Result<String> {
+    let out = run(Command::new("sha256sum").arg(path))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace().next().unwrap_or_default().to_owned())
 }

@@ -126,6 +126,11 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     if choices.force {
+        writeln!(
+            out,
+            "Jumping with the reboot syscall (--force): no orderly shutdown of this system."
+        )?;
+        out.flush()?;
         // SAFETY: a kernel is loaded (checked above); the call does not return on success.
         unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) };
         bail!(
@@ -133,6 +138,11 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
             std::io::Error::last_os_error()
         );
     }
+    writeln!(
+        out,
+        "Jumping through `systemctl kexec`: this system shuts down in order first."
+    )?;
+    out.flush()?;
     Cmd::new("systemctl")
         .arg("kexec")
         .run()

@@ -30,7 +30,7 @@ CACHE=${HK_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/vm}
 SUITE=bookworm
 # The host packages this script and the harness use. `need_packages` installs what is missing.
 HOST_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils ostree fdisk e2fsprogs busybox-static
-    xz-utils binutils cpio openssh-client ca-certificates debian-archive-keyring)
+    xz-utils binutils cpio openssh-client ca-certificates debian-archive-keyring xorriso)
 
 die() { echo "error: $*" >&2; exit 1; }
 # timed LABEL CMD...: run CMD quietly, print its time (a sub-step of a layer).
