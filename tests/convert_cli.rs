@@ -920,19 +920,22 @@ fn the_live_iso_path_is_planned_from_the_iso_itself() {
     let disk = Loop::new(b.path(), "disk", 64 * MIB);
     let iso = live_iso(b.path());
     let sha = sha256_file(&iso);
-    let out = x2nestos(&[
-        "plan",
-        "--disk",
-        &disk.dev,
-        "--live",
-        iso.to_str().unwrap(),
-        "--sha256",
-        &sha,
-        "--facts-root",
-        b.facts.to_str().unwrap(),
-        "-o",
-        "json",
-    ]);
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--disk",
+            &disk.dev,
+            "--live",
+            iso.to_str().unwrap(),
+            "--sha256",
+            &sha,
+            "--facts-root",
+            b.facts.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        x2nestos(&args)
+    };
+    let out = plan(&["-o", "json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -970,17 +973,7 @@ fn the_live_iso_path_is_planned_from_the_iso_itself() {
     assert_eq!(report["plan"]["image"]["sha256"], sha.as_str());
 
     // The text plan says what boots and with which arguments.
-    let out = x2nestos(&[
-        "plan",
-        "--disk",
-        &disk.dev,
-        "--live",
-        iso.to_str().unwrap(),
-        "--sha256",
-        &sha,
-        "--facts-root",
-        b.facts.to_str().unwrap(),
-    ]);
+    let out = plan(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Live image: "), "{text}");
     assert!(

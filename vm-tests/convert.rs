@@ -368,33 +368,44 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         );
         ensure!(vm.sh(fingerprint)? == before, "the disk changed");
 
-        // The good image with --dry-run: everything up to the kexec load, then unloaded.
-        let out = vm.sh(&format!(
-            "x2nestos convert --disk /dev/vda --image {good} --sha256 {sha} --stream --dry-run 2>&1"
-        ))?;
-        ensure!(
-            out.contains("with kexec_file_load")
-                && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
-            "dry run: {out}"
-        );
-        ensure!(
-            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
-            "still loaded after --dry-run"
-        );
-        ensure!(
-            vm.sh("test ! -e /var/tmp/x2nestos && echo gone")?.trim() == "gone",
-            "work dir left"
-        );
-        ensure!(
-            vm.sh(fingerprint)? == before,
-            "the disk changed in the dry run"
-        );
+        // --dry-run: everything up to the kexec load, then unloaded; no kernel stays loaded,
+        // the work directory is gone and the disk is unchanged.
+        let dry_run = |args: &str, loaded: &str| -> Result<String> {
+            let out = vm.sh(&format!(
+                "x2nestos convert --disk /dev/vda {args} --dry-run 2>&1"
+            ))?;
+            ensure!(
+                out.contains(loaded)
+                    && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
+                "dry run {args}: {out}"
+            );
+            ensure!(
+                vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
+                "still loaded after --dry-run {args}"
+            );
+            ensure!(
+                vm.sh("test ! -e /var/tmp/x2nestos && echo gone")?.trim() == "gone",
+                "work dir left by --dry-run {args}"
+            );
+            ensure!(
+                vm.sh(fingerprint)? == before,
+                "the disk changed in the dry run {args}"
+            );
+            Ok(out)
+        };
+        dry_run(
+            &format!("--image {good} --sha256 {sha} --stream"),
+            "with kexec_file_load",
+        )?;
         s.progress("--dry-run: loaded with kexec_file_load and unloaded");
 
         // The live ISO path, as far as the kexec load: an ISO with this machine's kernel (its
         // bzImage, which kexec_file_load takes) and initramfs laid out as a NestOS live ISO.
         let kernel = vm.ssh_output("root", "root", "cat /boot/vmlinuz-$(uname -r)")?;
-        ensure!(kernel.status.success() && kernel.stdout.len() > 1 << 20, "no bzImage in /boot");
+        ensure!(
+            kernel.status.success() && kernel.stdout.len() > 1 << 20,
+            "no bzImage in /boot"
+        );
         let iso = live_iso(s, g, &kernel.stdout)?;
         let iso_sha = hex_sha256(&iso)?;
         copy_in(&vm, g, &iso, "/root/live.iso", "644")?;
@@ -410,22 +421,10 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
                 && !args.contains("liveiso"),
             "live kernel arguments: {args}"
         );
-        let out = vm.sh(&format!(
-            "x2nestos convert --disk /dev/vda --live /root/live.iso --sha256 {iso_sha} --dry-run 2>&1"
-        ))?;
-        ensure!(
-            out.contains("from the live image with kexec_file_load")
-                && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
-            "live dry run: {out}"
-        );
-        ensure!(
-            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
-            "still loaded after the live --dry-run"
-        );
-        ensure!(
-            vm.sh(fingerprint)? == before,
-            "the disk changed in the live dry run"
-        );
+        let out = dry_run(
+            &format!("--live /root/live.iso --sha256 {iso_sha}"),
+            "from the live image with kexec_file_load",
+        )?;
         s.progress(&format!("live ISO --dry-run: {}", out.trim()));
         vm.shutdown_with("systemctl reboot", SHUTDOWN)?;
         let vm = boot_generic(s, g, &disk, "generic-again")?;
@@ -467,7 +466,9 @@ fn live_iso(s: &Scenario, g: &Generic, kernel: &[u8]) -> Result<PathBuf> {
     )?;
     let iso = s.dir.join("live.iso");
     run(Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "HK-LIVE", "-o"])
+        .args([
+            "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "HK-LIVE", "-o",
+        ])
         .arg(&iso)
         .arg(&tree))?;
     Ok(iso)
@@ -476,5 +477,8 @@ fn live_iso(s: &Scenario, g: &Generic, kernel: &[u8]) -> Result<PathBuf> {
 fn hex_sha256(path: &Path) -> Result<String> {
     let out = run(Command::new("sha256sum").arg(path))?;
     Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace().next().unwrap_or_default().to_owned())
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
 }

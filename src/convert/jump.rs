@@ -202,6 +202,15 @@ fn load_live(
     work: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<(Context, Method)> {
+    // The ISO was hashed while planning; hashed again right before it is read.
+    if let (Some(expected), false) = (prepare::sha256_bytes(plan), media_path.is_dir()) {
+        writeln!(out, "Verifying {} again…", media_path.display())?;
+        let (digest, _) = source::digest(
+            &source::Source::File(media_path.to_owned()),
+            source::Timeouts::default(),
+        )?;
+        source::check_digest(Some(expected), digest)?;
+    }
     let media = Media::open(media_path)?;
     let boot = media.boot()?;
     if boot.kernel != live.kernel || boot.initrd_parts(media.tree())? != live.initrds {
