@@ -3,7 +3,9 @@
 //! the image carried in memory with an orderly `systemctl kexec`, or streamed over the
 //! network with the raw reboot syscall (`--force`); a corrupted image refused before anything
 //! changes, and `--dry-run` loading the conversion kernel — and, on the live ISO path, the
-//! live kernel with its initramfs, root filesystem and overlay — then unloading it.
+//! live kernel with its initramfs, root filesystem and overlay — then unloading it; then the
+//! live path's jump for real, into a live-system stand-in that shows what NestOS's installer
+//! would be given.
 //!
 //! x2nestos runs in the guest as an admin would run it: copied in, then
 //! `x2nestos convert --image http://10.0.2.2:PORT/metal.raw.xz --sha256 … --disk /dev/vda --yes`.
@@ -399,14 +401,10 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         )?;
         s.progress("--dry-run: loaded with kexec_file_load and unloaded");
 
-        // The live ISO path, as far as the kexec load: an ISO with this machine's kernel (its
-        // bzImage, which kexec_file_load takes) and initramfs laid out as a NestOS live ISO.
-        let kernel = vm.ssh_output("root", "root", "cat /boot/vmlinuz-$(uname -r)")?;
-        ensure!(
-            kernel.status.success() && kernel.stdout.len() > 1 << 20,
-            "no bzImage in /boot"
-        );
-        let iso = live_iso(s, g, &kernel.stdout)?;
+        // The live ISO path, as far as the kexec load: an ISO laid out as a NestOS live ISO
+        // around this machine's kernel (its bzImage, which kexec_file_load takes) and a live
+        // system stand-in.
+        let iso = live_iso(s, &vm)?;
         let iso_sha = hex_sha256(&iso)?;
         copy_in(&vm, g, &iso, "/root/live.iso", "644")?;
         let plan = vm.sh(&format!(
@@ -427,36 +425,111 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         )?;
         s.progress(&format!("live ISO --dry-run: {}", out.trim()));
         vm.shutdown_with("systemctl reboot", SHUTDOWN)?;
-        let vm = boot_generic(s, g, &disk, "generic-again")?;
+        let mut vm = boot_generic(s, g, &disk, "generic-again")?;
         ensure!(vm.sh("hostname")?.trim() == "generic-vm");
         s.progress("the old system boots again");
         drop(server);
+
+        // The live path's jump for real: the live kernel boots with the entry's initramfs, the
+        // root filesystem part and x2nestos's overlay; the live-system stand-in shows what
+        // NestOS's installer would be given, then powers off.
+        start_convert(
+            &vm,
+            &format!("--disk /dev/vda --live /root/live.iso --sha256 {iso_sha} --yes"),
+        )?;
+        let booted = vm.wait_mark("live-booted", BOOT_TIMEOUT)?;
+        vm.wait_exit(SHUTDOWN)?;
+        let serial = std::fs::read_to_string(vm.serial_log())?;
+        let line = |key: &str| -> Vec<String> {
+            serial
+                .lines()
+                .filter_map(|l| l.trim_end_matches('\r').strip_prefix(key))
+                .map(str::to_owned)
+                .collect()
+        };
+        let cmdline = line("live-cmdline: ").concat();
+        ensure!(
+            cmdline.contains("nestos.inst.install_dev=/dev/vda")
+                && cmdline.contains("ignition.firstboot")
+                && cmdline.contains("console=ttyS0")
+                && !cmdline.contains("liveiso"),
+            "the live kernel's command line: {cmdline:?}"
+        );
+        let config = line("live-installer-config: ");
+        ensure!(
+            config.contains(&"dest-device: \"/dev/vda\"".to_owned())
+                && config.contains(&"ignition-file: /etc/x2nestos/config.ign".to_owned()),
+            "the installer's config in the live system: {config:?}"
+        );
+        ensure!(
+            line("live-ignition: ") == ["600 generic-vm"],
+            "the Ignition config in the live system: {:?}",
+            line("live-ignition: ")
+        );
+        s.progress(&format!(
+            "live system booted (boot id {}) with: {cmdline}",
+            booted.detail
+        ));
         Ok(())
     })
 }
 
+/// The live system stand-in: what NestOS's live installer would be given — the kernel
+/// command line, its `installer.d` config, the Ignition config's mode and host name — on the
+/// serial console, then power off. It replaces the first part's `/init` (the kernel unpacks
+/// the parts in order, later files over earlier ones).
+const LIVE_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+{
+    echo "HK-MARK:live-booted $(cat /proc/sys/kernel/random/boot_id)"
+    echo "live-cmdline: $(cat /proc/cmdline)"
+    for f in /etc/nestos/installer.d/*.yaml; do sed 's/^/live-installer-config: /' "$f"; done
+    # The host name file's contents, as the config carries them ("generic-vm\n" in base64).
+    host=$(grep -q 'Z2VuZXJpYy12bQo=' /etc/x2nestos/config.ign && echo generic-vm)
+    echo "live-ignition: $(stat -c %a /etc/x2nestos/config.ign) $host"
+} >/dev/ttyS0
+poweroff -f
+"#;
+
 /// A NestOS-shaped live ISO (isolinux entry with `nestos.liveiso=`, images/pxeboot/{vmlinuz,
-/// initrd.img,rootfs.img}) around `kernel` and the generic machine's initramfs, made by
-/// xorriso.
-fn live_iso(s: &Scenario, g: &Generic, kernel: &[u8]) -> Result<PathBuf> {
+/// initrd.img,rootfs.img}), made by xorriso: the machine's bzImage, its busybox marker
+/// initramfs and, as the root filesystem part, an archive holding [`LIVE_INIT`].
+fn live_iso(s: &Scenario, vm: &Machine) -> Result<PathBuf> {
+    let fetch = |path: &str| -> Result<Vec<u8>> {
+        let out = vm.ssh_output("root", "root", &format!("cat {path}"))?;
+        ensure!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{path} in the guest"
+        );
+        Ok(out.stdout)
+    };
     let tree = s.dir.join("live-tree");
     let pxe = tree.join("images/pxeboot");
     std::fs::create_dir_all(&pxe)?;
     std::fs::create_dir_all(tree.join("isolinux"))?;
-    std::fs::write(pxe.join("vmlinuz"), kernel)?;
-    std::fs::copy(&g.initrd, pxe.join("initrd.img"))?;
-    // The root filesystem part: a small cpio archive, as the real one is (a squashfs inside).
+    std::fs::write(pxe.join("vmlinuz"), fetch("/boot/vmlinuz-$(uname -r)")?)?;
+    std::fs::write(
+        pxe.join("initrd.img"),
+        fetch("/usr/lib/housekeeper-test/marker-initrd.img")?,
+    )?;
+    let root = s.dir.join("live-root");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("init"), LIVE_INIT)?;
+    run(Command::new("chmod").arg("755").arg(root.join("init")))?;
     let rootfs = std::fs::File::create(pxe.join("rootfs.img"))?;
     let mut cpio = Command::new("cpio")
         .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(&tree)
+        .current_dir(&root)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(rootfs))
         .spawn()
         .context("cpio (apt-get install cpio)")?;
     {
         use std::io::Write as _;
-        cpio.stdin.take().unwrap().write_all(b"isolinux\n")?;
+        cpio.stdin.take().unwrap().write_all(b"init\n")?;
     }
     ensure!(cpio.wait()?.success(), "cpio failed");
     std::fs::write(
