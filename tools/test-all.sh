@@ -17,10 +17,10 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
-# The tiers' tests are gated by features that change nothing in the crate itself;
-# every tier builds with all of them, so the crate and its tests are compiled once.
 step "unit and component-free tests" cargo nextest run --no-fail-fast
 
+# The tiers' tests are gated by features that change nothing in the crate itself;
+# every tier builds with all of them, so the crate and its tests are compiled once.
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_host
