@@ -3,8 +3,8 @@
 //!
 //! - `full`: one `list` of all Nodes at once into `Vec<Node>`, then a `NodeView` of each
 //!   (kube reads the whole response into memory and copies it before parsing it);
-//! - `paged`: what the coordinator does on every wake-up — pages of [`PAGE`] Nodes, each
-//!   turned into `NodeView`s before the next is read.
+//! - `paged`: what the coordinator does on every wake-up — its own paged read
+//!   (`coordinator::node_views`), each page turned into `NodeView`s before the next is read.
 //!
 //! Printed: the process's VmHWM before and after the read, in kB, on one line.
 
@@ -12,15 +12,13 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use housekeeper::cluster::annotations::NodeView;
+use housekeeper::cluster::coordinator;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::Api;
 
 /// The argument that makes this program the Node-list process.
 pub const CHILD_ARG: &str = "node-list-process";
-
-/// The page size of the paged read (kube's watcher pages its initial list by 500 too).
-const PAGE: u32 = 500;
 
 /// `node-list-process KUBECONFIG full|paged`.
 pub fn node_list_process(args: &[String]) -> Result<()> {
@@ -42,25 +40,12 @@ pub fn node_list_process(args: &[String]) -> Result<()> {
                 let nodes = api.list(&ListParams::default()).await?.items;
                 nodes.iter().map(NodeView::from_node).collect::<Vec<_>>()
             }
-            "paged" => paged(&api).await?,
+            "paged" => coordinator::node_views(&api).await?.0,
             other => bail!("unknown mode {other:?}: full or paged"),
         };
         println!("{before} {} {}", hwm_kb()?, views.len());
         Ok(())
     })
-}
-
-async fn paged(api: &Api<Node>) -> Result<Vec<NodeView>> {
-    let mut views = Vec::new();
-    let mut lp = ListParams::default().limit(PAGE);
-    loop {
-        let page = api.list(&lp).await?;
-        views.extend(page.items.iter().map(NodeView::from_node));
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => return Ok(views),
-        }
-    }
 }
 
 fn hwm_kb() -> Result<u64> {

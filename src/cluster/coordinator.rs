@@ -480,7 +480,7 @@ const NODE_PAGE: u32 = 500;
 /// at once is what the coordinator's memory would be made of. The pages come from one
 /// snapshot of the server (the continue token pins its resourceVersion); when that snapshot
 /// has expired (410) the read starts over.
-async fn node_views(
+pub async fn node_views(
     api: &Api<Node>,
 ) -> Result<(Vec<NodeView>, HashMap<String, String>), kube::Error> {
     'again: loop {
