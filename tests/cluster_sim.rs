@@ -1066,6 +1066,21 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
             }))?,
         )
         .await?;
+    // Every node runs a pod whose PodDisruptionBudget allows no eviction, so the first node
+    // granted is still draining when it is deleted, with a drain timeout far off.
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    let _finisher = k.spawn_finisher(&rig.env.ns);
+    for (i, n) in rig.nodes.iter().enumerate() {
+        k.run_pod(
+            &rig.env.ns,
+            &format!("guarded-{i}"),
+            n,
+            &[("app", "guarded")],
+        )
+        .await?;
+    }
+    let (pdbs, _) =
+        support::eviction::create_pdb(&rig.env.admin, &rig.env.ns, "guard", "guarded", 3).await?;
     let kubeconfig = agent_kubeconfig(&rig.env).await?;
     let dir = tempfile::tempdir()?;
     let sim = rig.sim(
@@ -1075,7 +1090,10 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
         |_| true,
     )?;
     let u = rig
-        .create_update("roll", json!({"maxUnavailable": 1}))
+        .create_update(
+            "roll",
+            json!({"maxUnavailable": 1, "evictPodForce": true, "drain": {"timeoutSeconds": 900}}),
+        )
         .await?;
     let _seen = observe(
         rig.env.admin.clone(),
@@ -1111,6 +1129,7 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
     .await?;
     let victim = in_flight(rig.views().await?).context("the node in flight finished")?;
     nodes.delete(&victim, &Default::default()).await?;
+    pdbs.delete("guard", &Default::default()).await?;
     let u = rig
         .wait_state("roll", &["Complete", "Halted"], Duration::from_secs(120))
         .await?;
@@ -1129,9 +1148,8 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
             "{n} not on v2"
         );
     }
-    // The deleted node's hkd carries on alone and comes to rest, alive: where the deletion
-    // caught it decides how (its drain fails without a grant; or, rebooted, its Node never
-    // comes back Ready — no kubelet registers it again here — and it rolls back).
+    // The deleted node's hkd stops draining at once (not at the drain timeout), answers its
+    // upgrade failed and comes to rest, alive.
     wait_for(
         &format!("{victim}'s hkd to come to rest"),
         Duration::from_secs(60),
@@ -1146,7 +1164,8 @@ async fn a_lease_left_by_a_vanished_node_and_a_node_deleted_mid_rollout() -> Res
     .with_context(|| sim.log_tail(&victim, 20))?;
     let log = sim.log_tail(&victim, 400);
     ensure!(
-        log.contains("was deleted") || log.contains("not found (404)"),
+        log.contains("was deleted from the cluster; not draining it")
+            && log.contains("upgrade failed"),
         "{log}"
     );
     ensure!(!log.contains("hkd ended"), "{log}");

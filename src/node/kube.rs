@@ -602,6 +602,10 @@ async fn drain(inner: &Inner) -> Result<(), String> {
                     .is_some_and(|a| a.in_flight == InFlight::RollBack)
         })
     });
+    // A Node deleted from the cluster is not drained: there is nothing left to cordon, and
+    // waiting out the drain timeout would only hold the machine.
+    let mut node_rx = inner.node.subscribe();
+    let deleted = node_rx.wait_for(Option::is_none);
     let attempts = async {
         let mut pause = Duration::from_millis(500);
         loop {
@@ -618,6 +622,9 @@ async fn drain(inner: &Inner) -> Result<(), String> {
     };
     let report = tokio::select! {
         r = attempts => r?,
+        _ = deleted => {
+            return Err(format!("node {node} was deleted from the cluster; not draining it"));
+        }
         _ = abort => {
             if let Err(e) = inner.uncordon().await {
                 tracing::warn!("{e:#}");
