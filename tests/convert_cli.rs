@@ -1041,3 +1041,104 @@ fn bad_live_inputs_are_refused_before_anything_changes() {
         );
     }
 }
+
+/// The first KiB of an EFI-stub kernel: a PE32+ header whose security directory holds
+/// `cert_size` bytes of signature.
+fn pe_kernel(cert_size: u32) -> Vec<u8> {
+    let mut h = vec![0u8; 1024];
+    h[..2].copy_from_slice(b"MZ");
+    h[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    h[0x80..0x84].copy_from_slice(b"PE\0\0");
+    let optional = 0x80 + 24;
+    h[optional..optional + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+    h[optional + 108..optional + 112].copy_from_slice(&6u32.to_le_bytes());
+    let security = optional + 112 + 4 * 8;
+    h[security + 4..security + 8].copy_from_slice(&cert_size.to_le_bytes());
+    h
+}
+
+#[test]
+fn a_live_kernel_under_lockdown_must_carry_a_signature() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let locked = facts_with(
+        &b,
+        "locked",
+        "sys/kernel/security/lockdown",
+        "none [integrity] confidentiality\n",
+    );
+    let tree = |name: &str, kernel: &[u8]| {
+        let dir = b.path().join(name);
+        run(Command::new("cp")
+            .args(["-r", "tests/fixtures/convert/live/nestos-iso"])
+            .arg(&dir));
+        std::fs::write(dir.join("images/pxeboot/vmlinuz"), kernel).unwrap();
+        dir
+    };
+    let unsigned = tree("unsigned", &pe_kernel(0));
+    let line = b.refused(
+        &disk,
+        &[
+            "--live",
+            unsigned.to_str().unwrap(),
+            "--insecure",
+            "--facts-root",
+            locked.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        line.contains("nothing was changed: kernel lockdown (integrity) lets kexec load only signed kernels, and the live image's kernel carries no signature; convert without --live"),
+        "{line}"
+    );
+    // A signed kernel is planned, with the warning that its signer must be trusted.
+    let signed = tree("signed", &pe_kernel(1472));
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--live",
+        signed.to_str().unwrap(),
+        "--insecure",
+        "--facts-root",
+        locked.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        report["plan"]["live"]["kernelSignature"], "signed",
+        "{text}"
+    );
+    let lockdown = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "lockdown")
+        .unwrap_or_else(|| panic!("no lockdown finding: {text}"));
+    assert_eq!(lockdown["severity"], "warning", "{text}");
+    assert!(
+        lockdown["message"]
+            .as_str()
+            .unwrap()
+            .contains("only if this kernel trusts the key it was signed with"),
+        "{text}"
+    );
+    // Without lockdown the same unsigned kernel is no obstacle.
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--live",
+        unsigned.to_str().unwrap(),
+        "--insecure",
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -372,13 +372,13 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
 
         // --dry-run: everything up to the kexec load, then unloaded; no kernel stays loaded,
         // the work directory is gone and the disk is unchanged.
-        let dry_run = |args: &str, loaded: &str| -> Result<String> {
+        let dry_run = |args: &str, loaded: &str, kernel: &str| -> Result<String> {
             let out = vm.sh(&format!(
                 "x2nestos convert --disk /dev/vda {args} --dry-run 2>&1"
             ))?;
             ensure!(
                 out.contains(loaded)
-                    && out.contains("Dry run: the conversion kernel was loaded and unloaded"),
+                    && out.contains(&format!("Dry run: the {kernel} was loaded and unloaded")),
                 "dry run {args}: {out}"
             );
             ensure!(
@@ -398,6 +398,7 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         dry_run(
             &format!("--image {good} --sha256 {sha} --stream"),
             "with kexec_file_load",
+            "conversion kernel",
         )?;
         s.progress("--dry-run: loaded with kexec_file_load and unloaded");
 
@@ -422,6 +423,7 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         let out = dry_run(
             &format!("--live /root/live.iso --sha256 {iso_sha}"),
             "from the live image with kexec_file_load",
+            "NestOS live kernel",
         )?;
         s.progress(&format!("live ISO --dry-run: {}", out.trim()));
         vm.shutdown_with("systemctl reboot", SHUTDOWN)?;

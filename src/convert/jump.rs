@@ -101,9 +101,14 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
     if choices.dry_run {
         unload(method, &ctx)?;
         work.remove();
+        let kernel = if plan.live.is_some() {
+            "NestOS live kernel"
+        } else {
+            "conversion kernel"
+        };
         writeln!(
             out,
-            "Dry run: the conversion kernel was loaded and unloaded; nothing was changed."
+            "Dry run: the {kernel} was loaded and unloaded; nothing was changed."
         )?;
         return Ok(());
     }
@@ -386,7 +391,7 @@ fn unload(method: Method, ctx: &Context) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         !kexec::loaded(Path::new("/sys")).unwrap_or(false),
-        "the conversion kernel is still loaded after unloading; run `kexec -u`"
+        "a kernel is still loaded after unloading; run `kexec -u`"
     );
     Ok(())
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
 use super::network::Capture;
-use super::preflight::{Finding, Severity};
+use super::preflight::{Finding, Severity, Signature};
 
 pub const API_VERSION: &str = "x2nestos.housekeeper.io/v1";
 
@@ -63,6 +63,8 @@ pub struct PlannedLive {
     pub args: Vec<String>,
     /// Bytes loaded into memory (kernel and initramfs parts, before the overlay).
     pub load_bytes: u64,
+    /// Whether the kernel carries a signature (kexec asks for one under lockdown).
+    pub kernel_signature: Signature,
 }
 
 /// Memory the live system needs: its files are loaded and the root filesystem unpacked in

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,6 +46,20 @@ pub struct Facts {
     pub disk_size: Option<u64>,
     /// Why the target disk cannot be used, when it cannot (from [`super::disk`]).
     pub disk_refusal: Option<String>,
+    /// On the live path, the kernel that is loaded instead of this machine's own:
+    /// whether it carries a signature (`None`: the path is not taken).
+    pub live_kernel: Option<Signature>,
+}
+
+/// Whether a kernel image carries an Authenticode signature (the kind kexec_file_load checks
+/// under lockdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Signature {
+    Signed,
+    Unsigned,
+    /// Not a PE image (an arm64 `Image` without EFI stub, a compressed kernel): cannot be told.
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +136,22 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
                 facts.lockdown.as_deref().unwrap_or_default()
             ),
         ));
+    } else if locked && facts.live_kernel == Some(Signature::Unsigned) {
+        out.push(block(
+            "lockdown",
+            format!(
+                "kernel lockdown ({}) lets kexec load only signed kernels, and the live image's kernel carries no signature; convert without --live (the conversion then boots this machine's own signed kernel), or turn Secure Boot off in the firmware",
+                facts.lockdown.as_deref().unwrap_or_default()
+            ),
+        ));
+    } else if locked && facts.live_kernel.is_some() {
+        out.push(warn(
+            "lockdown",
+            format!(
+                "kernel lockdown ({}) is on: kexec loads the live image's kernel only if this kernel trusts the key it was signed with (its built-in keys, the Secure Boot db or MOK); if it does not, the jump is refused and nothing is changed — then convert without --live",
+                facts.lockdown.as_deref().unwrap_or_default()
+            ),
+        ));
     } else if locked {
         out.push(warn(
             "lockdown",
@@ -134,7 +164,11 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
     } else if facts.secure_boot == Some(true) {
         out.push(warn(
             "secureBoot",
-            "Secure Boot is on but the kernel is not locked down; the conversion uses this machine's own kernel either way".into(),
+            if facts.live_kernel.is_some() {
+                "Secure Boot is on but the kernel is not locked down, so kexec does not ask for the live kernel's signature".into()
+            } else {
+                "Secure Boot is on but the kernel is not locked down; the conversion uses this machine's own kernel either way".into()
+            },
         ));
     }
     if facts.mem_available < facts.memory_needed {
@@ -204,6 +238,44 @@ pub fn parse_lockdown(text: &str) -> Option<String> {
 /// The Secure Boot EFI variable: 4 bytes of attributes, then 1 = on.
 pub fn parse_secure_boot(bytes: &[u8]) -> Option<bool> {
     bytes.get(4).map(|&b| b == 1)
+}
+
+/// Whether the kernel image starting with `head` (its first KiB suffices) is a PE image with
+/// a certificate table: the MZ header points at the PE header, whose optional header's fifth
+/// data directory (the security directory) has a size.
+pub fn kernel_signature(head: &[u8]) -> Signature {
+    let u16_at = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        head.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let pe = || -> Option<Signature> {
+        if head.get(..2)? != b"MZ" {
+            return None;
+        }
+        let pe = u32_at(0x3c)? as usize;
+        if head.get(pe..pe + 4)? != b"PE\0\0" {
+            return None;
+        }
+        let optional = pe + 24;
+        // The count of data directories and where they start, by optional header kind.
+        let (count_at, dirs_at) = match u16_at(optional)? {
+            0x10b => (optional + 92, optional + 96),
+            0x20b => (optional + 108, optional + 112),
+            _ => return None,
+        };
+        const SECURITY: usize = 4;
+        if (u32_at(count_at)? as usize) <= SECURITY {
+            return Some(Signature::Unsigned);
+        }
+        let size = u32_at(dirs_at + SECURITY * 8 + 4)?;
+        Some(if size > 0 {
+            Signature::Signed
+        } else {
+            Signature::Unsigned
+        })
+    };
+    pe().unwrap_or(Signature::Unknown)
 }
 
 /// Whether a kernel config (/boot/config-RELEASE) sets `option` to y; `None` when absent.
@@ -378,6 +450,94 @@ mod tests {
             ..good()
         };
         assert_eq!(codes(&facts), [("secureBoot", Severity::Warning)]);
+    }
+
+    #[test]
+    fn the_live_kernel_under_lockdown_must_be_signed() {
+        let locked = |live_kernel| Facts {
+            lockdown: Some("integrity".into()),
+            secure_boot: Some(true),
+            live_kernel,
+            ..good()
+        };
+        let findings = evaluate(&locked(Some(Signature::Unsigned)));
+        assert_eq!(
+            codes(&locked(Some(Signature::Unsigned))),
+            [("lockdown", Severity::Blocking)]
+        );
+        assert!(
+            findings[0].message.contains("carries no signature")
+                && findings[0].message.contains("convert without --live"),
+            "{}",
+            findings[0].message
+        );
+        // Signed, or cannot be told: the key's trust is the running kernel's to judge.
+        for sig in [Signature::Signed, Signature::Unknown] {
+            let findings = evaluate(&locked(Some(sig)));
+            assert_eq!(codes(&locked(Some(sig))), [("lockdown", Severity::Warning)]);
+            assert!(
+                findings[0].message.contains("trusts the key")
+                    && !findings[0].message.contains("own signed kernel"),
+                "{}",
+                findings[0].message
+            );
+        }
+        // Without lockdown no signature is asked for.
+        let open = Facts {
+            live_kernel: Some(Signature::Unsigned),
+            ..good()
+        };
+        assert!(evaluate(&open).is_empty());
+        let secure_boot = Facts {
+            secure_boot: Some(true),
+            ..open
+        };
+        let findings = evaluate(&secure_boot);
+        assert_eq!(codes(&secure_boot), [("secureBoot", Severity::Warning)]);
+        assert!(findings[0].message.contains("live kernel's signature"));
+    }
+
+    /// A PE header as a kernel's EFI stub starts: MZ, the PE offset at 0x3c, the COFF header,
+    /// the optional header of `magic` with `count` data directories, the security one of
+    /// `cert_size` bytes.
+    fn pe_head(magic: u16, count: u32, cert_size: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 1024];
+        h[..2].copy_from_slice(b"MZ");
+        h[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        h[0x80..0x84].copy_from_slice(b"PE\0\0");
+        let optional = 0x80 + 24;
+        h[optional..optional + 2].copy_from_slice(&magic.to_le_bytes());
+        let (count_at, dirs_at) = if magic == 0x10b {
+            (optional + 92, optional + 96)
+        } else {
+            (optional + 108, optional + 112)
+        };
+        h[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        let security = dirs_at + 4 * 8;
+        h[security..security + 4].copy_from_slice(&0x7d_0000u32.to_le_bytes());
+        h[security + 4..security + 8].copy_from_slice(&cert_size.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn kernel_signature_reads_the_pe_security_directory() {
+        use Signature::*;
+        assert_eq!(kernel_signature(&pe_head(0x20b, 6, 1472)), Signed);
+        assert_eq!(kernel_signature(&pe_head(0x20b, 6, 0)), Unsigned);
+        assert_eq!(kernel_signature(&pe_head(0x10b, 16, 2048)), Signed);
+        assert_eq!(kernel_signature(&pe_head(0x10b, 16, 0)), Unsigned);
+        // Too few data directories to have a security one.
+        assert_eq!(kernel_signature(&pe_head(0x20b, 4, 1472)), Unsigned);
+        // Not a PE image, or cut short: cannot be told.
+        assert_eq!(kernel_signature(&[0x1f, 0x8b, 8, 0]), Unknown);
+        assert_eq!(kernel_signature(&pe_head(0x20b, 6, 1472)[..0x90]), Unknown);
+        let mut bad_magic = pe_head(0x20b, 6, 1472);
+        bad_magic[0x80 + 24] = 7;
+        assert_eq!(kernel_signature(&bad_magic), Unknown);
+        let mut no_pe = pe_head(0x20b, 6, 1472);
+        no_pe[0x80..0x84].copy_from_slice(b"NE\0\0");
+        assert_eq!(kernel_signature(&no_pe), Unknown);
+        assert_eq!(kernel_signature(b""), Unknown);
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub fn prepare(opts: &Options) -> Prepared {
             Ok(live) => {
                 facts.memory_needed = plan::live_memory_needed(live.load_bytes);
                 facts.image_size = None;
+                facts.live_kernel = Some(live.kernel_signature);
                 Some(live)
             }
             Err(e) => {
@@ -263,6 +264,7 @@ fn read_live(path: &Path, disk: Option<&Disk>) -> anyhow::Result<PlannedLive> {
         prefix: boot.prefix()?.as_str().to_owned(),
         args: boot.kexec_args(&dest, &console)?,
         load_bytes: media.load_bytes(&boot)?,
+        kernel_signature: preflight::kernel_signature(&media.kernel_head(&boot)),
     })
 }
 

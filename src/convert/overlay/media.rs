@@ -109,11 +109,12 @@ impl Media {
         Ok(())
     }
 
-    /// The first bytes of the live kernel (to explain a signature refusal).
+    /// The first KiB of the live kernel: its headers (whether it is signed, why a load was
+    /// refused).
     pub fn kernel_head(&self, boot: &LiveBoot) -> Vec<u8> {
         let mut head = Vec::new();
         if let Ok(r) = self.tree.open(&boot.kernel) {
-            let _ = r.take(64).read_to_end(&mut head);
+            let _ = r.take(1024).read_to_end(&mut head);
         }
         head
     }
