@@ -114,7 +114,7 @@ pub fn explain(errno: i32, method: Method, ctx: &Context) -> String {
         ),
         libc::EPERM => "the kernel refused kexec (EPERM): run as root (CAP_SYS_BOOT), and check kernel.kexec_load_disabled and the lockdown mode in /sys/kernel/security/lockdown".into(),
         libc::EKEYREJECTED | libc::EBADMSG | libc::ENOKEY => format!(
-            "the kernel's signature was rejected{}: under lockdown only kernels signed by a key the firmware or kernel trusts can be loaded; use this machine's own installed kernel (the default), or turn Secure Boot off",
+            "the kernel's signature was rejected{}: under lockdown only kernels signed by a key the firmware or kernel trusts can be loaded; convert with this machine's own installed kernel (the default, without --live), or turn Secure Boot off",
             match (lockdown_active(ctx), ctx.secure_boot) {
                 (Some(mode), Some(true)) => format!(" (lockdown {mode}, from Secure Boot)"),
                 (Some(mode), _) => format!(" (lockdown {mode})"),
@@ -356,7 +356,9 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("use this machine's own installed kernel"));
+        assert!(text.contains(
+            "convert with this machine's own installed kernel (the default, without --live)"
+        ));
         let plain = explain(libc::EBADMSG, Method::FileSyscall, &ctx());
         assert!(plain.starts_with("the kernel's signature was rejected: "));
     }
