@@ -904,6 +904,47 @@ fn install_refuses_a_corrupted_carried_image_before_writing() {
     assert_eq!(disk.digest(), before);
 }
 
+/// Debian's busybox httpd serving `dir` on 127.0.0.1; it answers Range requests as mirrors
+/// do. Stopped when dropped.
+struct Httpd {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Httpd {
+    fn serve(dir: &Path) -> Httpd {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(tool("busybox", "busybox-static"))
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(dir)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "busybox httpd did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Httpd {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An ISO of the NestOS live fixture tree, made by xorriso.
 fn live_iso(dir: &Path) -> PathBuf {
     let iso = dir.join("nestos-live.iso");
@@ -984,6 +1025,36 @@ fn the_live_iso_path_is_planned_from_the_iso_itself() {
     // convert acts only on this machine's facts: refused, the disk unchanged.
     let line = b.refused(&disk, &["--live", iso.to_str().unwrap(), "--sha256", &sha]);
     assert!(line.contains("the facts were read below"), "{line}");
+
+    // The same ISO on a mirror is planned in place, by range requests: the same live plan.
+    let served = Httpd::serve(b.path());
+    let url = format!("{}/nestos-live.iso", served.base);
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--live",
+        &url,
+        "--sha256",
+        &sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_url: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(from_url["plan"]["live"], report["plan"]["live"], "{text}");
+    assert_eq!(from_url["plan"]["image"]["source"], url.as_str());
+    assert_eq!(
+        from_url["plan"]["image"]["compressedBytes"],
+        std::fs::metadata(&iso).unwrap().len()
+    );
 }
 
 #[test]
@@ -1005,12 +1076,43 @@ fn bad_live_inputs_are_refused_before_anything_changes() {
     let image = b.image.to_str().unwrap();
     let line = b.refused(&disk, &["--live", image, "--insecure"]);
     assert!(line.contains("not an ISO 9660 image"), "{line}");
+    // URLs: nothing listening; a file that is not an ISO; a server that ignores Range (the
+    // ISO cannot be read in place).
     let line = b.refused(
         &disk,
         &["--live", "http://127.0.0.1:9/live.iso", "--sha256", &sha],
     );
     assert!(
-        line.contains("download the ISO first and give its file path"),
+        line.contains("GET http://127.0.0.1:9/live.iso: ")
+            && line.contains("check the address and that the server is reachable"),
+        "{line}"
+    );
+    let served = Httpd::serve(b.image.parent().unwrap());
+    let metal = format!(
+        "{}/{}",
+        served.base,
+        b.image.file_name().unwrap().to_str().unwrap()
+    );
+    let line = b.refused(&disk, &["--live", &metal, "--insecure"]);
+    assert!(
+        line.contains(&format!("live image {metal}: not an ISO 9660 image")),
+        "{line}"
+    );
+    let whole = std::fs::read(iso).unwrap();
+    let base = serve(move |_, conn| {
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            whole.len()
+        );
+        let _ = conn.write_all(&whole);
+    });
+    let line = b.refused(
+        &disk,
+        &["--live", &format!("{base}/live.iso"), "--sha256", &sha],
+    );
+    assert!(
+        line.contains("the server does not answer range requests (206 with Content-Range), which reading the image in place needs; download it and give its path"),
         "{line}"
     );
     // A live tree whose entry has no <prefix>.liveiso= argument.

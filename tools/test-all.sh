@@ -24,8 +24,8 @@ step "unit and component-free tests" cargo nextest run --no-fail-fast
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition mount xz-utils
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_host
-step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut xorriso
-step "host-tests: x2nestos refusing every bad input, gpgv, install onto loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_cli
+step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut xorriso busybox-static
+step "host-tests: x2nestos refusing every bad input, gpgv, a mirror (busybox httpd), install onto loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_cli
 step "host packages for the conversion initramfs and live ISOs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd xorriso
 step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --all-features --test convert_initramfs
 

@@ -68,9 +68,10 @@ pub struct PlanArgs {
         conflicts_with = "live"
     )]
     pub image: Option<String>,
-    /// Boot a NestOS live ISO (the .iso file, or its extracted tree) and let its installer
-    /// write the disk, instead of writing a metal image from the conversion initramfs
-    #[arg(long, value_name = "ISO|DIR", conflicts_with = "stream")]
+    /// Boot a NestOS live ISO (the .iso file, its http(s) URL, or its extracted tree) and let
+    /// its installer write the disk, instead of writing a metal image from the conversion
+    /// initramfs
+    #[arg(long, value_name = "ISO|URL|DIR", conflicts_with = "stream")]
     pub live: Option<String>,
     /// The image file's SHA-256, 64 hex digits
     #[arg(long, value_name = "HEX")]

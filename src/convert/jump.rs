@@ -81,14 +81,7 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
     }
     let work = Workdir::create(&choices.workdir)?;
     let loaded = match &plan.live {
-        Some(live) => load_live(
-            &prepared,
-            &plan,
-            live,
-            Path::new(&opts.image),
-            &work.path,
-            out,
-        ),
+        Some(live) => load_live(&prepared, &plan, live, &work.path, out),
         None => build_and_load(&prepared, &mut plan, &work.path, out),
     };
     let (ctx, method) = match loaded {
@@ -203,19 +196,35 @@ fn load_live(
     prepared: &Prepared,
     plan: &Plan,
     live: &PlannedLive,
-    media_path: &Path,
     work: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<(Context, Method)> {
-    // The ISO was hashed while planning; hashed again right before it is read.
-    if let (Some(expected), false) = (prepare::sha256_bytes(plan), media_path.is_dir()) {
-        writeln!(out, "Verifying {} again…", media_path.display())?;
-        let (digest, _) = source::digest(
-            &source::Source::File(media_path.to_owned()),
-            source::Timeouts::default(),
-        )?;
-        source::check_digest(Some(expected), digest)?;
-    }
+    let expected = prepare::sha256_bytes(plan);
+    let media_path = match prepared.source.as_ref().expect("a plan has a source") {
+        // An ISO on a mirror was planned by ranges; now it is downloaded whole into the work
+        // directory and verified on the way.
+        url @ source::Source::Url(_) => {
+            let dest = work.join("live.iso");
+            writeln!(out, "Fetching {url}…")?;
+            let mut meter = Meter::stderr("live ISO", plan.image.compressed_bytes);
+            let (_, len) =
+                source::download(url, &dest, expected, prepared.timeouts, &mut |n, _| {
+                    meter.update(n)
+                })?;
+            meter.finish(len);
+            dest
+        }
+        // A local ISO was hashed while planning; hashed again right before it is read.
+        file @ source::Source::File(path) => {
+            if let (Some(expected), false) = (expected, path.is_dir()) {
+                writeln!(out, "Verifying {} again…", path.display())?;
+                let (digest, _) = source::digest(file, prepared.timeouts)?;
+                source::check_digest(Some(expected), digest)?;
+            }
+            path.clone()
+        }
+    };
+    let media_path = media_path.as_path();
     let media = Media::open(media_path)?;
     let boot = media.boot()?;
     if boot.kernel != live.kernel || boot.initrd_parts(media.tree())? != live.initrds {
@@ -298,7 +307,7 @@ fn obtain_image(
 ) -> anyhow::Result<Option<PathBuf>> {
     let source = prepared.source.as_ref().expect("a plan has a source");
     let expected = prepare::sha256_bytes(plan);
-    let timeouts = source::Timeouts::default();
+    let timeouts = prepared.timeouts;
     match plan.image.carry {
         Carry::InMemory => {
             let dest = stage.join("image");

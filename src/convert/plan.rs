@@ -360,8 +360,15 @@ pub fn summary(report: &Report) -> Vec<String> {
                 }
             )),
             Some(live) => {
+                let fetched = if image.source.starts_with("http://")
+                    || image.source.starts_with("https://")
+                {
+                    "; downloaded whole before the jump"
+                } else {
+                    ""
+                };
                 lines.push(format!(
-                    "Live image: {} ({check}); boots {} with {} initramfs part(s) and an overlay, NestOS's installer writes the disk",
+                    "Live image: {} ({check}{fetched}); boots {} with {} initramfs part(s) and an overlay, NestOS's installer writes the disk",
                     image.source,
                     live.kernel,
                     live.initrds.len()

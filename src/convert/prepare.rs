@@ -47,6 +47,8 @@ pub struct Prepared {
     pub ignition: Option<String>,
     /// The image source, when it parsed.
     pub source: Option<Source>,
+    /// How long a download may wait for a connection or for data (`--stall-timeout`).
+    pub timeouts: Timeouts,
     /// The image was hashed completely during planning (a file, or a signature check).
     pub verified_digest: Option<[u8; 32]>,
     /// The running kernel's image, the conversion kernel.
@@ -102,13 +104,6 @@ pub fn prepare(opts: &Options) -> Prepared {
         ));
     }
     let source = match Source::parse(&opts.image) {
-        Ok(Source::Url(url)) if opts.live => {
-            findings.push(blocking(
-                "imageSource",
-                format!("live image {url}: download the ISO first and give its file path"),
-            ));
-            None
-        }
         Ok(s) => Some(s),
         Err(e) => {
             findings.push(blocking("imageSource", e));
@@ -162,7 +157,7 @@ pub fn prepare(opts: &Options) -> Prepared {
     facts.memory_needed = plan::memory_needed(carry, probe.and_then(|p| p.length));
     facts.image_size = probe.and_then(|p| p.image_bytes);
     let live = match (opts.live, &source) {
-        (true, Some(_)) => match read_live(Path::new(&opts.image), disk.as_ref()) {
+        (true, Some(s)) => match read_live(s, opts.timeouts, disk.as_ref()) {
             Ok(live) => {
                 facts.memory_needed = plan::live_memory_needed(live.load_bytes);
                 facts.image_size = None;
@@ -238,6 +233,7 @@ pub fn prepare(opts: &Options) -> Prepared {
         facts,
         ignition,
         source,
+        timeouts: opts.timeouts,
         verified_digest: digest,
         kernel,
         release,
@@ -247,8 +243,15 @@ pub fn prepare(opts: &Options) -> Prepared {
 /// Reads the live image's default entry and the kernel command line of the jump: the
 /// entry's arguments with the install device (the disk's stable name), and this machine's
 /// console.
-fn read_live(path: &Path, disk: Option<&Disk>) -> anyhow::Result<PlannedLive> {
-    let media = Media::open(path)?;
+fn read_live(
+    source: &Source,
+    timeouts: Timeouts,
+    disk: Option<&Disk>,
+) -> anyhow::Result<PlannedLive> {
+    let media = match source {
+        Source::File(path) => Media::open(path)?,
+        Source::Url(url) => Media::open_url(url, timeouts)?,
+    };
     let boot = media.boot()?;
     let dest = disk.map_or_else(String::new, |d| {
         d.by_id

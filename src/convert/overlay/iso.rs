@@ -4,7 +4,9 @@
 //! Only what a live ISO needs: the primary volume descriptor, directory records, Rock Ridge
 //! alternate names (`NM`, continued across records and `CE` continuation areas), plain
 //! ISO 9660 names (`VMLINUZ.;1`) matched without case, version or trailing dot when the image
-//! has no Rock Ridge, and single-extent files.
+//! has no Rock Ridge, and single-extent files. The image is read by offset ([`ReadAt`]): from
+//! a file, or from a mirror by HTTP range requests, so a live ISO is planned without being
+//! downloaded.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -23,9 +25,39 @@ pub struct Extent {
     pub dir: bool,
 }
 
+/// Bytes read by offset, like `pread`.
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+fn read_exact_at(data: &dyn ReadAt, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match data.read_at(buf, offset)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the ISO image ends early",
+                ))
+            }
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An ISO 9660 image opened for reading.
 pub struct Iso {
-    file: File,
+    data: Box<dyn ReadAt>,
     root: Extent,
 }
 
@@ -134,11 +166,20 @@ fn parse_directory(
 
 impl Iso {
     pub fn open(path: &Path) -> io::Result<Iso> {
-        let file = File::open(path)?;
+        Iso::read_from(Box::new(File::open(path)?))
+    }
+
+    /// The image whose bytes `data` reads.
+    pub fn read_from(data: Box<dyn ReadAt>) -> io::Result<Iso> {
         let mut sector = vec![0u8; SECTOR as usize];
         for index in FIRST_DESCRIPTOR..FIRST_DESCRIPTOR + 32 {
-            file.read_exact_at(&mut sector, index * SECTOR)
-                .map_err(|_| invalid("no ISO 9660 volume descriptor"))?;
+            read_exact_at(&*data, &mut sector, index * SECTOR).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    invalid("no ISO 9660 volume descriptor")
+                } else {
+                    e
+                }
+            })?;
             if &sector[1..6] != b"CD001" {
                 return Err(invalid("no ISO 9660 volume descriptor"));
             }
@@ -150,7 +191,7 @@ impl Iso {
                         len: u32_le(&sector, 156 + 10),
                         dir: true,
                     };
-                    return Ok(Iso { file, root });
+                    return Ok(Iso { data, root });
                 }
                 255 => break,
                 _ => {}
@@ -161,8 +202,7 @@ impl Iso {
 
     fn read_extent(&self, lba: u32, offset: u32, len: u32) -> io::Result<Vec<u8>> {
         let mut data = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut data, lba as u64 * SECTOR + offset as u64)?;
+        read_exact_at(&*self.data, &mut data, lba as u64 * SECTOR + offset as u64)?;
         Ok(data)
     }
 
@@ -202,7 +242,7 @@ impl Iso {
     /// A reader over a file's bytes.
     pub fn reader(&self, file: Extent) -> impl Read + '_ {
         ExtentReader {
-            file: &self.file,
+            data: &*self.data,
             at: file.lba as u64 * SECTOR,
             left: file.len as u64,
         }
@@ -210,7 +250,7 @@ impl Iso {
 }
 
 struct ExtentReader<'a> {
-    file: &'a File,
+    data: &'a dyn ReadAt,
     at: u64,
     left: u64,
 }
@@ -221,7 +261,7 @@ impl Read for ExtentReader<'_> {
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        let n = self.data.read_at(&mut buf[..want], self.at)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -234,15 +274,16 @@ impl Read for ExtentReader<'_> {
     }
 }
 
-/// An ISO file as a live image tree.
+/// An ISO image as a live image tree.
 pub struct IsoTree {
     pub iso: Iso,
-    pub path: std::path::PathBuf,
+    /// Where it was read from (a path or a URL).
+    pub name: String,
 }
 
 impl super::live::Tree for IsoTree {
     fn describe(&self) -> String {
-        self.path.display().to_string()
+        self.name.clone()
     }
 
     fn read_text(&self, rel: &str) -> Option<String> {
@@ -284,7 +325,7 @@ impl IsoTree {
             Some(e) if !e.dir => Ok(e),
             _ => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("{rel}: no such file in {}", self.path.display()),
+                format!("{rel}: no such file in {}", self.name),
             )),
         }
     }

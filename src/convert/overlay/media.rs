@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 
 use super::iso::{Iso, IsoTree};
 use super::live::{self, Dir, LiveBoot, Tree};
+use crate::convert::source::{RangedUrl, Timeouts};
 
 /// Live media opened for reading.
 pub struct Media {
@@ -42,7 +43,22 @@ impl Media {
         Ok(Media {
             tree: Box::new(IsoTree {
                 iso,
-                path: path.to_owned(),
+                name: path.display().to_string(),
+            }),
+        })
+    }
+
+    /// Opens an ISO on an http(s) server without downloading it: read in place by ranges.
+    pub fn open_url(url: &str, timeouts: Timeouts) -> anyhow::Result<Media> {
+        let data =
+            RangedUrl::open(url, timeouts).map_err(|e| anyhow::anyhow!("live image: {e}"))?;
+        let iso = Iso::read_from(Box::new(data)).map_err(|e| {
+            anyhow::anyhow!("live image {url}: not an ISO 9660 image ({e}); give a NestOS live ISO")
+        })?;
+        Ok(Media {
+            tree: Box::new(IsoTree {
+                iso,
+                name: url.to_owned(),
             }),
         })
     }

@@ -1,4 +1,4 @@
-//! The NestOS live ISO / PXE path (`x2nestos convert --live ISO|DIR`): the live image's own
+//! The NestOS live ISO / PXE path (`x2nestos convert --live ISO|URL|DIR`): the live image's own
 //! kernel, initramfs and root filesystem are loaded with kexec, followed by an overlay
 //! initramfs carrying the install directives and the Ignition config; NestOS's installer in
 //! the live system then writes the disk.
@@ -9,7 +9,8 @@
 //! it, comes from the live image's own boot configuration ([`live`]): the installer reads
 //! `<prefix>inst.*` arguments whose prefix (`coreos.`, `nestos.`) differs between builds, so
 //! it is read from the image's `<prefix>liveiso=` argument rather than assumed. An ISO file is
-//! read in place ([`iso`]), never mounted ([`media`]).
+//! read in place ([`iso`]), never mounted ([`media`]); one on a mirror is read by HTTP range
+//! requests for the plan and downloaded whole only by `convert`.
 //!
 //! Checked against hand-made ISO trees modelled on the CoreOS/NestOS layout, made into ISOs
 //! by `xorriso`; no NestOS release ISO is available to the tests.
