@@ -204,6 +204,7 @@ fn load_live(
         // An ISO on a mirror was planned by ranges; now it is downloaded whole into the work
         // directory and verified on the way.
         url @ source::Source::Url(_) => {
+            check_room(work, plan.image.compressed_bytes, "the live ISO")?;
             let dest = work.join("live.iso");
             writeln!(out, "Fetching {url}…")?;
             let mut meter = Meter::stderr("live ISO", plan.image.compressed_bytes);
@@ -273,6 +274,28 @@ fn load_live(
     Ok((ctx, method))
 }
 
+/// Refuses a download that the work directory's filesystem has no room for, before it starts.
+fn check_room(dir: &Path, needed: Option<u64>, what: &str) -> anyhow::Result<()> {
+    let free = crate::sys::free_bytes(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    match room_refusal(needed, free, dir, what) {
+        Some(refusal) => bail!("{refusal}"),
+        None => Ok(()),
+    }
+}
+
+/// Why `needed` bytes do not fit in `free` ones, if they do not (an unknown size is tried).
+fn room_refusal(needed: Option<u64>, free: u64, dir: &Path, what: &str) -> Option<String> {
+    const MIB: u64 = 1 << 20;
+    let needed = needed.filter(|&n| n > free)?;
+    Some(format!(
+        "{what} needs {} MiB in {} but its filesystem has {} MiB free; free space there, or give --workdir on a larger filesystem",
+        needed.div_ceil(MIB),
+        dir.display(),
+        free / MIB
+    ))
+}
+
 fn method_name(method: Method) -> &'static str {
     match method {
         Method::FileSyscall => "kexec_file_load",
@@ -310,6 +333,7 @@ fn obtain_image(
     let timeouts = prepared.timeouts;
     match plan.image.carry {
         Carry::InMemory => {
+            check_room(stage, plan.image.compressed_bytes, "the image")?;
             let dest = stage.join("image");
             writeln!(out, "Fetching {source}…")?;
             let mut meter = Meter::stderr("image", plan.image.compressed_bytes);
@@ -436,6 +460,18 @@ mod tests {
     use super::*;
     use crate::convert::plan::{PlannedDisk, PlannedImage, API_VERSION};
     use crate::convert::preflight::Finding;
+
+    #[test]
+    fn a_download_must_fit_in_the_work_directory() {
+        let dir = Path::new("/var/tmp/x2nestos");
+        assert_eq!(
+            room_refusal(Some(900 << 20), 100 << 20, dir, "the live ISO").as_deref(),
+            Some("the live ISO needs 900 MiB in /var/tmp/x2nestos but its filesystem has 100 MiB free; free space there, or give --workdir on a larger filesystem")
+        );
+        assert_eq!(room_refusal(Some(100 << 20), 100 << 20, dir, "x"), None);
+        // A size the server did not tell is tried; a full filesystem then fails the write.
+        assert_eq!(room_refusal(None, 0, dir, "x"), None);
+    }
 
     #[test]
     fn the_question_names_the_disk() {

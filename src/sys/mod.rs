@@ -17,3 +17,16 @@ pub fn hostname(proc_root: &Path) -> std::io::Result<String> {
     let path = proc_root.join("sys/kernel/hostname");
     Ok(std::fs::read_to_string(path)?.trim().to_lowercase())
 }
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir` (statvfs).
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid place for the result.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
