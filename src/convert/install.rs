@@ -10,7 +10,8 @@
 //! 4. The partition table is re-read; the boot partition (GPT name or ext label `boot`) is
 //!    mounted; `ignition/config.ign` (0600) and `x2nestos/install.log` are written there,
 //!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it.
-//! 5. Reboot.
+//! 5. Reboot: `systemctl reboot`, so the journal forwards the last lines to the console first
+//!    (the reboot syscall when there is no init system to ask).
 //!
 //! Guarantees: any failure before step 3 leaves the disk exactly as it was, and the machine
 //! reboots into its old system. A failure after it is reported on the console (the unit then
@@ -532,6 +533,13 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 
 fn reboot(log: &mut Log) {
     log.say("rebooting");
+    // An orderly reboot: the journal forwards the last lines to the console before the machine
+    // goes down (the raw syscall cuts off what it has not forwarded yet). The syscall is what
+    // is left when there is no init system to ask.
+    match Cmd::new("systemctl").arg("reboot").run() {
+        Ok(_) => return,
+        Err(e) => log.say(format!("{e:#}; rebooting with the reboot syscall")),
+    }
     // SAFETY: sync and reboot take no pointers; reboot does not return on success.
     unsafe {
         libc::sync();
