@@ -717,6 +717,8 @@ fn install_writes_the_image_and_the_ignition_config_onto_a_loop_device() {
         &b.sha,
         "--facts-root",
         b.facts.to_str().unwrap(),
+        "--stall-timeout",
+        "300",
     ]);
     assert!(
         out.status.success(),
@@ -730,6 +732,8 @@ fn install_writes_the_image_and_the_ignition_config_onto_a_loop_device() {
         40 * MIB,
         "xz size from its index"
     );
+    // The installer in the initramfs keeps the admin's stall timeout.
+    assert_eq!(plan["image"]["stallSeconds"], 300);
     plan["image"]["carried"] = b.image.display().to_string().into();
     let plan_path = b.path().join("plan.json");
     std::fs::write(&plan_path, plan.to_string()).unwrap();

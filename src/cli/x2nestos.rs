@@ -135,10 +135,7 @@ impl PlanArgs {
                 extra_files: self.files.clone(),
             },
             pin_dynamic: self.pin_addresses,
-            timeouts: Timeouts {
-                connect: Duration::from_secs(self.stall_timeout.min(30)),
-                stall: Duration::from_secs(self.stall_timeout),
-            },
+            timeouts: Timeouts::stalling_after(Duration::from_secs(self.stall_timeout)),
             facts_root: self.facts_root.clone(),
         }
     }

@@ -28,7 +28,7 @@ use anyhow::{anyhow, bail, Context as _};
 use super::disk::{self, Disk};
 use super::image::format::{self, GptPartition};
 use super::image::{write_image, Target, WriteOptions};
-use super::plan::{self, Carry, InstallLink, Plan};
+use super::plan::{self, Carry, InstallLink, Plan, PlannedImage};
 use super::prepare;
 use super::progress::Meter;
 use super::source::{self, Source, Timeouts};
@@ -244,13 +244,20 @@ fn wait_for_disk(plan: &Plan, wait: Duration, log: &mut Log) -> anyhow::Result<D
     }
 }
 
+/// The download timeouts `convert --stall-timeout` planned (older plans: the defaults).
+fn planned_timeouts(image: &PlannedImage) -> Timeouts {
+    image.stall_seconds.map_or_else(Timeouts::default, |secs| {
+        Timeouts::stalling_after(Duration::from_secs(secs))
+    })
+}
+
 /// The image as a reader: a carried file verified first, or the URL over the network.
 fn open_image(
     plan: &Plan,
     expected: Option<[u8; 32]>,
     log: &mut Log,
 ) -> anyhow::Result<Box<dyn Read + Send>> {
-    let timeouts = Timeouts::default();
+    let timeouts = planned_timeouts(&plan.image);
     match plan.image.carry {
         Carry::InMemory => {
             let path =
@@ -554,6 +561,24 @@ fn reboot(log: &mut Log) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_installer_keeps_the_planned_stall_timeout() {
+        let mut image: PlannedImage = serde_json::from_value(serde_json::json!({
+            "source": "http://10.0.2.2/metal.raw.xz", "sha256": null, "compressedBytes": null,
+            "imageBytes": null, "carry": "stream"
+        }))
+        .unwrap();
+        // A plan from before the field: the defaults.
+        let t = planned_timeouts(&image);
+        assert_eq!(t.stall, Timeouts::default().stall);
+        image.stall_seconds = Some(300);
+        let t = planned_timeouts(&image);
+        assert_eq!((t.stall.as_secs(), t.connect.as_secs()), (300, 30));
+        image.stall_seconds = Some(5);
+        let t = planned_timeouts(&image);
+        assert_eq!((t.stall.as_secs(), t.connect.as_secs()), (5, 5));
+    }
 
     #[test]
     fn partition_nodes() {

@@ -495,6 +495,7 @@ mod tests {
                 image_bytes: None,
                 carry: Carry::InMemory,
                 carried: None,
+                stall_seconds: None,
             },
             network: vec![],
             live: None,

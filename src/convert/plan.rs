@@ -143,6 +143,10 @@ pub struct PlannedImage {
     /// installer is pointed at in tests.
     #[serde(default)]
     pub carried: Option<String>,
+    /// Seconds without data before the installer's download counts as stalled
+    /// (`--stall-timeout`); absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_seconds: Option<u64>,
 }
 
 /// A network link as the installer brings it up: found by MAC, addresses as they are now.
@@ -607,6 +611,7 @@ mod tests {
                 image_bytes: None,
                 carry: Carry::InMemory,
                 carried: Some(CARRIED_IMAGE.into()),
+                stall_seconds: None,
             },
             network: vec![],
             live: None,

@@ -222,6 +222,7 @@ pub fn prepare(opts: &Options) -> Prepared {
                 image_bytes: probe.and_then(|p| p.image_bytes),
                 carry,
                 carried: None,
+                stall_seconds: Some(opts.timeouts.stall.as_secs()),
             },
             network: if opts.live { Vec::new() } else { links },
             live,

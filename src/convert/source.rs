@@ -73,6 +73,16 @@ pub struct Timeouts {
     pub stall: Duration,
 }
 
+impl Timeouts {
+    /// `stall` without data ends a transfer; connecting may take as long, up to 30 s.
+    pub fn stalling_after(stall: Duration) -> Timeouts {
+        Timeouts {
+            connect: stall.min(Duration::from_secs(30)),
+            stall,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
