@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::bench::cmd::run;
-use crate::bench::http::HttpServer;
+use crate::bench::http::{HttpServer, Mirror};
 use crate::bench::images::{self, Generic, Testos};
 use crate::bench::qemu::{Machine, MachineConfig};
 use crate::bench::{scenario, Scenario, BOOT_TIMEOUT};
@@ -432,12 +432,39 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
         s.progress("the old system boots again");
         drop(server);
 
-        // The live path's jump for real: the live kernel boots with the entry's initramfs, the
-        // root filesystem part and x2nestos's overlay; the live-system stand-in shows what
-        // NestOS's installer would be given, then powers off.
+        // The live path's jump for real, the ISO taken from a mirror (planned by range
+        // requests, then downloaded and verified; the guest's own copy is gone): the live
+        // kernel boots with the entry's initramfs, the root filesystem part and x2nestos's
+        // overlay; the live-system stand-in shows what NestOS's installer would be given, then
+        // powers off.
+        let mirror = Mirror::serve(iso.parent().context("the ISO's directory")?)?;
+        let iso_url = mirror.guest_url(
+            iso.file_name()
+                .and_then(|n| n.to_str())
+                .context("the ISO's name")?,
+        );
+        vm.sh("rm /root/live.iso")?;
+        // A work directory too small for the ISO: refused before the download.
+        let out = vm.sh(&format!(
+            "mkdir -p /run/small && mount -t tmpfs -o size=1m tmpfs /run/small && \
+             x2nestos convert --disk /dev/vda --live {iso_url} --sha256 {iso_sha} --workdir /run/small/w --yes 2>&1; \
+             echo exit=$?"
+        ))?;
+        ensure!(
+            out.contains("nothing was changed: the live ISO needs")
+                && out.contains("in /run/small/w but its filesystem has")
+                && out.contains("exit=1"),
+            "convert into a small work directory: {out}"
+        );
+        ensure!(
+            vm.sh("cat /sys/kernel/kexec_loaded")?.trim() == "0",
+            "a kernel is loaded"
+        );
+        ensure!(vm.sh(fingerprint)? == before, "the disk changed");
+        s.progress("a work directory without room for the ISO: refused before the download");
         start_convert(
             &vm,
-            &format!("--disk /dev/vda --live /root/live.iso --sha256 {iso_sha} --yes"),
+            &format!("--disk /dev/vda --live {iso_url} --sha256 {iso_sha} --yes"),
         )?;
         let booted = vm.wait_mark("live-booted", BOOT_TIMEOUT)?;
         vm.wait_exit(SHUTDOWN)?;
@@ -449,6 +476,10 @@ fn generic_refuses_a_corrupted_image_dry_runs_and_boots_again() -> Result<()> {
                 .map(str::to_owned)
                 .collect()
         };
+        ensure!(
+            serial.contains(&format!("Fetching {iso_url}")),
+            "the ISO was not fetched from the mirror"
+        );
         let cmdline = line("live-cmdline: ").concat();
         ensure!(
             cmdline.contains("nestos.inst.install_dev=/dev/vda")

@@ -18,6 +18,7 @@ pub fn package_of(program: &str) -> &'static str {
         "sfdisk" => "fdisk",
         "mmdebstrap" => "mmdebstrap",
         "ostree" => "ostree",
+        "busybox" => "busybox-static",
         _ => "the package that provides it",
     }
 }
@@ -31,7 +32,7 @@ pub fn describe(c: &Command) -> String {
     s
 }
 
-fn spawn_error(c: &Command, e: std::io::Error) -> anyhow::Error {
+pub fn spawn_error(c: &Command, e: std::io::Error) -> anyhow::Error {
     let prog = c.get_program().to_string_lossy().into_owned();
     if e.kind() == std::io::ErrorKind::NotFound {
         anyhow::anyhow!(

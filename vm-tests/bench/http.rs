@@ -67,6 +67,49 @@ impl Drop for HttpServer {
     }
 }
 
+/// Debian's busybox httpd on 127.0.0.1, for what a mirror does that [`HttpServer`] does not:
+/// Range requests (`x2nestos --live URL` reads the ISO in place). Stopped when dropped.
+pub struct Mirror {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Mirror {
+    pub fn serve(root: &Path) -> Result<Mirror> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = std::process::Command::new("busybox");
+        cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(root);
+        let child = cmd.spawn().map_err(|e| super::cmd::spawn_error(&cmd, e))?;
+        let mirror = Mirror { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "busybox httpd did not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(mirror)
+    }
+
+    /// The URL of `path` (relative to the served dir) as a guest sees it.
+    pub fn guest_url(&self, path: &str) -> String {
+        format!(
+            "http://{GUEST_HOST_ADDR}:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Maps a request path onto the served dir; `..` and absolute components are refused.
 fn resolve(root: &Path, target: &str) -> Option<PathBuf> {
     let path = target.split(['?', '#']).next().unwrap_or("");
