@@ -64,6 +64,7 @@ pub struct PlannedLive {
     /// Bytes loaded into memory (kernel and initramfs parts, before the overlay).
     pub load_bytes: u64,
     /// Whether the kernel carries a signature (kexec asks for one under lockdown).
+    #[serde(default)]
     pub kernel_signature: Signature,
 }
 

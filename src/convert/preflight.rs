@@ -53,12 +53,13 @@ pub struct Facts {
 
 /// Whether a kernel image carries an Authenticode signature (the kind kexec_file_load checks
 /// under lockdown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Signature {
     Signed,
     Unsigned,
     /// Not a PE image (an arm64 `Image` without EFI stub, a compressed kernel): cannot be told.
+    #[default]
     Unknown,
 }
 
@@ -165,7 +166,7 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
         out.push(warn(
             "secureBoot",
             if facts.live_kernel.is_some() {
-                "Secure Boot is on but the kernel is not locked down, so kexec does not ask for the live kernel's signature".into()
+                "Secure Boot is on but the kernel is not locked down, so kexec asks for the live kernel's signature only if this kernel was built to (CONFIG_KEXEC_SIG_FORCE)".into()
             } else {
                 "Secure Boot is on but the kernel is not locked down; the conversion uses this machine's own kernel either way".into()
             },

@@ -497,14 +497,6 @@ impl RangedUrl {
         Ok(me)
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Block `index` and the file's total length.
     fn fetch(&self, index: u64) -> Result<(std::sync::Arc<Vec<u8>>, u64), SourceError> {
         let start = index * RANGE_BLOCK;
