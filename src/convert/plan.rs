@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::disk::Disk;
 use super::network::Capture;
 use super::preflight::{Finding, Severity, Signature};
+use super::source::Source;
 
 pub const API_VERSION: &str = "x2nestos.housekeeper.io/v1";
 
@@ -365,9 +366,7 @@ pub fn summary(report: &Report) -> Vec<String> {
                 }
             )),
             Some(live) => {
-                let fetched = if image.source.starts_with("http://")
-                    || image.source.starts_with("https://")
-                {
+                let fetched = if Source::parse(&image.source).is_ok_and(|s| s.is_url()) {
                     "; downloaded whole before the jump"
                 } else {
                     ""

@@ -118,7 +118,8 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
     }
     let file_load = facts.kexec_file_load.unwrap_or(true);
     let old_load = facts.kexec_load.unwrap_or(true);
-    let locked = facts.lockdown.as_deref().is_some_and(|mode| mode != "none");
+    let mode = facts.lockdown.as_deref().unwrap_or_default();
+    let locked = !mode.is_empty() && mode != "none";
     if !facts.kexec_core || (!file_load && !old_load) {
         out.push(block(
             "noKexec",
@@ -134,7 +135,7 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
             "lockdown",
             format!(
                 "kernel lockdown ({}) forbids the old kexec_load, and this kernel lacks kexec_file_load; turn Secure Boot off in the firmware, or convert by booting the NestOS installer ISO",
-                facts.lockdown.as_deref().unwrap_or_default()
+                mode
             ),
         ));
     } else if locked && facts.live_kernel == Some(Signature::Unsigned) {
@@ -142,7 +143,7 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
             "lockdown",
             format!(
                 "kernel lockdown ({}) lets kexec load only signed kernels, and the live image's kernel carries no signature; convert without --live (the conversion then boots this machine's own signed kernel), or turn Secure Boot off in the firmware",
-                facts.lockdown.as_deref().unwrap_or_default()
+                mode
             ),
         ));
     } else if locked && facts.live_kernel.is_some() {
@@ -150,7 +151,7 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
             "lockdown",
             format!(
                 "kernel lockdown ({}) is on: kexec loads the live image's kernel only if this kernel trusts the key it was signed with (its built-in keys, the Secure Boot db or MOK); if it does not, the jump is refused and nothing is changed — then convert without --live",
-                facts.lockdown.as_deref().unwrap_or_default()
+                mode
             ),
         ));
     } else if locked {
@@ -158,7 +159,7 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
             "lockdown",
             format!(
                 "kernel lockdown ({}) is on{}: only signed kernels can be loaded; x2nestos uses this machine's own signed kernel, which its firmware already trusts",
-                facts.lockdown.as_deref().unwrap_or_default(),
+                mode,
                 if facts.secure_boot == Some(true) { ", from Secure Boot" } else { "" }
             ),
         ));

@@ -485,58 +485,20 @@ impl RangedUrl {
     /// Fetches the first block; a server that does not answer with 206 Partial Content and
     /// the total length cannot be read in place.
     pub fn open(url: &str, timeouts: Timeouts) -> Result<RangedUrl, SourceError> {
-        let me = RangedUrl {
+        let (first, len) = fetch_block(url, timeouts, 0)?;
+        Ok(RangedUrl {
             url: url.to_owned(),
             timeouts,
-            len: 0,
-            kept: Default::default(),
-        };
-        let (first, len) = me.fetch(0)?;
-        let me = RangedUrl { len, ..me };
-        me.kept.lock().unwrap().push_back((0, first));
-        Ok(me)
-    }
-
-    /// Block `index` and the file's total length.
-    fn fetch(&self, index: u64) -> Result<(std::sync::Arc<Vec<u8>>, u64), SourceError> {
-        let start = index * RANGE_BLOCK;
-        let range = format!("bytes={start}-{}", start + RANGE_BLOCK - 1);
-        let resp = request(&self.url, self.timeouts, Some(&range))?;
-        let said = resp
-            .header("Content-Range")
-            .and_then(parse_content_range)
-            .filter(|_| resp.status() == 206);
-        let Some((first, last, total)) = said.filter(|&(first, ..)| first == start) else {
-            return Err(SourceError::Said(format!(
-                "GET {}: the server does not answer range requests (206 with Content-Range), which reading the image in place needs; download it and give its path",
-                self.url
-            )));
-        };
-        let mut block = Vec::with_capacity((last + 1 - first) as usize);
-        StallReader {
-            inner: resp.into_reader(),
-            what: self.url.clone(),
-            secs: self.timeouts.stall.as_secs(),
-        }
-        .take(last + 1 - first)
-        .read_to_end(&mut block)
-        .map_err(|e| read_error(&Source::Url(self.url.clone()), e))?;
-        if block.len() as u64 != last + 1 - first {
-            return Err(SourceError::Said(format!(
-                "GET {}: bytes {first}-{last} ended after {} bytes; try again, or use another mirror",
-                self.url,
-                block.len()
-            )));
-        }
-        Ok((std::sync::Arc::new(block), total))
+            len,
+            kept: std::sync::Mutex::new([(0, first)].into()),
+        })
     }
 
     fn block(&self, index: u64) -> io::Result<std::sync::Arc<Vec<u8>>> {
         if let Some((_, b)) = self.kept.lock().unwrap().iter().find(|(i, _)| *i == index) {
             return Ok(b.clone());
         }
-        let (block, _) = self
-            .fetch(index)
+        let (block, _) = fetch_block(&self.url, self.timeouts, index)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let mut kept = self.kept.lock().unwrap();
         if kept.len() == RANGE_BLOCKS_KEPT {
@@ -545,6 +507,44 @@ impl RangedUrl {
         kept.push_back((index, block.clone()));
         Ok(block)
     }
+}
+
+/// Block `index` of `url` and the file's total length, by one Range request.
+fn fetch_block(
+    url: &str,
+    timeouts: Timeouts,
+    index: u64,
+) -> Result<(std::sync::Arc<Vec<u8>>, u64), SourceError> {
+    let start = index * RANGE_BLOCK;
+    let range = format!("bytes={start}-{}", start + RANGE_BLOCK - 1);
+    let resp = request(url, timeouts, Some(&range))?;
+    let said = resp
+        .header("Content-Range")
+        .and_then(parse_content_range)
+        .filter(|_| resp.status() == 206);
+    let Some((first, last, total)) = said.filter(|&(first, ..)| first == start) else {
+        return Err(SourceError::Said(format!(
+            "GET {}: the server does not answer range requests (206 with Content-Range), which reading the image in place needs; download it and give its path",
+            url
+        )));
+    };
+    let mut block = Vec::with_capacity((last + 1 - first) as usize);
+    StallReader {
+        inner: resp.into_reader(),
+        what: url.to_owned(),
+        secs: timeouts.stall.as_secs(),
+    }
+    .take(last + 1 - first)
+    .read_to_end(&mut block)
+    .map_err(|e| read_error(&Source::Url(url.to_owned()), e))?;
+    if block.len() as u64 != last + 1 - first {
+        return Err(SourceError::Said(format!(
+            "GET {}: bytes {first}-{last} ended after {} bytes; try again, or use another mirror",
+            url,
+            block.len()
+        )));
+    }
+    Ok((std::sync::Arc::new(block), total))
 }
 
 impl super::overlay::iso::ReadAt for RangedUrl {

@@ -40,12 +40,7 @@ impl Media {
                 path.display()
             )
         })?;
-        Ok(Media {
-            tree: Box::new(IsoTree {
-                iso,
-                name: path.display().to_string(),
-            }),
-        })
+        Ok(Media::iso(iso, path.display().to_string()))
     }
 
     /// Opens an ISO on an http(s) server without downloading it: read in place by ranges.
@@ -55,12 +50,13 @@ impl Media {
         let iso = Iso::read_from(Box::new(data)).map_err(|e| {
             anyhow::anyhow!("live image {url}: not an ISO 9660 image ({e}); give a NestOS live ISO")
         })?;
-        Ok(Media {
-            tree: Box::new(IsoTree {
-                iso,
-                name: url.to_owned(),
-            }),
-        })
+        Ok(Media::iso(iso, url.to_owned()))
+    }
+
+    fn iso(iso: Iso, name: String) -> Media {
+        Media {
+            tree: Box::new(IsoTree { iso, name }),
+        }
     }
 
     pub fn tree(&self) -> &dyn Tree {
