@@ -6,12 +6,16 @@
 #   3. integration tests against host tools: ignition-validate, loop devices (feature host-tests)
 #   4. integration tests against a real kube-apiserver       (feature kube-tests)
 #   5. whole-machine scenarios under QEMU                    (feature vm-tests)
+# Packages are named with the tools each step needs (PKG:TOOL, tools/lib.sh need_packages);
+# at the end, pass or fail, the wall time of every step is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/lib.sh
 t_all=$SECONDS
+trap 'step_summary; echo "total: $((SECONDS - t_all))s"' EXIT
 
-step "host packages" need_packages build-essential pkg-config git ca-certificates
+step "host packages" need_packages build-essential:cc,make pkg-config:pkg-config git:git ca-certificates
+step "the test scripts' own helpers: need_packages against real apt and dpkg (root)" tools/tests/need-packages.sh
 step "cargo-nextest" need_cargo_tool cargo-nextest cargo-nextest
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
@@ -22,24 +26,24 @@ step "unit and component-free tests" cargo nextest run --no-fail-fast
 # The tiers' tests are gated by features that change nothing in the crate itself;
 # every tier builds with all of them, so the crate and its tests are compiled once.
 # --- tier: host tools (host-tests) ---
-step "host packages for x2nestos" need_packages ignition mount xz-utils
+step "host packages for x2nestos" need_packages ignition:ignition-validate mount:mount,losetup xz-utils:xz
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_host
-step "host packages for x2nestos plan/convert/install" need_packages gpgv gnupg fdisk e2fsprogs util-linux dracut xorriso busybox-static
+step "host packages for x2nestos plan/convert/install" need_packages gpgv:gpgv gnupg:gpg fdisk:sfdisk e2fsprogs:mkfs.ext4,debugfs util-linux:lsblk,wipefs dracut:dracut xorriso:xorriso busybox-static:busybox
 step "host-tests: x2nestos refusing every bad input, gpgv, a mirror (busybox httpd), install onto loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_cli
-step "host packages for the conversion initramfs and live ISOs (dracut's systemd module needs systemd)" need_packages cpio dracut systemd xorriso
+step "host packages for the conversion initramfs and live ISOs (dracut's systemd module needs systemd)" need_packages cpio:cpio dracut:dracut,lsinitrd systemd:systemctl xorriso:xorriso
 step "host-tests: overlay cpio read back by cpio/lsinitrd, the dracut module built by dracut" cargo nextest run --no-fail-fast --all-features --test convert_initramfs
 
-step "host packages for the OSTree backend" need_packages ostree
+step "host packages for the OSTree backend" need_packages ostree:ostree
 step "host-tests: the OSTree backend and the node agent on temporary sysroots" cargo nextest run --no-fail-fast --all-features --test os_ostree --test node_agent
 
-step "host packages for the rpm-ostree backend (dbus-daemon)" need_packages dbus
+step "host packages for the rpm-ostree backend (dbus-daemon)" need_packages dbus:dbus-daemon
 step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on a private bus" cargo nextest run --no-fail-fast --all-features --test os_rpmostree --test node_reboot
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
 step "kube-tests against a real API server" cargo nextest run --no-fail-fast --all-features --test kube_api --test cluster_drain --test cluster_coordinator --test hkctl --test hkctl_fresh
 step "kube-tests: rollouts of real hkd agents over simulated hosts, with faults" cargo nextest run --no-fail-fast --all-features --test cluster_sim
-step "host packages for hkctl's terminal test" need_packages tmux
+step "host packages for hkctl's terminal test" need_packages tmux:tmux
 step "kube-tests: hkctl status --watch under tmux" cargo nextest run --no-fail-fast --all-features --test hkctl_watch
 
 # --- tier: QEMU machines (vm-tests) ---
@@ -50,4 +54,4 @@ step "VM images (vm-tests/images/build.sh)" env HKD_BIN=target/debug/hkd vm-test
 step "x2nestos for the conversion scenarios (release: the guest hashes and decompresses 1.2 GiB)" cargo build --quiet --release --bin x2nestos
 step "vm-tests: QEMU scenarios" cargo nextest run --no-fail-fast --all-features --test vm
 
-echo "all test tiers passed in $((SECONDS - t_all))s"
+echo "all test tiers passed"

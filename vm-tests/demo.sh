@@ -21,24 +21,29 @@
 #      (reached from the guests at https://10.0.2.2): `hkctl install` writes the nodes'
 #      kubeconfig, `hkctl upgrade` starts the rollout, and the elected coordinator lets one
 #      node after the other cordon, drain, reboot into v2, verify and uncordon.
+#
+# Every build uses tools/test-all.sh's feature set (--all-features), so after a test run in the
+# same checkout the demo rebuilds nothing and the images are cached. At the end, pass or fail,
+# the wall time of every step is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/lib.sh
 t_all=$SECONDS
+trap 'step_summary; echo "total: $((SECONDS - t_all))s"' EXIT
 
 command -v cargo >/dev/null 2>&1 ||
     { echo "error: cargo not found: install a Rust toolchain (https://rustup.rs)" >&2; exit 1; }
 # shellcheck disable=SC2046 # one package per word
 step "host packages" need_packages build-essential pkg-config git $(vm-tests/images/build.sh packages)
-step "build hkd (it goes into the test OS image)" cargo build --quiet --features vm-tests --bin hkd
+step "build hkd (it goes into the test OS image)" cargo build --quiet --all-features --bin hkd
 step "VM images (cached by their inputs)" env HKD_BIN=target/debug/hkd vm-tests/images/build.sh all
 step "build x2nestos (release: the guest hashes and decompresses 1.2 GiB)" cargo build --quiet --release --bin x2nestos
 step "kube-apiserver and etcd for the cluster act (built once from Debian's source, cached)" \
     tests/kube/build-kube.sh
-step "build the VM scenarios" cargo test --quiet --features vm-tests --test vm --no-run
+step "build the VM scenarios" cargo test --quiet --all-features --test vm --no-run
 
 scenario() {
-    cargo test --quiet --features vm-tests --test vm -- --exact --nocapture --test-threads=1 "$1"
+    cargo test --quiet --all-features --test vm -- --exact --nocapture --test-threads=1 "$1"
 }
 step "0/4 x2nestos converts the generic Debian 12 machine into testos, carrying its identity" \
     scenario convert::generic_converts_to_testos_carrying_its_identity
@@ -60,4 +65,4 @@ EOF
 step "5. a cluster of two testos machines rolled to v2 one at a time by their hkd" \
     scenario cluster::testos_cluster_rolls_two_nodes_to_v2_one_at_a_time
 
-echo "demo done in $((SECONDS - t_all))s; serial logs in target/tmp/vm-tests/"
+echo "demo done; serial logs in target/tmp/vm-tests/"

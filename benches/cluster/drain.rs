@@ -140,7 +140,7 @@ async fn kubectl_cmd(kubeconfig: &std::path::Path, args: &[&str]) -> Result<Stri
         .stdin(Stdio::null());
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
-        .context("running kubectl: install it (it is not in Debian 12; Kubernetes' or Google's apt repository has it)")?;
+        .context("running kubectl: put one on PATH (tools/bench-cluster.sh builds v1.20.2 from Debian's source when none is there)")?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -160,7 +160,7 @@ async fn kubectl_version() -> Result<String> {
     let out = Command::new("kubectl")
         .args(["version", "--client", "-o", "json"])
         .output()
-        .context("running kubectl: install it (it is not in Debian 12; Kubernetes' or Google's apt repository has it)")?;
+        .context("running kubectl: put one on PATH (tools/bench-cluster.sh builds v1.20.2 from Debian's source when none is there)")?;
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading kubectl version --client -o json")?;
     Ok(format!(

@@ -19,6 +19,10 @@
 # The step functions run under `step`, i.e. inside `if`, where bash ignores `set -e`: every
 # command that can fail there carries its own `|| return 1`.
 #
+# `build-kube.sh kubectl` builds kubectl (v1.20.2) from the same source instead, for
+# tools/bench-cluster.sh's drain benchmark on a machine without one (Debian 12's repositories
+# have none): $KUBE_CACHE/<sha256>/kubectl/bin/kubectl. The tests never need it.
+#
 # Environment: XDG_CACHE_HOME / HOME choose the cache (KUBE_CACHE overrides it);
 # KUBE_DEB_VERSION pins the source package version.
 set -euo pipefail
@@ -33,6 +37,12 @@ KUBE_CACHE=${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/kube}
 TOOL_PACKAGES=(golang-1.19-go golang-1.19-src golang-github-modern-go-reflect2-dev)
 WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
 BINARIES=(kube-apiserver kube-controller-manager)
+MODE=${1:-servers}
+case $MODE in
+    servers) ;;
+    kubectl) WHAT=cmd/kubectl; BINARIES=(kubectl) ;;
+    *) echo "usage: $0 [kubectl]" >&2; exit 2 ;;
+esac
 
 srcdir=$KUBE_CACHE/src/$KUBE_DEB_VERSION
 aptdir=$KUBE_CACHE/apt
@@ -143,11 +153,18 @@ need_packages_waiting() {
 }
 
 main() {
-    step "etcd-server, openssl, dpkg-dev, rsync (apt-get)" need_packages_waiting etcd-server openssl dpkg-dev rsync
+    step "etcd-server, openssl, dpkg-dev, rsync (apt-get)" need_packages_waiting etcd-server:etcd \
+        openssl:openssl dpkg-dev:dpkg-source rsync:rsync
     step "fetch kubernetes $KUBE_DEB_VERSION source and Go toolchain" fetch_source
     local sha out
     sha=$(source_sha)
     out=$KUBE_CACHE/$sha
+    if [ "$MODE" = kubectl ]; then
+        out=$KUBE_CACHE/$sha/kubectl
+        [ -x "$out/bin/kubectl" ] || step "build kubectl (Go, a few minutes on 2 cores)" build "$out"
+        echo "kubectl ready: $out/bin/kubectl"
+        return 0
+    fi
     if [ -x "$out/bin/kube-apiserver" ] && [ -x "$out/bin/kube-controller-manager" ]; then
         echo "==> binaries already built in $out"
     else

@@ -28,9 +28,12 @@ REPO=$(cd "$HERE/../.." && pwd)
 
 CACHE=${HK_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/vm}
 SUITE=bookworm
-# The host packages this script and the harness use. `need_packages` installs what is missing.
-HOST_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils ostree fdisk e2fsprogs busybox-static
-    xz-utils binutils cpio openssh-client ca-certificates debian-archive-keyring xorriso)
+# The host packages this script and the harness use, each with the tools it is needed for
+# (tools/lib.sh need_packages: PKG:TOOL,...). `need_packages` installs what is missing.
+HOST_PACKAGES=(mmdebstrap:mmdebstrap qemu-system-x86:qemu-system-x86_64 qemu-utils:qemu-img
+    ostree:ostree fdisk:sfdisk e2fsprogs:mkfs.ext4,debugfs busybox-static:busybox xz-utils:xz
+    binutils:readelf cpio:cpio openssh-client:ssh-keygen,ssh ca-certificates
+    debian-archive-keyring xorriso:xorriso)
 
 die() { echo "error: $*" >&2; exit 1; }
 # timed LABEL CMD...: run CMD quietly, print its time (a sub-step of a layer).
@@ -103,14 +106,19 @@ clear_dir() {
 
 # --- shared pieces -------------------------------------------------------------------------
 
+# check_tools: every tool HOST_PACKAGES names is there, else each missing one named with its
+# package.
 check_tools() {
-    local t missing=()
-    for t in mmdebstrap qemu-system-x86_64 qemu-img ostree sfdisk mkfs.ext4 debugfs busybox xz \
-        readelf cpio ssh-keygen; do
-        command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+    local spec t tools missing=() pkgs=()
+    for spec in "${HOST_PACKAGES[@]}"; do
+        [ "$spec" = "${spec%%:*}" ] && continue
+        IFS=, read -r -a tools <<<"${spec#*:}"
+        for t in "${tools[@]}"; do
+            tool_present "$t" || { missing+=("$t"); pkgs+=("${spec%%:*}"); }
+        done
     done
     [ ${#missing[@]} -eq 0 ] ||
-        die "missing tools: ${missing[*]}; install: apt-get install ${HOST_PACKAGES[*]}"
+        die "missing tools: ${missing[*]}; install: apt-get install ${pkgs[*]}"
 }
 
 ensure_keys() {
