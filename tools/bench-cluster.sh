@@ -23,15 +23,10 @@ cd "$(dirname "$0")/.."
 . tools/lib.sh
 
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh >&2
-# kubectl only for (c): from PATH, else built once from the API server's own Debian source
-# (v1.20.2; Debian 12's repositories have no kubectl).
+# kubectl only for (c): from PATH, else built from the API server's Debian source (need_kubectl).
 wanted=" ${*:-all} "
-if [[ $wanted == *" drain "* || $wanted == *" all "* ]] && ! command -v kubectl >/dev/null 2>&1; then
-    step "kubectl for (c), from the same Debian source (tests/kube/build-kube.sh kubectl)" \
-        tests/kube/build-kube.sh kubectl >&2
-    kube_cache=${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/kube}
-    PATH=$(cd "$kube_cache/current/kubectl/bin" && pwd):$PATH
-    export PATH
+if [[ $wanted == *" drain "* || $wanted == *" all "* ]]; then
+    step "kubectl for (c)" need_kubectl >&2
 fi
 # Built once and run directly: a second cargo command could rebuild in a target directory that
 # other builds share.

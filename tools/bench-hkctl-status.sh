@@ -14,9 +14,7 @@ cd "$(dirname "$0")/.."
 . tools/lib.sh
 
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh >&2
-command -v kubectl >/dev/null 2>&1 || {
-    echo "error: kubectl not found: it is the peer this benchmark measures against; install it from Kubernetes' apt repository" >&2
-    exit 1
-}
+# The peer: kubectl from PATH, else built from the API server's Debian source (need_kubectl).
+step "kubectl" need_kubectl >&2
 step "build (release)" cargo bench --quiet --features kube-tests --bench hkctl_status --no-run >&2
 cargo bench --quiet --features kube-tests --bench hkctl_status

@@ -107,9 +107,11 @@ need_packages() {
     fi
     local removed
     removed=$(printf '%s\n' "$plan" | sed -n 's/^Remv \([^ ]*\).*/\1/p' | tr '\n' ' ')
-    if [ -n "$removed" ] || plan_downgrades "$plan"; then
-        echo "apt's plan removes or downgrades packages (apt-get -s install ${args[*]}):"
-        printf '%s\n' "$plan" | grep -E '^(Remv|Inst) ' | sed 's/^/    /'
+    local changes
+    changes=$(plan_removals_and_downgrades "$plan")
+    if [ -n "$changes" ]; then
+        echo "apt's plan removes or downgrades packages (apt-get -s install ${args[*]}; $(grep -c '^Inst ' <<<"$plan") to install or change in all):"
+        printf '%s\n' "$changes" | sed 's/^/    /'
     fi
     if [ -n "$removed" ]; then
         echo "error: installing ${missing[*]} would remove ${removed% } (not needed here); nothing was changed. Remove it yourself if that is fine, then run again" >&2
@@ -149,14 +151,21 @@ plan_removes_any() {
     return 1
 }
 
-# plan_downgrades PLAN: some Inst line replaces a newer installed version by an older one
-# ("Inst P [OLD] (NEW …)").
-plan_downgrades() {
-    local old new
-    while read -r old new; do
-        dpkg --compare-versions "$new" lt "$old" && return 0
-    done < <(printf '%s\n' "$1" | sed -n 's/^Inst [^ ]* \[\([^]]*\)\] (\([^ ]*\) .*/\1 \2/p')
-    return 1
+# plan_removals_and_downgrades PLAN: the plan's Remv lines, and its Inst lines that replace a
+# newer installed version by an older one ("Inst P [OLD] (NEW …)").
+plan_removals_and_downgrades() {
+    local line old new
+    while IFS= read -r line; do
+        case $line in
+            "Remv "*) printf '%s\n' "$line" ;;
+            "Inst "*" ["*"] ("*)
+                old=${line#*\[}; old=${old%%\]*}
+                new=${line#*\] (}; new=${new%% *}
+                dpkg --compare-versions "$new" lt "$old" && printf '%s\n' "$line"
+                ;;
+        esac
+    done <<<"$1"
+    return 0
 }
 
 # sourceless_repo_version PKG: when PKG is installed in a version that no configured source
@@ -169,6 +178,19 @@ sourceless_repo_version() {
     [ -n "$offered" ] || return 0
     printf '%s\n' "$offered" | grep -qxF "$installed" && return 0
     printf '%s\n' "$offered" | head -n1
+}
+
+# need_kubectl: kubectl on PATH for a benchmark that measures against it; when there is none
+# (Debian 12's repositories have none), kubectl v1.20.2 built once from the API server's own
+# Debian source (tests/kube/build-kube.sh kubectl) is put first on PATH.
+need_kubectl() {
+    command -v kubectl >/dev/null 2>&1 && return 0
+    local top cache
+    top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    "$top/tests/kube/build-kube.sh" kubectl || return 1
+    cache=${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/housekeeper/kube}
+    PATH=$(cd "$cache/current/kubectl/bin" && pwd):$PATH
+    export PATH
 }
 
 # need_cargo_tool BIN CRATE: install a cargo tool when its binary is missing.

@@ -21,10 +21,22 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
-step "unit and component-free tests" cargo nextest run --no-fail-fast
-
-# The tiers' tests are gated by features that change nothing in the crate itself;
-# every tier builds with all of them, so the crate and its tests are compiled once.
+# The tiers' tests are gated by features that change nothing in the crate itself; every
+# step builds with all of them, so the crate and its tests are compiled once (plain
+# `cargo test` runs the same unit and component-free tests without the features).
+# The component-free integration tests are the files in tests/ that Cargo.toml gates behind
+# no feature; every gated one must be run by a tier below.
+gated=$(awk '/^\[\[/{t=($0=="[[test]]"); n=""} t&&$1=="name"{gsub(/"/,"",$3); n=$3}
+    t&&$1=="required-features"&&n!=""{print n}' Cargo.toml)
+free=()
+for f in tests/*.rs; do
+    b=$(basename "$f" .rs)
+    grep -qxF "$b" <<<"$gated" || free+=(--test "$b")
+done
+for b in $gated; do
+    grep -q -- "--test $b\b" "$0" || { echo "error: test $b is gated by a feature but no tier of $0 runs it" >&2; exit 1; }
+done
+step "unit and component-free tests" cargo nextest run --no-fail-fast --all-features --lib --bins "${free[@]}"
 # --- tier: host tools (host-tests) ---
 step "host packages for x2nestos" need_packages ignition:ignition-validate mount:mount,losetup xz-utils:xz
 step "host-tests: ignition-validate, loop devices (root)" cargo nextest run --no-fail-fast --all-features --test convert_host
