@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use housekeeper::cluster::annotations::CORDONED_BY_HKD;
-use housekeeper::cluster::kube_drain::{Drainer, Outcome, Stuck, Tuning};
+use housekeeper::cluster::kube_drain::{DrainOutcome, Drainer, Stuck, Tuning};
 use housekeeper::cluster::update::{self, DrainPolicy, OnTimeout, Update};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -156,7 +156,11 @@ async fn pdb_blocked_pod_waits_then_passes_when_the_budget_allows() -> Result<()
     )
     .await?;
     let report = tokio::time::timeout(Duration::from_secs(40), task).await???;
-    ensure!(report.outcome == Outcome::Drained, "{}", report.summary());
+    ensure!(
+        report.outcome == DrainOutcome::Drained,
+        "{}",
+        report.summary()
+    );
     ensure!(report.evicted.len() == 1 && report.evicted[0].name == "web-1");
     ensure!(unschedulable(&env.admin, &node).await? == (true, true));
     ensure!(drainer.uncordon(&node).await?);
@@ -195,7 +199,11 @@ async fn timeout_then_each_policy() -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
         match on_timeout {
             OnTimeout::Abort => {
-                ensure!(report.outcome == Outcome::Aborted, "{}", report.summary());
+                ensure!(
+                    report.outcome == DrainOutcome::Aborted,
+                    "{}",
+                    report.summary()
+                );
                 let (p, why) = &report.remaining[0];
                 ensure!(p.name == name);
                 ensure!(
@@ -213,7 +221,7 @@ async fn timeout_then_each_policy() -> Result<()> {
             }
             OnTimeout::DeleteWithoutEviction => {
                 ensure!(
-                    report.outcome == Outcome::ForceDeleted,
+                    report.outcome == DrainOutcome::ForceDeleted,
                     "{}",
                     report.summary()
                 );
@@ -222,7 +230,11 @@ async fn timeout_then_each_policy() -> Result<()> {
                 ensure!(report.outcome.may_reboot());
             }
             OnTimeout::Proceed => {
-                ensure!(report.outcome == Outcome::Proceeded, "{}", report.summary());
+                ensure!(
+                    report.outcome == DrainOutcome::Proceeded,
+                    "{}",
+                    report.summary()
+                );
                 ensure!(report.remaining.len() == 1 && report.outcome.may_reboot());
                 ensure!(pods.get_opt(&name).await?.is_some());
                 ensure!(unschedulable(&env.admin, &node).await? == (true, true));
@@ -272,7 +284,11 @@ async fn daemonset_mirror_emptydir_and_unreplicated_pods() -> Result<()> {
     drainer.cordon(&node, "uid/1").await?;
     // Without consent: refused, nothing evicted, hkd's cordon lifted.
     let report = drainer.drain(&node, &policy(20, OnTimeout::Abort)).await?;
-    ensure!(report.outcome == Outcome::Refused, "{}", report.summary());
+    ensure!(
+        report.outcome == DrainOutcome::Refused,
+        "{}",
+        report.summary()
+    );
     ensure!(report.evicted.is_empty());
     let blocked: Vec<_> = report
         .remaining
@@ -294,7 +310,11 @@ async fn daemonset_mirror_emptydir_and_unreplicated_pods() -> Result<()> {
         "drain": {"timeoutSeconds": 20}}))?;
     drainer.cordon(&node, "uid/1").await?;
     let report = drainer.drain(&node, &spec.effective_drain()).await?;
-    ensure!(report.outcome == Outcome::Drained, "{}", report.summary());
+    ensure!(
+        report.outcome == DrainOutcome::Drained,
+        "{}",
+        report.summary()
+    );
     let mut evicted: Vec<_> = report.evicted.iter().map(|p| p.name.as_str()).collect();
     evicted.sort();
     ensure!(evicted == ["cache-1", "lone-1", "web-1"], "{evicted:?}");
@@ -367,7 +387,11 @@ async fn a_pod_replaced_under_the_same_name_counts_as_gone() -> Result<()> {
     .await?;
     ensure!(new.metadata.uid != old.metadata.uid);
     let report = tokio::time::timeout(Duration::from_secs(20), task).await???;
-    ensure!(report.outcome == Outcome::Drained, "{}", report.summary());
+    ensure!(
+        report.outcome == DrainOutcome::Drained,
+        "{}",
+        report.summary()
+    );
     ensure!(
         report.evicted.len() == 1 && report.evicted[0].uid == old.metadata.uid.unwrap_or_default()
     );
@@ -402,7 +426,7 @@ async fn an_admins_cordon_survives() -> Result<()> {
     // A drain that aborts, and an explicit uncordon: neither lifts the admin's cordon.
     pod(&env.admin, &env.ns, "lone-1", &node, "", json!({})).await?;
     let report = drainer.drain(&node, &policy(2, OnTimeout::Abort)).await?;
-    ensure!(report.outcome == Outcome::Refused);
+    ensure!(report.outcome == DrainOutcome::Refused);
     ensure!(!drainer.uncordon(&node).await?);
     ensure!(unschedulable(&env.admin, &node).await? == (true, false));
     Ok(())

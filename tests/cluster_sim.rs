@@ -39,7 +39,8 @@ const V2: &str = "ostree-image-signed:docker://registry.sim/nestos:2";
 #[test]
 fn simulated_host_keeps_deployments_like_a_host() -> Result<()> {
     sim::node_main_if_asked();
-    use housekeeper::os::{Backend, ImageRef};
+    use housekeeper::image_ref::{ImagePolicy, ImageRef};
+    use housekeeper::os::Backend;
     let dir = tempfile::tempdir()?;
     let host = sim::host::SimHost {
         dir: dir.path().to_owned(),
@@ -47,7 +48,7 @@ fn simulated_host_keeps_deployments_like_a_host() -> Result<()> {
     };
     let e = |e: housekeeper::os::OsError| anyhow::anyhow!("{e}");
     host.create(V1).map_err(e)?;
-    let v2 = ImageRef::parse(V2, false)?;
+    let v2 = ImageRef::parse(V2, ImagePolicy::STRICT)?;
     let staged = host.stage(&v2).map_err(e)?;
     let all = host.status().map_err(e)?;
     ensure!(all.booted().and_then(|d| d.origin.as_deref()) == Some(V1));
@@ -72,7 +73,7 @@ fn simulated_host_keeps_deployments_like_a_host() -> Result<()> {
     ensure!(all.default_deployment().and_then(|d| d.origin.as_deref()) == Some(V2));
     let bad = ImageRef::parse(
         "ostree-image-signed:docker://registry.sim/nestos:unstageable",
-        false,
+        ImagePolicy::STRICT,
     )?;
     ensure!(host.stage(&bad).is_err(), "an unstageable image staged");
     Ok(())

@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use housekeeper::config::hkd::Health;
-use housekeeper::metrics::Metrics;
-use housekeeper::node::agent::{Agent, ClusterSide, Observer, Parts, Rebooter};
+use housekeeper::image_ref::ImagePolicy;
+use housekeeper::image_ref::ImageRef;
+use housekeeper::node::agent::{
+    Agent, ClusterSide, DrainError, Observer, Parts, RebootError, Rebooter,
+};
 use housekeeper::node::health::{Check, Gate};
 use housekeeper::node::journal::Journal;
-use housekeeper::node::machine::{Event, Limits, Machine, Outcome, State};
+use housekeeper::node::machine::{Event, Limits, Machine, Phase, State, UpgradeOutcome};
+use housekeeper::node::metrics::Metrics;
 use housekeeper::os::Backend;
 use ostree_host::Host;
 
@@ -22,10 +26,12 @@ use ostree_host::Host;
 struct Boots(Arc<Mutex<(u32, bool)>>);
 
 impl Rebooter for Boots {
-    fn reboot(&self, _why: &str) -> Result<(), String> {
+    fn reboot(&self, _why: &str) -> Result<(), RebootError> {
         let mut b = self.0.lock().unwrap();
         if b.1 {
-            return Err("Operation inhibited by \"kubelet\" (delay)".into());
+            return Err(RebootError::Failed(
+                "Operation inhibited by \"kubelet\" (delay)".into(),
+            ));
         }
         b.0 += 1;
         Ok(())
@@ -33,22 +39,22 @@ impl Rebooter for Boots {
 }
 
 impl Observer for Boots {
-    fn boot_id(&self) -> Result<String, String> {
+    fn boot_id(&self) -> anyhow::Result<String> {
         Ok(format!("boot-{}", self.0.lock().unwrap().0))
     }
 }
 
 #[derive(Clone, Default)]
 struct Cluster {
-    reports: Arc<Mutex<Vec<Outcome>>>,
+    reports: Arc<Mutex<Vec<UpgradeOutcome>>>,
     hold_grant: bool,
 }
 
 impl ClusterSide for Cluster {
-    fn drain(&self) -> Result<(), String> {
+    fn drain(&self) -> Result<(), DrainError> {
         Ok(())
     }
-    fn report(&self, outcome: &Outcome, _machine: &Machine) {
+    fn report(&self, outcome: &UpgradeOutcome, _machine: &Machine) {
         self.reports.lock().unwrap().push(outcome.clone());
     }
     fn after_step(&self, machine: &Machine) -> Vec<Event> {
@@ -118,7 +124,7 @@ impl Node {
                 extra: vec![Box::new(NotVersion3(self.host.backend.clone()))],
             },
             journal: Journal::open(&self.state_dir).unwrap(),
-            allow_unverified: true,
+            policy: ImagePolicy::ALLOW_UNVERIFIED,
             limits: Limits { health_timeout: 1 },
             reboot_retry: Duration::ZERO,
             metrics: self.metrics.clone(),
@@ -132,13 +138,13 @@ impl Node {
         agent.handle(first).unwrap();
         agent
             .handle(Event::TargetRequested {
-                target: format!("upstream:{branch}"),
+                target: img(&format!("upstream:{branch}")),
             })
             .unwrap();
         agent
     }
 
-    fn reports(&self) -> Vec<Outcome> {
+    fn reports(&self) -> Vec<UpgradeOutcome> {
         self.cluster.reports.lock().unwrap().clone()
     }
 
@@ -147,16 +153,21 @@ impl Node {
     }
 }
 
+/// A well-formed reference, as the journal would load it.
+fn img(raw: &str) -> ImageRef {
+    ImageRef::parse_any(raw).unwrap()
+}
+
 #[test]
 fn an_upgrade_stages_reboots_verifies_and_reports_done() {
     let node = Node::new();
     let agent = node.upgrade_to("2");
-    assert_eq!(agent.machine().state.phase(), "done");
+    assert_eq!(agent.machine().state.phase(), Phase::Done);
     assert_eq!(node.host.versions()[0], "2");
     assert_eq!(node.boots(), 1);
-    assert_eq!(node.reports(), vec![Outcome::Done]);
+    assert_eq!(node.reports(), vec![UpgradeOutcome::Done]);
     let status = agent.shared().lock().unwrap().clone();
-    assert_eq!(status.upgrade.phase, "done");
+    assert_eq!(status.upgrade.phase, Phase::Done);
     assert_eq!(status.deployments[0].version.as_deref(), Some("2"));
 }
 
@@ -174,16 +185,16 @@ fn a_target_failing_its_health_gate_is_rolled_back_and_not_retried() {
     assert_eq!(node.boots(), 3, "one boot into v2, one into v3, one back");
     assert!(matches!(
         node.reports().last(),
-        Some(Outcome::RolledBack { .. })
+        Some(UpgradeOutcome::RolledBack { .. })
     ));
 
     // Asked again for the same target: nothing happens.
     agent
         .handle(Event::TargetRequested {
-            target: "upstream:testos/x86_64/v3".into(),
+            target: img("upstream:testos/x86_64/v3"),
         })
         .unwrap();
-    assert_eq!(agent.machine().state.phase(), "rolledBack");
+    assert_eq!(agent.machine().state.phase(), Phase::RolledBack);
     assert_eq!(node.boots(), 3);
 }
 
@@ -192,16 +203,16 @@ fn a_restart_resumes_from_the_journal_without_staging_again() {
     let mut node = Node::new();
     node.cluster.hold_grant = true;
     let agent = node.upgrade_to("2");
-    assert_eq!(agent.machine().state.phase(), "staged");
+    assert_eq!(agent.machine().state.phase(), Phase::Staged);
     drop(agent); // hkd stops (or is killed) while waiting for the grant
     let deployments_before = node.host.versions();
 
     let (mut agent, first) = node.agent();
     agent.handle(first).unwrap();
-    assert_eq!(agent.machine().state.phase(), "staged");
+    assert_eq!(agent.machine().state.phase(), Phase::Staged);
     assert_eq!(node.host.versions(), deployments_before, "staged twice");
     agent.handle(Event::Granted).unwrap();
-    assert_eq!(agent.machine().state.phase(), "done");
+    assert_eq!(agent.machine().state.phase(), Phase::Done);
     assert_eq!(node.boots(), 1);
 }
 

@@ -3,8 +3,10 @@
 
 mod standin;
 
+use housekeeper::config::hkd::OnBlocked;
+use housekeeper::node::agent::RebootError;
 use housekeeper::node::agent::Rebooter;
-use housekeeper::node::reboot::{Logind, OnBlocked};
+use housekeeper::node::reboot::Logind;
 use standin::bus::PrivateBus;
 use standin::logind::StandIn;
 
@@ -50,6 +52,10 @@ fn a_block_inhibitor_postpones_unless_told_to_ignore_it() {
     let err = waiting.check().unwrap_err();
     assert_eq!(
         err,
+        RebootError::Blocked(vec!["backup (pid 4242): draining pods".into()])
+    );
+    assert_eq!(
+        err.to_string(),
         "the reboot is blocked by backup (pid 4242): draining pods"
     );
     assert!(waiting.reboot("test").is_err());
@@ -62,7 +68,10 @@ fn a_block_inhibitor_postpones_unless_told_to_ignore_it() {
 #[test]
 fn no_logind_on_the_bus_is_a_clear_error() {
     let bus = PrivateBus::start();
-    let err = logind(&bus, OnBlocked::Wait).reboot("test").unwrap_err();
+    let err = logind(&bus, OnBlocked::Wait)
+        .reboot("test")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("listing logind inhibitors: "), "{err}");
     assert!(err.contains("org.freedesktop.login1"), "{err}");
 }

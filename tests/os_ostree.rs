@@ -5,8 +5,9 @@ mod ostree_host;
 
 use std::fs;
 
+use housekeeper::image_ref::{ImagePolicy, ImageRef};
 use housekeeper::os::ostree::Ostree;
-use housekeeper::os::{Backend, ImageRef, OsError};
+use housekeeper::os::{Backend, OsError};
 use ostree_host::{ostree, read, Host, OS};
 
 #[test]
@@ -148,14 +149,18 @@ fn a_remote_that_verifies_nothing_is_refused_by_default() {
 #[test]
 fn a_missing_branch_or_container_image_is_a_clear_error_and_changes_nothing() {
     let host = Host::new().allowing_unverified();
-    let missing = ImageRef::parse("upstream:testos/x86_64/nope", true).unwrap();
+    let missing =
+        ImageRef::parse("upstream:testos/x86_64/nope", ImagePolicy::ALLOW_UNVERIFIED).unwrap();
     let err = host.backend.stage(&missing).unwrap_err();
     assert!(matches!(err, OsError::NotFound(_)), "{err}");
-    let container =
-        ImageRef::parse("ostree-image-signed:docker://registry.example/os:1", false).unwrap();
+    let container = ImageRef::parse(
+        "ostree-image-signed:docker://registry.example/os:1",
+        ImagePolicy::STRICT,
+    )
+    .unwrap();
     let err = host.backend.stage(&container).unwrap_err().to_string();
     assert!(err.contains("cannot deploy container images"), "{err}");
-    let absent = ImageRef::parse(&"0".repeat(64), false).unwrap();
+    let absent = ImageRef::parse(&"0".repeat(64), ImagePolicy::STRICT).unwrap();
     assert!(matches!(
         host.backend.stage(&absent),
         Err(OsError::NotFound(_))
@@ -170,7 +175,7 @@ fn a_sysroot_that_is_not_one_is_reported_unavailable() {
         sysroot: dir.path().to_owned(),
         osname: OS.into(),
         run_dir: dir.path().join("run"),
-        allow_unverified: false,
+        policy: ImagePolicy::STRICT,
     };
     let err = backend.status().unwrap_err();
     assert!(matches!(err, OsError::Unavailable(_)), "{err}");

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use housekeeper::image_ref::{ImagePolicy, ImageRef, ImageRefError};
 use housekeeper::os::rpmostree::{Progress, RpmOstree};
-use housekeeper::os::{Backend, ImageRef, ImageRefError, OsError};
+use housekeeper::os::{Backend, OsError};
 use standin::bus::PrivateBus;
 use standin::rpmostreed::{Dep, Model, Opt, StandIn};
 
@@ -75,12 +76,17 @@ impl Lab {
 
     fn backend_allowing_unverified(&self, allow: bool) -> RpmOstree {
         let seen = self.progress.clone();
-        RpmOstree::at_address(&self.bus.address, allow)
-            .unwrap_or_else(|e| panic!("connecting to the stand-in: {e}"))
-            .with_transaction_timeout(Duration::from_secs(30))
-            .with_observer(Arc::new(move |p: &Progress| {
-                seen.lock().unwrap().push(p.clone())
-            }))
+        RpmOstree::at_address(
+            &self.bus.address,
+            ImagePolicy {
+                allow_unverified: allow,
+            },
+        )
+        .unwrap_or_else(|e| panic!("connecting to the stand-in: {e}"))
+        .with_transaction_timeout(Duration::from_secs(30))
+        .with_observer(Arc::new(move |p: &Progress| {
+            seen.lock().unwrap().push(p.clone())
+        }))
     }
 
     /// The methods called on the OS object, in order.
@@ -103,7 +109,7 @@ impl Lab {
 }
 
 fn signed(raw: &str) -> ImageRef {
-    ImageRef::parse(raw, false).unwrap()
+    ImageRef::parse(raw, ImagePolicy::STRICT).unwrap()
 }
 
 #[test]
@@ -355,7 +361,7 @@ fn a_call_racing_the_daemons_idle_exit_is_asked_again_once() {
 #[test]
 fn an_absent_daemon_is_unavailable_and_says_what_to_check() {
     let bus = PrivateBus::start();
-    let err = RpmOstree::at_address(&bus.address, false)
+    let err = RpmOstree::at_address(&bus.address, ImagePolicy::STRICT)
         .err()
         .expect("no daemon on the bus");
     let text = err.to_string();
@@ -369,7 +375,7 @@ fn an_absent_daemon_is_unavailable_and_says_what_to_check() {
 
     // Gone after hkd started: the next call says the same.
     let standin = StandIn::start(&bus, nestos());
-    let backend = RpmOstree::at_address(&bus.address, false).unwrap();
+    let backend = RpmOstree::at_address(&bus.address, ImagePolicy::STRICT).unwrap();
     drop(standin);
     let err = backend.status().unwrap_err();
     assert!(
@@ -449,7 +455,7 @@ fn a_transaction_past_its_deadline_is_cancelled() {
 #[test]
 fn an_unverified_reference_is_refused_before_any_dbus_call() {
     let lab = Lab::new();
-    let target = ImageRef::parse(UNVERIFIED_V2, true).unwrap();
+    let target = ImageRef::parse(UNVERIFIED_V2, ImagePolicy::ALLOW_UNVERIFIED).unwrap();
     let err = lab.backend().stage(&target).unwrap_err();
     assert!(
         matches!(err, OsError::ImageRef(ImageRefError::Unverified(ref raw)) if raw == UNVERIFIED_V2),

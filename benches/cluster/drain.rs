@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use housekeeper::cluster::kube_drain::{Drainer, Outcome, Tuning};
+use housekeeper::cluster::kube_drain::{DrainOutcome, Drainer, Tuning};
 use housekeeper::cluster::update::DrainPolicy;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -110,7 +110,7 @@ async fn drain_ours(client: &Client, node: &str) -> Result<Duration> {
     let report = drainer.drain(node, &DrainPolicy::default()).await?;
     let took = t0.elapsed();
     ensure!(
-        report.outcome == Outcome::Drained && report.evicted.len() == PODS,
+        report.outcome == DrainOutcome::Drained && report.evicted.len() == PODS,
         "our drain did not evict all {PODS} pods: {}",
         report.summary()
     );

@@ -9,12 +9,14 @@ use clap_verbosity_flag::{InfoLevel, Verbosity};
 
 use super::{DocCommand, EXIT_CODES_HELP};
 use crate::config::{self, hkd::Settings};
+use crate::image_ref::ImageRef;
 use crate::node::daemon;
 use crate::node::journal::Journal;
 use crate::node::machine::Machine;
 use crate::node::socket::{self, Request};
 use crate::node::status::{self, NodeStatus};
-use crate::os::{Backend as _, ImageRef};
+use crate::os::ostree::Ostree;
+use crate::os::Backend as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,14 +95,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Upgrade(args) => {
             let settings = load_settings(&cli.root)?;
             // Refuse a bad reference here, before it reaches the agent.
-            ImageRef::parse(&args.target, settings.os.allow_unverified_images)?;
-            let answer = socket::request(
-                &cli.socket,
-                &Request::Upgrade {
-                    target: args.target.clone(),
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("{e}; is hkd running (systemctl status hkd)?"))?;
+            let target = ImageRef::parse(&args.target, daemon::image_policy(&settings))?;
+            let answer = socket::request(&cli.socket, &Request::Upgrade { target })
+                .map_err(|e| anyhow::anyhow!("{e}; is hkd running (systemctl status hkd)?"))?;
             match answer.error {
                 None => {
                     writeln!(
@@ -144,7 +141,7 @@ fn show_status(
         Err(why) => {
             tracing::warn!("{why}; showing what is on disk");
             let settings = load_settings(root)?;
-            let backend = daemon::ostree_backend(root, settings.os.allow_unverified_images)?;
+            let backend = Ostree::booted_in(root, daemon::image_policy(&settings))?;
             let journal = Journal::open(&settings.state_dir(root))?;
             let boot_id = crate::sys::boot_id(&root.join("proc")).unwrap_or_default();
             let machine = journal.load()?.unwrap_or_else(|| Machine::new(boot_id));

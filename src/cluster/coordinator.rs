@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use super::annotations::{NodeView, GRANT};
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
-use super::plan::{plan, Plan, COMPLETE, HALTED, PAUSED};
+use super::plan::{plan, RolloutPlan, COMPLETE, HALTED, PAUSED};
 use super::update::{ImagePolicy, Update, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
@@ -318,7 +318,7 @@ impl Coordinator {
         &self,
         update: &Update,
         versions: &HashMap<String, String>,
-        p: &Plan,
+        p: &RolloutPlan,
         until: Timestamp,
     ) -> Result<bool> {
         let Some(grant) = &p.grant else {
@@ -371,7 +371,12 @@ impl Coordinator {
 
     /// Write the status when it changed, conditional on the Update's resourceVersion, and the
     /// Events its change of state calls for. Returns false on a conflict.
-    async fn write_status(&self, update: &Update, p: &Plan, until: Timestamp) -> Result<bool> {
+    async fn write_status(
+        &self,
+        update: &Update,
+        p: &RolloutPlan,
+        until: Timestamp,
+    ) -> Result<bool> {
         let name = update.name_any();
         let prev = update.status.clone().unwrap_or_default();
         if update.status.as_ref() == Some(&p.status) {

@@ -98,7 +98,7 @@ impl std::fmt::Display for Stuck {
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DrainOutcome {
     /// Every pod that had to go is gone.
     Drained,
     /// Pods need consent the policy does not give: nothing was evicted, hkd's cordon lifted.
@@ -111,12 +111,12 @@ pub enum Outcome {
     Proceeded,
 }
 
-impl Outcome {
+impl DrainOutcome {
     /// Whether the node may now reboot (I3).
     pub fn may_reboot(self) -> bool {
         matches!(
             self,
-            Outcome::Drained | Outcome::ForceDeleted | Outcome::Proceeded
+            DrainOutcome::Drained | DrainOutcome::ForceDeleted | DrainOutcome::Proceeded
         )
     }
 }
@@ -125,7 +125,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct DrainReport {
     pub node: String,
-    pub outcome: Outcome,
+    pub outcome: DrainOutcome,
     pub evicted: Vec<PodRef>,
     pub deleted: Vec<PodRef>,
     pub skipped: Vec<(PodRef, &'static str)>,
@@ -314,14 +314,14 @@ impl Drainer {
         let plan = drain::plan(&pods, policy);
         let mut report = DrainReport {
             node: node.to_owned(),
-            outcome: Outcome::Drained,
+            outcome: DrainOutcome::Drained,
             evicted: Vec::new(),
             deleted: Vec::new(),
             skipped: plan.skipped.clone(),
             remaining: Vec::new(),
         };
         if !plan.blocked.is_empty() {
-            report.outcome = Outcome::Refused;
+            report.outcome = DrainOutcome::Refused;
             report.remaining = plan
                 .blocked
                 .into_iter()
@@ -363,16 +363,16 @@ impl Drainer {
         }
         match policy.on_timeout {
             OnTimeout::Abort => {
-                report.outcome = Outcome::Aborted;
+                report.outcome = DrainOutcome::Aborted;
                 report.remaining = stuck;
                 self.uncordon(node).await?;
             }
             OnTimeout::Proceed => {
-                report.outcome = Outcome::Proceeded;
+                report.outcome = DrainOutcome::Proceeded;
                 report.remaining = stuck;
             }
             OnTimeout::DeleteWithoutEviction => {
-                report.outcome = Outcome::ForceDeleted;
+                report.outcome = DrainOutcome::ForceDeleted;
                 let until = Instant::now() + DELETE_WAIT;
                 for (pod, why) in stuck {
                     match self.delete_and_wait(&pod, grace, until).await {
@@ -384,7 +384,7 @@ impl Drainer {
                     }
                 }
                 if !report.remaining.is_empty() {
-                    report.outcome = Outcome::Aborted;
+                    report.outcome = DrainOutcome::Aborted;
                     self.uncordon(node).await?;
                 }
             }

@@ -23,5 +23,5 @@ pub mod window;
 pub(crate) mod yaml;
 
 pub use annotations::{AgentPhase, Grant, NodeView};
-pub use plan::{plan, Plan};
+pub use plan::{plan, RolloutPlan};
 pub use update::{validate, ImagePolicy, Update, UpdateSpec, UpdateStatus};

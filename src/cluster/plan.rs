@@ -6,7 +6,7 @@
 //! calls again on every watch event or after `wake_after`.
 //!
 //! Rules, in order:
-//! - an invalid spec (see [`validate`]) halts: no grants;
+//! - an invalid spec (see [`validate`](super::update::validate)) halts: no grants;
 //! - only nodes matching `nodeSelector` belong to the rollout;
 //! - a node is done when it answered its grant (for the current target) with `Done`, or when
 //!   it already runs the target (its `os-image` annotation, and its kubelet version when
@@ -42,14 +42,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::annotations::{AgentPhase, Grant, NodeView};
 use super::selector::Selector;
 use super::update::{
-    target_image, validate, Counts, ImagePolicy, InFlight, NodeSummary, Target, Update,
-    UpdateCondition, UpdateStatus, MAX_NODE_SUMMARIES,
+    validated_image, Counts, ImagePolicy, InFlight, NodeSummary, Target, Update, UpdateCondition,
+    UpdateStatus, MAX_NODE_SUMMARIES,
 };
 use super::window;
+use crate::image_ref::ImageRef;
 
 /// What the coordinator should do now.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct RolloutPlan {
     /// Nodes to grant, in the order to write them.
     pub grants: Vec<String>,
     /// Why the rollout is halted, when it is.
@@ -87,21 +88,19 @@ pub const ABORTED: &str = "Aborted";
 /// How many failed nodes a Halted message names before "and N more".
 const NAMED_IN_MESSAGE: usize = 5;
 
-fn same_image(a: &str, b: &str, policy: ImagePolicy) -> bool {
-    let norm = |s: &str| {
-        target_image(s, policy)
-            .map(|r| r.raw)
-            .unwrap_or_else(|_| s.to_owned())
-    };
-    norm(a) == norm(b)
-}
-
 fn same_kube_version(a: &str, b: &str) -> bool {
     a.trim_start_matches('v') == b.trim_start_matches('v')
 }
 
-/// Decide. See the module documentation for the rules.
-pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePolicy) -> Plan {
+/// Decide. See the module documentation for the rules. The steps, each its own function:
+/// validate, [`classify`] the selected nodes, count them against the [`budget`], the
+/// [`halt_reason`], [`choose`] the grants, then the status ([`summaries`], [`progress`]).
+pub fn plan(
+    update: &Update,
+    nodes: &[NodeView],
+    now: Timestamp,
+    policy: ImagePolicy,
+) -> RolloutPlan {
     let spec = &update.spec;
     let prev = update.status.clone().unwrap_or_default();
     let generation = update.metadata.generation.unwrap_or(1);
@@ -122,7 +121,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
                 (PAUSED, spec.paused, "", ""),
             ],
         );
-        Plan {
+        RolloutPlan {
             grants: Vec::new(),
             halt: Some(message),
             wake_after: None,
@@ -131,9 +130,10 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             all_nodes: Vec::new(),
         }
     };
-    if let Err(errors) = validate(spec, policy) {
-        return halt(&mut status, "InvalidSpec", errors.join("; "));
-    }
+    let image = match validated_image(spec, policy) {
+        Ok(image) => image,
+        Err(errors) => return halt(&mut status, "InvalidSpec", errors.join("; ")),
+    };
     let Some(uid) = update.metadata.uid.clone() else {
         return halt(&mut status, "NoUid", "the Update has no uid yet".into());
     };
@@ -152,30 +152,95 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         Some(s) => Selector::from_label_selector(s).unwrap_or_default(),
         None => Selector::default(),
     };
+    let selected = classify(nodes, &selector, &grant, target_generation, &image, &target);
+    let max_unavailable = spec.max_unavailable.max(1) as usize;
+    let (mut counts, budget) = budget(&selected, max_unavailable);
+    let halted = halt_reason(update, &selected, &counts, &target);
 
-    let at_target = |n: &NodeView| {
-        n.os_image
-            .as_deref()
-            .is_some_and(|i| same_image(i, &target.os_image_url, policy))
-            && target.kube_version.as_deref().is_none_or(|want| {
-                n.kubelet_version
-                    .as_deref()
-                    .is_some_and(|have| same_kube_version(have, want))
-            })
+    let (window_open, window_change) =
+        window::status(&spec.maintenance_windows, now).unwrap_or((false, None));
+    let wake_after = window_change.map(|t| {
+        let d = now.duration_until(t);
+        if d.is_negative() {
+            Duration::ZERO
+        } else {
+            d.unsigned_abs()
+        }
+    });
+    let (grants, holding) = if halted.is_some() {
+        (Vec::new(), None)
+    } else {
+        choose(
+            update,
+            &selected,
+            &counts,
+            budget,
+            max_unavailable,
+            window_open.then_some(()).ok_or(window_change),
+        )
     };
-    let classify = |n: &NodeView| -> Class {
+
+    // Status.
+    let pending_reason = pending_reason(halted.as_ref(), holding.as_ref(), max_unavailable);
+    let granted_now = grants.len() as i32;
+    counts.pending -= granted_now;
+    counts.in_flight += granted_now;
+    status.counts = counts.clone();
+    let all_nodes = summaries(&selected, &grants, &pending_reason, now);
+    status.nodes_omitted = all_nodes.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
+    status.nodes = all_nodes.iter().take(MAX_NODE_SUMMARIES).cloned().collect();
+
+    if let Some((reason, message)) = halted {
+        let mut p = halt(&mut status, reason, message);
+        p.wake_after = None;
+        p.all_nodes = all_nodes;
+        return p;
+    }
+    let complete = progress(update, &selected, &counts, holding, &prev, now, &mut status);
+    RolloutPlan {
+        grants,
+        halt: None,
+        wake_after: if complete { None } else { wake_after },
+        grant: Some(grant),
+        status,
+        all_nodes,
+    }
+}
+
+/// Whether `n` already runs the target: its image, and its kubelet when `kubeVersion` is set.
+fn at_target(n: &NodeView, image: &ImageRef, target: &Target) -> bool {
+    n.os_image.as_deref().is_some_and(|i| image.is_same_as(i))
+        && target.kube_version.as_deref().is_none_or(|want| {
+            n.kubelet_version
+                .as_deref()
+                .is_some_and(|have| same_kube_version(have, want))
+        })
+}
+
+/// Where each node the selector picks stands, in name order.
+fn classify<'a>(
+    nodes: &'a [NodeView],
+    selector: &Selector,
+    grant: &Grant,
+    target_generation: i64,
+    image: &ImageRef,
+    target: &Target,
+) -> Vec<(&'a NodeView, Class)> {
+    let class_of = |n: &NodeView| -> Class {
         if let Some(g) = n.grant.as_ref().filter(|g| g.uid == grant.uid) {
             let current = g.generation >= target_generation;
             let reason = n.reason.clone().unwrap_or_default();
             match n.phase_for(g) {
-                Some(AgentPhase::Done) if current || at_target(n) => return Class::Done(reason),
+                Some(AgentPhase::Done) if current || at_target(n, image, target) => {
+                    return Class::Done(reason)
+                }
                 Some(AgentPhase::Failed) if current => return Class::Failed(reason),
                 Some(p) if p.is_terminal() => {} // an answer for an older target
                 Some(p) => return Class::InFlight(p.as_str().into()),
                 None => return Class::InFlight("Granted".into()),
             }
         }
-        if at_target(n) {
+        if at_target(n, image, target) {
             return Class::Done("already at the target".into());
         }
         if let Some(g) = n.grant.as_ref().filter(|g| g.uid != grant.uid) {
@@ -191,21 +256,24 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         }
         Class::Pending
     };
-
     let mut selected: Vec<(&NodeView, Class)> = nodes
         .iter()
         .filter(|n| selector.matches(&n.labels))
-        .map(|n| (n, classify(n)))
+        .map(|n| (n, class_of(n)))
         .collect();
     selected.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    selected
+}
 
+/// The counts by class, and how many more nodes may go out of service (I1): everything in
+/// flight or unavailable for reasons of its own uses up `maxUnavailable`.
+fn budget(selected: &[(&NodeView, Class)], max_unavailable: usize) -> (Counts, usize) {
     let mut counts = Counts {
         total: selected.len() as i32,
         ..Default::default()
     };
-    // Out of service now: in flight, or unavailable for reasons of its own.
     let mut out_of_service = 0usize;
-    for (n, class) in &selected {
+    for (n, class) in selected {
         match class {
             Class::Done(_) => counts.done += 1,
             Class::Failed(_) => counts.failed += 1,
@@ -220,9 +288,11 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         };
         out_of_service += usize::from(unavailable);
     }
-    let max_unavailable = spec.max_unavailable.max(1) as usize;
-    let mut budget = max_unavailable.saturating_sub(out_of_service);
+    (counts, max_unavailable.saturating_sub(out_of_service))
+}
 
+/// The failed nodes for a message, with their reasons: the first few and how many more.
+fn failed_names(selected: &[(&NodeView, Class)]) -> String {
     let failed: Vec<String> = selected
         .iter()
         .filter_map(|(n, c)| match c {
@@ -231,30 +301,33 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             _ => None,
         })
         .collect();
-    let name_failed = || {
-        let mut m = failed
-            .iter()
-            .take(NAMED_IN_MESSAGE)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if failed.len() > NAMED_IN_MESSAGE {
-            m.push_str(&format!(" and {} more", failed.len() - NAMED_IN_MESSAGE));
-        }
-        m
-    };
-
-    let cp_open: Vec<&(&NodeView, Class)> = selected
+    let mut m = failed
         .iter()
-        .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
-        .collect();
+        .take(NAMED_IN_MESSAGE)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if failed.len() > NAMED_IN_MESSAGE {
+        m.push_str(&format!(" and {} more", failed.len() - NAMED_IN_MESSAGE));
+    }
+    m
+}
+
+/// Why the rollout is halted (the Halted reason and message), if it is: aborted, past its
+/// failure budget, or a failed control-plane node under `kubeVersion`.
+fn halt_reason(
+    update: &Update,
+    selected: &[(&NodeView, Class)],
+    counts: &Counts,
+    target: &Target,
+) -> Option<(&'static str, String)> {
+    let spec = &update.spec;
     let cp_failed: Vec<&str> = selected
         .iter()
         .filter(|(n, c)| n.control_plane && matches!(c, Class::Failed(_)))
         .map(|(n, _)| n.name.as_str())
         .collect();
-
-    let halted = if let Some(abort) = &spec.abort {
+    if let Some(abort) = &spec.abort {
         let in_flight = match abort.in_flight {
             InFlight::Finish => "nodes already granted finish",
             InFlight::RollBack => "nodes already granted and not yet rebooted withdraw",
@@ -270,7 +343,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
                 "{} node(s) failed, more than maxFailed {}: {}",
                 counts.failed,
                 spec.max_failed,
-                name_failed()
+                failed_names(selected)
             ),
         ))
     } else if !cp_failed.is_empty() && target.kube_version.is_some() {
@@ -279,65 +352,67 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             format!(
                 "control-plane node(s) {} failed; workers are not upgraded past their API server: {}",
                 cp_failed.join(", "),
-                name_failed()
+                failed_names(selected)
             ),
         ))
     } else {
         None
-    };
+    }
+}
 
-    let (window_open, window_change) =
-        window::status(&spec.maintenance_windows, now).unwrap_or((false, None));
-    let wake_after = window_change.map(|t| {
-        let d = now.duration_until(t);
-        if d.is_negative() {
-            Duration::ZERO
-        } else {
-            d.unsigned_abs()
-        }
-    });
-
-    // Why no (more) grants, for the Progressing condition.
-    let mut holding: Option<(String, String)> = None;
+/// The nodes to grant now, in order, and why no (more) are granted (the Progressing reason
+/// and message). `window` is Ok when a maintenance window is open, else when the next opens.
+fn choose(
+    update: &Update,
+    selected: &[(&NodeView, Class)],
+    counts: &Counts,
+    mut budget: usize,
+    max_unavailable: usize,
+    window: Result<(), Option<Timestamp>>,
+) -> (Vec<String>, Option<(String, String)>) {
     let mut grants = Vec::new();
-    if halted.is_some() {
-    } else if spec.paused {
-        holding = Some(("Paused".into(), "paused: no new grants".into()));
-    } else if !window_open {
+    let cp_open: Vec<&(&NodeView, Class)> = selected
+        .iter()
+        .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
+        .collect();
+    let holding = if update.spec.paused {
+        Some(("Paused".into(), "paused: no new grants".into()))
+    } else if let Err(window_change) = window {
         let when = window_change
             .map(|t| format!("; the next opens at {t}"))
             .unwrap_or_default();
-        holding = Some((
+        Some((
             "OutsideMaintenanceWindow".into(),
             format!("outside every maintenance window{when}"),
-        ));
+        ))
     } else if let Some((n, _)) = cp_open
         .iter()
         .find(|(_, c)| matches!(c, Class::InFlight(_)))
     {
-        holding = Some((
+        Some((
             "ControlPlaneInFlight".into(),
             format!("control-plane node {} is upgrading; control-plane nodes go one at a time, workers after them", n.name),
-        ));
+        ))
     } else if let Some((n, _)) = cp_open.iter().find(|(_, c)| matches!(c, Class::Pending)) {
         if budget >= 1 {
             grants.push(n.name.clone());
+            None
         } else {
-            holding = Some((
+            Some((
                 "MaxUnavailable".into(),
-                unavailable_message(&selected, max_unavailable),
-            ));
+                unavailable_message(selected, max_unavailable),
+            ))
         }
     } else if let Some((n, Class::Waiting(why))) = cp_open.first().map(|x| (x.0, x.1.clone())) {
-        holding = Some((
+        Some((
             "ControlPlaneWaiting".into(),
             format!(
                 "control-plane node {} waits ({why}); workers go after the control plane",
                 n.name
             ),
-        ));
+        ))
     } else {
-        for (n, c) in &selected {
+        for (n, c) in selected {
             if budget == 0 {
                 break;
             }
@@ -347,16 +422,23 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             }
         }
         let still_pending = counts.pending as usize > grants.len();
-        if still_pending && budget == 0 {
-            holding = Some((
+        (still_pending && budget == 0).then(|| {
+            (
                 "MaxUnavailable".into(),
-                unavailable_message(&selected, max_unavailable),
-            ));
-        }
-    }
+                unavailable_message(selected, max_unavailable),
+            )
+        })
+    };
+    (grants, holding)
+}
 
-    // What a node that is only waiting for its turn waits for.
-    let pending_reason = match (&halted, &holding) {
+/// What a node that is only waiting for its turn waits for.
+fn pending_reason(
+    halted: Option<&(&'static str, String)>,
+    holding: Option<&(String, String)>,
+    max_unavailable: usize,
+) -> String {
+    match (halted, holding) {
         (Some((reason, _)), _) if *reason == ABORTED => "aborted".to_owned(),
         (Some(_), _) => "halted".to_owned(),
         (None, Some((reason, message))) => match reason.as_str() {
@@ -367,16 +449,16 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             _ => message.clone(),
         },
         (None, None) => String::new(),
-    };
+    }
+}
 
-    // Status.
-    let granted_now = grants.len() as i32;
-    counts.pending -= granted_now;
-    counts.in_flight += granted_now;
-    let open = counts.pending + counts.waiting + counts.in_flight;
-    let complete = halted.is_none() && counts.total > 0 && open == 0;
-    status.counts = counts.clone();
-    status.nodes = Vec::new();
+/// Every selected node's line in status, failed first, then in flight, waiting, pending, done.
+fn summaries(
+    selected: &[(&NodeView, Class)],
+    grants: &[String],
+    pending_reason: &str,
+    now: Timestamp,
+) -> Vec<NodeSummary> {
     let mut summaries: Vec<(u8, NodeSummary)> = selected
         .iter()
         .map(|(n, c)| {
@@ -385,7 +467,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
                 Class::Failed(r) => (0, "Failed".into(), r.clone()),
                 Class::InFlight(p) => (1, p.clone(), n.reason.clone().unwrap_or_default()),
                 Class::Waiting(r) => (2, "Waiting".into(), r.clone()),
-                Class::Pending => (3, "Pending".into(), pending_reason.clone()),
+                Class::Pending => (3, "Pending".into(), pending_reason.to_owned()),
                 Class::Done(r) => (4, "Done".into(), r.clone()),
             };
             let mut reason = reason;
@@ -412,17 +494,23 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         })
         .collect();
     summaries.sort_by_key(|(rank, s)| (*rank, Reverse(s.since.is_some()), s.name.clone()));
-    let all_nodes: Vec<NodeSummary> = summaries.into_iter().map(|(_, s)| s).collect();
-    status.nodes_omitted = all_nodes.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
-    status.nodes = all_nodes.iter().take(MAX_NODE_SUMMARIES).cloned().collect();
+    summaries.into_iter().map(|(_, s)| s).collect()
+}
 
-    if let Some((reason, message)) = halted {
-        let mut p = halt(&mut status, reason, message);
-        p.wake_after = None;
-        p.all_nodes = all_nodes;
-        return p;
-    }
-
+/// The state and conditions of a rollout that is not halted; returns whether it is complete.
+/// `counts` already include this plan's grants.
+fn progress(
+    update: &Update,
+    selected: &[(&NodeView, Class)],
+    counts: &Counts,
+    holding: Option<(String, String)>,
+    prev: &UpdateStatus,
+    now: Timestamp,
+    status: &mut UpdateStatus,
+) -> bool {
+    let spec = &update.spec;
+    let open = counts.pending + counts.waiting + counts.in_flight;
+    let complete = counts.total > 0 && open == 0;
     let (state, prog, prog_reason, prog_msg) = if counts.total == 0 {
         (
             "Waiting",
@@ -437,7 +525,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
                 counts.done,
                 counts.failed,
                 spec.max_failed,
-                name_failed()
+                failed_names(selected)
             )
         } else {
             format!("{} node(s) done", counts.done)
@@ -476,8 +564,8 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
         String::new()
     };
     set_conditions(
-        &mut status,
-        &prev,
+        status,
+        prev,
         now,
         &[
             (PROGRESSING, prog, &prog_reason, &prog_msg),
@@ -496,14 +584,7 @@ pub fn plan(update: &Update, nodes: &[NodeView], now: Timestamp, policy: ImagePo
             ),
         ],
     );
-    Plan {
-        grants,
-        halt: None,
-        wake_after: if complete { None } else { wake_after },
-        grant: Some(grant),
-        status,
-        all_nodes,
-    }
+    complete
 }
 
 fn unavailable_message(selected: &[(&NodeView, Class)], max: usize) -> String {

@@ -50,7 +50,7 @@ fn grant(n: &mut NodeView, g: &Grant, phase: Option<AgentPhase>) {
     }
 }
 
-fn cond<'a>(p: &'a Plan, t: &str) -> &'a UpdateCondition {
+fn cond<'a>(p: &'a RolloutPlan, t: &str) -> &'a UpdateCondition {
     p.status.conditions.iter().find(|c| c.type_ == t).unwrap()
 }
 

@@ -17,10 +17,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::window::Window;
-use crate::os::ImageRef;
+pub use crate::image_ref::ImagePolicy;
+use crate::image_ref::ImageRef;
 
 /// The namespace hkctl writes Updates to and the coordinator watches.
-pub const NAMESPACE: &str = "housekeeper-system";
+pub use crate::config::hkd::NAMESPACE;
 
 /// The per-node summary in status is bounded: etcd objects have a size limit (1.5 MiB) and a
 /// status an admin reads should fit a screen. Nodes beyond it are counted, not listed.
@@ -280,63 +281,22 @@ pub fn crd_yaml() -> String {
     out
 }
 
-/// How the coordinator treats images nobody verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ImagePolicy {
-    /// The cluster allows `ostree-unverified-*` images and NKD's bare references.
-    pub allow_unverified: bool,
-}
-
-/// The image reference an Update names, in the form the node backends take. NKD writes a bare
-/// `REGISTRY/NAME[:TAG|@DIGEST]` and pulls it as `ostree-unverified-registry:`; that is kept as
-/// its meaning (and is therefore unverified).
+/// The image reference an Update names, in the form the node backends take (see
+/// [`ImageRef::from_os_image_url`]); the error is one line naming the field.
 pub fn target_image(os_image_url: &str, policy: ImagePolicy) -> Result<ImageRef, String> {
-    let raw = os_image_url.trim();
-    let first_try = ImageRef::parse(raw, policy.allow_unverified);
-    match first_try {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            if looks_like_registry_image(raw) {
-                ImageRef::parse(
-                    &format!("ostree-unverified-registry:{raw}"),
-                    policy.allow_unverified,
-                )
-                .map_err(|_| {
-                    format!(
-                        "osImageURL {raw:?} is a bare registry image, which NKD pulls unverified; \
-                         name it ostree-image-signed:docker://{raw}, or allow unverified images \
-                         in the cluster's hkd configuration"
-                    )
-                })
-            } else {
-                Err(format!("osImageURL: {e}"))
-            }
-        }
-    }
-}
-
-/// `host[:port]/path[:tag|@digest]` whose first component is a registry host (has a dot or a
-/// port, or is localhost), as container tools decide; an OSTree ref has no such component.
-fn looks_like_registry_image(raw: &str) -> bool {
-    let Some((host, rest)) = raw.split_once('/') else {
-        return false;
-    };
-    let hostish = host.contains('.') || host.contains(':') || host == "localhost";
-    hostish
-        && !rest.is_empty()
-        && !raw.contains("://")
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@".contains(&b))
+    ImageRef::from_os_image_url(os_image_url, policy).map_err(|e| e.to_string())
 }
 
 /// Everything about a spec the API server's schema cannot check. Each message is one line
 /// naming the field.
 pub fn validate(spec: &UpdateSpec, policy: ImagePolicy) -> Result<(), Vec<String>> {
+    validated_image(spec, policy).map(|_| ())
+}
+
+/// [`validate`], and the image of a valid spec: `osImageURL` parsed once.
+pub fn validated_image(spec: &UpdateSpec, policy: ImagePolicy) -> Result<ImageRef, Vec<String>> {
     let mut errors = Vec::new();
-    if let Err(e) = target_image(&spec.os_image_url, policy) {
-        errors.push(e);
-    }
+    let image = target_image(&spec.os_image_url, policy).map_err(|e| errors.push(e));
     if spec.max_unavailable < 1 {
         errors.push(format!(
             "maxUnavailable is {}; it must be at least 1",
@@ -373,10 +333,9 @@ pub fn validate(spec: &UpdateSpec, policy: ImagePolicy) -> Result<(), Vec<String
             errors.push(format!("nodeSelector: {e}"));
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+    match image {
+        Ok(image) if errors.is_empty() => Ok(image),
+        _ => Err(errors),
     }
 }
 
@@ -524,15 +483,5 @@ mod tests {
                                     "timeZone": "Asia/Shanghai"}],
         }));
         validate(&s, ImagePolicy::default()).unwrap();
-    }
-
-    #[test]
-    fn registry_lookalikes() {
-        assert!(looks_like_registry_image("hub.oepkgs.net/nestos/nestos:1"));
-        assert!(looks_like_registry_image("localhost:5000/os@sha256:ab"));
-        assert!(looks_like_registry_image("localhost/os"));
-        assert!(!looks_like_registry_image("nestos/x86_64/stable"));
-        assert!(!looks_like_registry_image("docker://hub.oepkgs.net/x"));
-        assert!(!looks_like_registry_image("hub.oepkgs.net"));
     }
 }

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Program name: names the drop-in directories (`/etc/hkd/config.d`).
 pub const APP: &str = "hkd";
 
+/// Where hkctl installs the Updates, the coordinator's Lease and hkd's ServiceAccount, and so
+/// the default of `kubernetes.namespace`.
+pub const NAMESPACE: &str = "housekeeper-system";
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -35,7 +39,7 @@ impl Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct Os {
     /// `auto` finds rpm-ostree on the system bus and falls back to plain OSTree.
-    pub backend: Backend,
+    pub backend: BackendSetting,
     /// Accept image references that carry no verification (`ostree-unverified-registry:` …).
     /// Off by default: an unverified image is an unauthenticated root filesystem.
     pub allow_unverified_images: bool,
@@ -44,7 +48,7 @@ pub struct Os {
 impl Default for Os {
     fn default() -> Self {
         Os {
-            backend: Backend::Auto,
+            backend: BackendSetting::Auto,
             allow_unverified_images: false,
         }
     }
@@ -52,7 +56,7 @@ impl Default for Os {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Backend {
+pub enum BackendSetting {
     Auto,
     RpmOstree,
     Ostree,
@@ -104,7 +108,7 @@ impl Default for Kubernetes {
         Kubernetes {
             kubeconfig: PathBuf::from("/etc/hkd/kubeconfig"),
             node_name: String::new(),
-            namespace: crate::cluster::update::NAMESPACE.to_owned(),
+            namespace: NAMESPACE.to_owned(),
             lease_duration: Duration::from_secs(15),
             coordinate: true,
             kubeadm: PathBuf::from("/usr/bin/kubeadm"),
@@ -164,11 +168,22 @@ impl Default for Health {
 #[serde(default, deny_unknown_fields)]
 pub struct Reboot {
     /// `wait`: a block inhibitor postpones the reboot; `ignore`: reboot through it.
-    pub on_blocked: crate::node::reboot::OnBlocked,
+    pub on_blocked: OnBlocked,
     /// How long to wait before asking again when a reboot did not happen. After the third
     /// request the upgrade is given up and the booted deployment stays the default.
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
+}
+
+/// What to do when a block inhibitor holds the shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBlocked {
+    /// Postpone; the agent asks again and gives the upgrade up after its last attempt.
+    #[default]
+    Wait,
+    /// Reboot anyway, and say so in the log.
+    Ignore,
 }
 
 impl Default for Reboot {
@@ -212,7 +227,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("50-os.toml"), "[os]\nbackend = \"rpm-ostree\"\n").unwrap();
         let loaded: config::Loaded<Settings> = config::load(root.path(), APP).unwrap();
-        assert_eq!(loaded.settings.os.backend, Backend::RpmOstree);
+        assert_eq!(loaded.settings.os.backend, BackendSetting::RpmOstree);
 
         fs::write(dir.join("50-os.toml"), "[os]\nbackend = \"rpm_ostree\"\n").unwrap();
         let err = config::load::<Settings>(root.path(), APP)

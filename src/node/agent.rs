@@ -15,29 +15,74 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::health::{Gate, Verdict};
 use super::journal::Journal;
-use super::machine::{self, Action, Event, Limits, Machine, Observation, Outcome};
+use super::machine::{self, Action, Event, Limits, Machine, Observation, Phase, UpgradeOutcome};
+use super::metrics::Metrics;
 use super::status::NodeStatus;
+use crate::image_ref::{ImagePolicy, ImageRef};
 use crate::logging::msgid;
-use crate::metrics::Metrics;
-use crate::os::{Backend, ImageRef, OsError};
+use crate::os::{Backend, OsError};
 
 /// Reboots the machine. Returns once the reboot is under way (the process is then stopped
 /// by the shutdown), or with why it could not be started.
 pub trait Rebooter: Send + Sync {
     /// Whether a reboot may start now (no block inhibitor, per policy). Asked before the
     /// target is finalized: on rpm-ostree finalizing is itself the start of the reboot.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), RebootError> {
         Ok(())
     }
-    fn reboot(&self, why: &str) -> Result<(), String>;
+    fn reboot(&self, why: &str) -> Result<(), RebootError>;
+}
+
+/// Why a reboot did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebootError {
+    /// Block inhibitors hold the shutdown and the policy is to wait for them; each is
+    /// described for people (`backup (pid 42): busy`). Asking again later may succeed.
+    #[error("the reboot is blocked by {}", .0.join("; "))]
+    Blocked(Vec<String>),
+    /// The reboot could not be asked for (no bus, no logind, a refusal), with what was done.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why a node was not drained, as the machine's `DrainFailed` reason says it, and what a
+/// caller may branch on: whether asking again may help, and which pods held the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    /// The drain ran and ended without leave to reboot (pods the policy may not move, or the
+    /// timeout with `onTimeout: abort`); `pods` names those left (`namespace/name`).
+    #[error("{summary}")]
+    Blocked { summary: String, pods: Vec<String> },
+    /// The rollout went away under the drain: aborted, its grant gone, the Node deleted.
+    #[error("{0}")]
+    Withdrawn(String),
+    /// The cluster could not be asked in time (an API outage, no first view, a coordinator
+    /// that did not step down): the same drain may succeed later.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl DrainError {
+    /// Whether the same drain, asked again later, may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DrainError::Unreachable(_))
+    }
+
+    /// The pods that kept the node from being drained.
+    pub fn blocking_pods(&self) -> &[String] {
+        match self {
+            DrainError::Blocked { pods, .. } => pods,
+            DrainError::Withdrawn(_) | DrainError::Unreachable(_) => &[],
+        }
+    }
 }
 
 /// The cluster half of an upgrade, as the node half sees it.
 pub trait ClusterSide: Send + Sync {
     /// Cordon and drain this node. Called again after a restart: must be idempotent.
-    fn drain(&self) -> Result<(), String>;
+    fn drain(&self) -> Result<(), DrainError>;
     /// Tell the cluster how the upgrade ended (and uncordon when it is done).
-    fn report(&self, outcome: &Outcome, machine: &Machine);
+    fn report(&self, outcome: &UpgradeOutcome, machine: &Machine);
     /// The machine entered a new state (journaled), before that step's actions run: the
     /// cluster side can show it first — a Node should say "Rebooting" before the reboot.
     fn entered(&self, _machine: &Machine) {}
@@ -52,10 +97,10 @@ pub trait ClusterSide: Send + Sync {
 pub struct Standalone;
 
 impl ClusterSide for Standalone {
-    fn drain(&self) -> Result<(), String> {
+    fn drain(&self) -> Result<(), DrainError> {
         Ok(())
     }
-    fn report(&self, _outcome: &Outcome, _machine: &Machine) {}
+    fn report(&self, _outcome: &UpgradeOutcome, _machine: &Machine) {}
     fn after_step(&self, machine: &Machine) -> Vec<Event> {
         match machine.state {
             machine::State::Staged { .. } => vec![Event::Granted],
@@ -66,19 +111,22 @@ impl ClusterSide for Standalone {
 
 /// Where the host's facts come from: boot id, deployments.
 pub trait Observer: Send + Sync {
-    fn boot_id(&self) -> Result<String, String>;
+    /// The running kernel's boot id; an error says what could not be read (nobody branches on
+    /// it: the agent reports it and looks again later).
+    fn boot_id(&self) -> anyhow::Result<String>;
 }
 
 /// Where an upgrade that ended badly failed, for the failures metric: from the phase it
 /// left and the one it ended in.
-pub fn failure_class(from: &str, to: &str) -> Option<&'static str> {
+pub fn failure_class(from: Phase, to: Phase) -> Option<&'static str> {
+    use Phase as P;
     match (from, to) {
-        ("staging", "failed") => Some("stage"),
-        ("granted" | "draining", "failed") => Some("drain"),
-        ("rebooting", "failed") => Some("reboot"),
-        ("rebooting" | "verifying", "rolledBack") => Some("not_booted"),
-        ("rollingBack", "rolledBack") => Some("health"),
-        ("rollingBack", "failed") => Some("rollback"),
+        (P::Staging, P::Failed) => Some("stage"),
+        (P::Granted | P::Draining, P::Failed) => Some("drain"),
+        (P::Rebooting, P::Failed) => Some("reboot"),
+        (P::Rebooting | P::Verifying, P::RolledBack) => Some("not_booted"),
+        (P::RollingBack, P::RolledBack) => Some("health"),
+        (P::RollingBack, P::Failed) => Some("rollback"),
         _ => None,
     }
 }
@@ -92,7 +140,8 @@ pub struct Parts {
     pub observer: Box<dyn Observer>,
     pub gate: Gate,
     pub journal: Journal,
-    pub allow_unverified: bool,
+    /// Whether targets nothing verifies are accepted (the backend checks it again).
+    pub policy: ImagePolicy,
     pub limits: Limits,
     /// How long to wait before asking again when a reboot did not happen.
     pub reboot_retry: Duration,
@@ -118,7 +167,7 @@ fn unix_now() -> u64 {
 impl Agent {
     /// Loads the journal (or starts idle) and observes the host.
     pub fn start(parts: Parts) -> anyhow::Result<(Agent, Event)> {
-        let boot_id = parts.observer.boot_id().map_err(anyhow::Error::msg)?;
+        let boot_id = parts.observer.boot_id()?;
         let machine = parts
             .journal
             .load()?
@@ -148,7 +197,7 @@ impl Agent {
     }
 
     fn observe(&mut self) -> anyhow::Result<Event> {
-        let boot_id = self.parts.observer.boot_id().map_err(anyhow::Error::msg)?;
+        let boot_id = self.parts.observer.boot_id()?;
         let all = self.parts.backend.status()?;
         let booted = all
             .booted()
@@ -198,12 +247,12 @@ impl Agent {
                 // Intent first: the journal must hold the step before any action runs.
                 self.parts.journal.save(&step.machine)?;
                 let (from, to) = (self.machine.state.phase(), step.machine.state.phase());
-                tracing::info!(phase = to, "upgrade phase {from} → {to}");
+                tracing::info!(phase = to.as_str(), "upgrade phase {from} → {to}");
                 self.parts.metrics.transition(from, to);
                 if let Some(class) = failure_class(from, to) {
                     self.parts.metrics.failure(class);
                 }
-                if to == "done" {
+                if to == Phase::Done {
                     self.parts.metrics.success();
                 }
                 self.machine = step.machine;
@@ -253,13 +302,19 @@ impl Agent {
                     tracing::info!(message_id = msgid::DRAINED, "node drained");
                     vec![Event::DrainStarted, Event::Drained]
                 }
-                Err(reason) => vec![Event::DrainStarted, Event::DrainFailed { reason }],
+                Err(e) => vec![
+                    Event::DrainStarted,
+                    Event::DrainFailed {
+                        reason: e.to_string(),
+                    },
+                ],
             },
             Action::Reboot { checksum } => {
                 let result = self
                     .parts
                     .rebooter
                     .check()
+                    .map_err(|e| e.to_string())
                     .and_then(|()| {
                         self.parts
                             .backend
@@ -271,6 +326,7 @@ impl Agent {
                         self.parts
                             .rebooter
                             .reboot(&format!("hkd: booting {checksum}"))
+                            .map_err(|e| e.to_string())
                     });
                 self.after_reboot_request(result, "reboot")
             }
@@ -289,7 +345,11 @@ impl Agent {
                 match result {
                     Err(reason) => vec![Event::RollbackFailed { reason }],
                     Ok(()) => {
-                        let result = self.parts.rebooter.reboot("hkd: rolling back");
+                        let result = self
+                            .parts
+                            .rebooter
+                            .reboot("hkd: rolling back")
+                            .map_err(|e| e.to_string());
                         self.after_reboot_request(result, "rollback reboot")
                     }
                 }
@@ -304,16 +364,16 @@ impl Agent {
             }
             Action::Report(outcome) => {
                 match &outcome {
-                    Outcome::Done => {
+                    UpgradeOutcome::Done => {
                         tracing::info!(message_id = msgid::UPGRADE_DONE, "upgrade done")
                     }
-                    Outcome::Failed { reason } => {
+                    UpgradeOutcome::Failed { reason } => {
                         tracing::error!(
                             message_id = msgid::UPGRADE_FAILED,
                             "upgrade failed: {reason}"
                         )
                     }
-                    Outcome::RolledBack { reason } => {
+                    UpgradeOutcome::RolledBack { reason } => {
                         tracing::warn!(message_id = msgid::ROLLED_BACK, "rolled back: {reason}")
                     }
                 }
@@ -323,9 +383,9 @@ impl Agent {
         }
     }
 
-    fn stage(&self, target: &str) -> Result<String, OsError> {
-        let target = ImageRef::parse(target, self.parts.allow_unverified)?;
-        self.parts.backend.stage(&target)
+    fn stage(&self, target: &ImageRef) -> Result<String, OsError> {
+        self.parts.policy.admit(target)?;
+        self.parts.backend.stage(target)
     }
 
     /// A reboot under way ends this process; if the call returns, the reboot did not start
@@ -384,15 +444,25 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::failure_class;
+    use crate::node::machine::Phase;
 
     #[test]
     fn failures_are_classed_by_where_they_happened() {
-        assert_eq!(failure_class("staging", "failed"), Some("stage"));
-        assert_eq!(failure_class("draining", "failed"), Some("drain"));
-        assert_eq!(failure_class("rebooting", "rolledBack"), Some("not_booted"));
-        assert_eq!(failure_class("rollingBack", "rolledBack"), Some("health"));
-        assert_eq!(failure_class("rollingBack", "failed"), Some("rollback"));
-        assert_eq!(failure_class("verifying", "done"), None);
-        assert_eq!(failure_class("staged", "staging"), None);
+        assert_eq!(failure_class(Phase::Staging, Phase::Failed), Some("stage"));
+        assert_eq!(failure_class(Phase::Draining, Phase::Failed), Some("drain"));
+        assert_eq!(
+            failure_class(Phase::Rebooting, Phase::RolledBack),
+            Some("not_booted")
+        );
+        assert_eq!(
+            failure_class(Phase::RollingBack, Phase::RolledBack),
+            Some("health")
+        );
+        assert_eq!(
+            failure_class(Phase::RollingBack, Phase::Failed),
+            Some("rollback")
+        );
+        assert_eq!(failure_class(Phase::Verifying, Phase::Done), None);
+        assert_eq!(failure_class(Phase::Staged, Phase::Staging), None);
     }
 }

@@ -16,18 +16,15 @@ use super::journal::Journal;
 use super::kube::{KubeNode, Settings as ClusterSettings, Starter};
 use super::machine::Event;
 use super::machine::Limits;
+use super::metrics::{self, Metrics};
 use super::reboot::Logind;
 use super::socket::Server;
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
 use crate::cluster::kube_drain::Tuning;
-use crate::cluster::update::ImagePolicy;
-use crate::config::hkd::{Backend as BackendChoice, Settings};
-use crate::metrics::Metrics;
-use crate::os::ostree::Ostree;
-use crate::os::rpmostree::detect::{self, Choice};
-use crate::os::rpmostree::RpmOstree;
-use crate::os::Backend;
+use crate::config::hkd::Settings;
+use crate::image_ref::ImagePolicy;
+use crate::os::{detect, Backend};
 
 /// The running kernel's boot id, from /proc.
 pub struct ProcBootId {
@@ -35,35 +32,16 @@ pub struct ProcBootId {
 }
 
 impl Observer for ProcBootId {
-    fn boot_id(&self) -> Result<String, String> {
-        crate::sys::boot_id(&self.proc_root).map_err(|e| format!("reading the boot id: {e}"))
+    fn boot_id(&self) -> anyhow::Result<String> {
+        crate::sys::boot_id(&self.proc_root)
+            .map_err(|e| anyhow::anyhow!("reading the boot id: {e}"))
     }
 }
 
-/// The plain OSTree backend for the sysroot at `root`, deploying into the booted stateroot.
-pub fn ostree_backend(root: &Path, allow_unverified: bool) -> anyhow::Result<Ostree> {
-    let mut backend = Ostree {
-        sysroot: root.to_owned(),
-        osname: String::new(),
-        run_dir: root.join("run"),
-        allow_unverified,
-    };
-    let all = backend.status()?;
-    let current = all
-        .booted()
-        .or(all.default_deployment())
-        .context("this host has no OSTree deployment; hkd manages OSTree-based systems only")?;
-    backend.osname = current.osname.clone();
-    Ok(backend)
-}
-
-fn backend(settings: &Settings, root: &Path) -> anyhow::Result<(Box<dyn Backend>, &'static str)> {
-    let allow = settings.os.allow_unverified_images;
-    // Only `auto` needs the fact; looking it up starts nothing.
-    let on_bus = settings.os.backend == BackendChoice::Auto && detect::rpm_ostreed_on_system_bus();
-    match detect::choose(settings.os.backend, on_bus) {
-        Choice::RpmOstree => Ok((Box::new(RpmOstree::system(allow)?), "rpm-ostree")),
-        Choice::Ostree => Ok((Box::new(ostree_backend(root, allow)?), "ostree")),
+/// The one choice about unverified images, as the configuration makes it.
+pub fn image_policy(settings: &Settings) -> ImagePolicy {
+    ImagePolicy {
+        allow_unverified: settings.os.allow_unverified_images,
     }
 }
 
@@ -80,7 +58,8 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
     if settings.os.allow_unverified_images {
         tracing::warn!("os.allow_unverified_images is on: images nobody verified will be deployed");
     }
-    let (backend, backend_name) = backend(settings, root)?;
+    let policy = image_policy(settings);
+    let (backend, backend_name) = detect::open(settings.os.backend, root, policy)?;
     let seams = Seams {
         backend,
         backend_name: backend_name.into(),
@@ -101,7 +80,7 @@ pub fn run_with(
     seams: Seams,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let listener = crate::metrics::bind(settings.metrics.listen)?;
+    let listener = metrics::bind(settings.metrics.listen)?;
     let served = metrics.clone();
     thread::Builder::new()
         .name("metrics".into())
@@ -128,7 +107,7 @@ pub fn run_with(
             extra,
         },
         journal: Journal::open(&settings.state_dir(root))?,
-        allow_unverified: settings.os.allow_unverified_images,
+        policy: image_policy(settings),
         limits: Limits {
             health_timeout: settings.health.timeout.as_secs(),
         },
@@ -188,9 +167,7 @@ fn cluster_side(
         .name("cluster".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
     let client = handle.block_on(client_from_kubeconfig(&kubeconfig))?;
-    let policy = ImagePolicy {
-        allow_unverified: settings.os.allow_unverified_images,
-    };
+    let policy = image_policy(settings);
     let coordinator = k.coordinate.then(|| CoordinatorConfig {
         namespace: k.namespace.clone(),
         lease_duration: k.lease_duration,

@@ -30,7 +30,8 @@ use crate::cluster::annotations::{
     AgentPhase, Grant, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE, STAGED,
 };
 use crate::cluster::selector::Selector;
-use crate::cluster::update::{target_image, validate, ImagePolicy, InFlight, Update};
+use crate::cluster::update::{target_image, validated_image, InFlight, Update};
+use crate::image_ref::{ImagePolicy, ImageRef};
 
 /// What the follower knows, at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +46,7 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// The target last asked for at rest after a failure, and when: a failure before any grant
     /// is retried at this pace, not in a loop.
-    pub last_retry: Option<(&'a str, Timestamp)>,
+    pub last_retry: Option<(&'a ImageRef, Timestamp)>,
     pub retry_after: jiff::SignedDuration,
 }
 
@@ -89,7 +90,7 @@ pub struct Decision {
 /// The Update this node works for, and the grant in progress under it.
 struct Owner<'a> {
     update: &'a Update,
-    target: String,
+    target: ImageRef,
     /// A grant of this Update on the Node that is not answered with Done or Failed yet.
     grant: Option<Grant>,
 }
@@ -101,10 +102,8 @@ fn selects(update: &Update, node: &NodeView) -> bool {
     }
 }
 
-fn target_of(update: &Update, policy: ImagePolicy) -> Option<String> {
-    target_image(&update.spec.os_image_url, policy)
-        .ok()
-        .map(|r| r.raw)
+fn target_of(update: &Update, policy: ImagePolicy) -> Option<ImageRef> {
+    target_image(&update.spec.os_image_url, policy).ok()
 }
 
 /// The grant's Update when a grant is open; else the newest valid Update that selects this
@@ -129,8 +128,7 @@ fn owner<'a>(node: &NodeView, updates: &'a [Update], policy: ImagePolicy) -> Opt
     updates
         .iter()
         .filter(|u| u.spec.abort.is_none() && selects(u, node))
-        .filter(|u| validate(&u.spec, policy).is_ok())
-        .filter_map(|u| Some((u, target_of(u, policy)?)))
+        .filter_map(|u| Some((u, validated_image(&u.spec, policy).ok()?)))
         .max_by(|(a, _), (b, _)| {
             let key = |u: &Update| {
                 (
@@ -145,11 +143,6 @@ fn owner<'a>(node: &NodeView, updates: &'a [Update], policy: ImagePolicy) -> Opt
             target,
             grant: None,
         })
-}
-
-fn same_image(a: &str, b: &str, policy: ImagePolicy) -> bool {
-    let norm = |s: &str| target_image(s, policy).map_or_else(|_| s.to_owned(), |r| r.raw);
-    norm(a) == norm(b)
 }
 
 /// The phase the Node shows for a machine working on a begun grant.
@@ -192,7 +185,7 @@ pub fn decide(input: Input<'_>) -> Decision {
     let owner = owner(node, input.updates, input.policy);
     d.following = owner.as_ref().and_then(|o| o.update.metadata.name.clone());
     let staged = match (&machine.state, &owner) {
-        (State::Staged { target, .. }, Some(o)) if *target == o.target => Some(target.clone()),
+        (State::Staged { target, .. }, Some(o)) if *target == o.target => Some(target.to_string()),
         _ => None,
     };
     if node.staged != staged {
@@ -206,7 +199,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         d.uncordon = node.cordoned_by_hkd && at_rest(&machine.state);
         return d;
     };
-    let target = owner.target.as_str();
+    let target = &owner.target;
     let Some(grant) = owner.grant.clone() else {
         prestage(&input, target, &mut d);
         d.uncordon = node.cordoned_by_hkd && at_rest(&machine.state);
@@ -243,15 +236,11 @@ pub fn decide(input: Input<'_>) -> Decision {
     match &machine.state {
         // Answers: the machine is at rest with the target's outcome.
         State::Done { .. } if mine => d.finish = Some(finish(Answer::Done)),
-        State::Idle
-            if input
-                .booted_image
-                .is_some_and(|b| same_image(b, target, input.policy)) =>
-        {
+        State::Idle if input.booted_image.is_some_and(|b| target.is_same_as(b)) => {
             d.finish = Some(finish(Answer::Done))
         }
         State::RolledBack { reason, .. } | State::Failed { reason, .. }
-            if mine && (begun || machine.failed_target.as_deref() == Some(target)) =>
+            if mine && (begun || machine.failed_target.as_ref() == Some(target)) =>
         {
             let reason = if begun {
                 reason.clone()
@@ -277,7 +266,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         _ => {
             show(node, &grant, AgentPhase::Staging, None, input.now, &mut d);
             d.events.push(Event::TargetRequested {
-                target: target.to_owned(),
+                target: target.clone(),
             });
         }
     }
@@ -329,7 +318,7 @@ pub fn answer_annotations(
 }
 
 /// No grant yet: stage the target ahead of it.
-fn prestage(input: &Input<'_>, target: &str, d: &mut Decision) {
+fn prestage(input: &Input<'_>, target: &ImageRef, d: &mut Decision) {
     let machine = input.machine;
     if machine.in_flight() {
         return;
@@ -337,11 +326,9 @@ fn prestage(input: &Input<'_>, target: &str, d: &mut Decision) {
     let have = machine.state.target() == Some(target);
     match &machine.state {
         State::Staging { .. } | State::Staged { .. } | State::Done { .. } if have => {}
-        _ if machine.failed_target.as_deref() == Some(target) => {}
+        _ if machine.failed_target.as_ref() == Some(target) => {}
         State::Idle | State::Done { .. } | State::RolledBack { .. } | State::Failed { .. }
-            if input
-                .booted_image
-                .is_some_and(|b| same_image(b, target, input.policy)) => {}
+            if input.booted_image.is_some_and(|b| target.is_same_as(b)) => {}
         State::Failed { .. } | State::RolledBack { .. } if have => {
             let due = match input.last_retry {
                 Some((t, at)) if t == target => at + input.retry_after,
@@ -349,14 +336,14 @@ fn prestage(input: &Input<'_>, target: &str, d: &mut Decision) {
             };
             if due <= input.now {
                 d.events.push(Event::TargetRequested {
-                    target: target.to_owned(),
+                    target: target.clone(),
                 });
             } else {
                 d.wake_at = Some(due);
             }
         }
         _ => d.events.push(Event::TargetRequested {
-            target: target.to_owned(),
+            target: target.clone(),
         }),
     }
 }

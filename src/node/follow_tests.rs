@@ -2,11 +2,16 @@
 
 use super::*;
 use crate::cluster::update::{Abort, UpdateSpec};
+use crate::image_ref::ImageRef;
 use serde_json::json;
 
 const IMG: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
 const OLD: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:1";
 
+/// A well-formed reference, as the journal would load it.
+fn img(raw: &str) -> ImageRef {
+    ImageRef::parse_any(raw).unwrap()
+}
 fn update(name: &str, uid: &str, created: &str) -> Update {
     let spec: UpdateSpec = serde_json::from_value(json!({"osImageURL": IMG})).unwrap();
     let mut u = Update::new(name, spec);
@@ -72,13 +77,13 @@ fn run(node: Option<&NodeView>, updates: &[Update], m: &Machine) -> Decision {
 
 fn staged() -> State {
     State::Staged {
-        target: IMG.into(),
+        target: img(IMG),
         checksum: "c2".into(),
     }
 }
 
 fn requested() -> Event {
-    Event::TargetRequested { target: IMG.into() }
+    Event::TargetRequested { target: img(IMG) }
 }
 
 #[test]
@@ -148,7 +153,7 @@ fn a_grant_is_begun_on_the_node_before_the_machine_hears_of_it() {
 #[test]
 fn a_grant_before_staging_finished_waits_for_it() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
-    let m = machine(State::Staging { target: IMG.into() });
+    let m = machine(State::Staging { target: img(IMG) });
     let d = run(Some(&granted(node(), None)), &u, &m);
     assert!(d.events.is_empty());
     assert_eq!(d.annotations.get(PHASE), Some(&Some("Staging".to_owned())));
@@ -158,7 +163,7 @@ fn a_grant_before_staging_finished_waits_for_it() {
 fn phases_follow_the_machine_and_are_written_once() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let m = machine(State::Rebooting {
-        target: IMG.into(),
+        target: img(IMG),
         checksum: "c2".into(),
         from_boot: "boot-1".into(),
         attempt: 1,
@@ -177,7 +182,7 @@ fn phases_follow_the_machine_and_are_written_once() {
 fn done_finishes_the_grant_with_uncordon_only_when_hkd_cordoned() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let m = machine(State::Done {
-        target: IMG.into(),
+        target: img(IMG),
         checksum: "c2".into(),
     });
     let mut n = granted(node(), Some(AgentPhase::Verifying));
@@ -195,7 +200,7 @@ fn done_finishes_the_grant_with_uncordon_only_when_hkd_cordoned() {
 fn a_failure_after_the_grant_began_answers_it() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let m = machine(State::Failed {
-        target: IMG.into(),
+        target: img(IMG),
         reason: "drain failed: PDB".into(),
     });
     let d = run(Some(&granted(node(), Some(AgentPhase::Draining))), &u, &m);
@@ -210,7 +215,7 @@ fn a_failure_after_the_grant_began_answers_it() {
 fn a_failure_from_before_the_grant_is_tried_again_under_it() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let m = machine(State::Failed {
-        target: IMG.into(),
+        target: img(IMG),
         reason: "staging failed: network".into(),
     });
     let d = run(Some(&granted(node(), None)), &u, &m);
@@ -223,10 +228,10 @@ fn a_failure_from_before_the_grant_is_tried_again_under_it() {
 fn a_target_that_failed_here_is_answered_failed_at_once() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let mut m = machine(State::RolledBack {
-        target: IMG.into(),
+        target: img(IMG),
         reason: "health check failed".into(),
     });
-    m.failed_target = Some(IMG.into());
+    m.failed_target = Some(img(IMG));
     let d = run(Some(&granted(node(), None)), &u, &m);
     match d.finish.unwrap().answer {
         Answer::Failed(r) => assert!(r.contains("failed on this node before"), "{r}"),
@@ -252,13 +257,13 @@ fn a_node_already_on_the_target_answers_done() {
 fn a_failed_staging_before_any_grant_is_retried_at_a_pace() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let m = machine(State::Failed {
-        target: IMG.into(),
+        target: img(IMG),
         reason: "staging failed: disk full".into(),
     });
     let n = node();
     let recent = now() - jiff::SignedDuration::from_secs(60);
     let d = decide(Input {
-        last_retry: Some((IMG, recent)),
+        last_retry: Some((&img(IMG), recent)),
         ..input(Some(&n), &u, &m)
     });
     assert!(d.events.is_empty());
@@ -268,7 +273,7 @@ fn a_failed_staging_before_any_grant_is_retried_at_a_pace() {
     );
     let long_ago = now() - jiff::SignedDuration::from_secs(600);
     let d = decide(Input {
-        last_retry: Some((IMG, long_ago)),
+        last_retry: Some((&img(IMG), long_ago)),
         ..input(Some(&n), &u, &m)
     });
     assert_eq!(d.events, vec![requested()]);
@@ -286,7 +291,7 @@ fn an_abort_with_roll_back_gives_back_grants_not_yet_out_of_service() {
     assert!(matches!(d.finish.unwrap().answer, Answer::Failed(r) if r.contains("aborted")));
     // A node already rebooting finishes.
     let m = machine(State::Verifying {
-        target: IMG.into(),
+        target: img(IMG),
         checksum: "c2".into(),
         since: 1,
     });
@@ -314,7 +319,7 @@ fn a_cordon_hkd_holds_without_a_grant_in_progress_is_lifted() {
     // Not while the machine is out of service.
     n.cordoned_by_hkd = true;
     let m = machine(State::Draining {
-        target: IMG.into(),
+        target: img(IMG),
         checksum: "c2".into(),
     });
     assert!(!run(Some(&n), &[], &m).uncordon);

@@ -129,12 +129,18 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image_ref::ImageRef;
+
+    /// A well-formed reference, as the journal would load it.
+    fn img(raw: &str) -> ImageRef {
+        ImageRef::parse_any(raw).unwrap()
+    }
     use crate::node::machine::State;
 
     fn machine() -> Machine {
         let mut m = Machine::new("boot-1");
         m.state = State::Staging {
-            target: "ostree-remote-registry:nestos:r/i:v2".into(),
+            target: img("ostree-remote-registry:nestos:r/i:v2"),
         };
         m
     }
@@ -199,6 +205,67 @@ mod tests {
                 .ends_with("move it aside to start from idle"),
             "{err}"
         );
+        assert!(journal.path().exists());
+    }
+
+    /// A journal as hkd wrote it when targets were plain strings: it loads (an unverified
+    /// image accepted then loads whatever the policy now) and is written back unchanged.
+    #[test]
+    fn a_journal_of_the_string_form_loads_and_reads_the_same() {
+        let written = r#"{
+  "apiVersion": "hkd.housekeeper.io/v1",
+  "kind": "NodeJournal",
+  "machine": {
+    "state": {
+      "phase": "rollingBack",
+      "target": "ostree-unverified-registry:hub.oepkgs.net/nestos/nestos:2",
+      "checksum": "2222222222222222222222222222222222222222222222222222222222222222",
+      "reason": "health check failed: kubelet",
+      "fromBoot": "boot-1"
+    },
+    "bootId": "boot-1",
+    "failedTarget": "testos:testos/x86_64/v1"
+  }
+}
+"#;
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::open(root.path()).unwrap();
+        fs::write(journal.path(), written).unwrap();
+        let machine = journal.load().unwrap().unwrap();
+        let target = machine.state.target().unwrap();
+        assert_eq!(
+            target.raw,
+            "ostree-unverified-registry:hub.oepkgs.net/nestos/nestos:2"
+        );
+        assert_eq!(
+            target.verification,
+            crate::image_ref::Verification::Unverified
+        );
+        assert_eq!(machine.failed_target, Some(img("testos:testos/x86_64/v1")));
+        journal.save(&machine).unwrap();
+        assert_eq!(fs::read_to_string(journal.path()).unwrap(), written);
+    }
+
+    #[test]
+    fn a_journal_whose_image_does_not_parse_is_refused_in_one_line() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::open(root.path()).unwrap();
+        fs::write(
+            journal.path(),
+            r#"{"apiVersion": "hkd.housekeeper.io/v1", "kind": "NodeJournal",
+                "machine": {"state": {"phase": "staging", "target": "docker://x"},
+                            "bootId": "b", "failedTarget": null}}"#,
+        )
+        .unwrap();
+        let err = journal.load().unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("image reference \"docker://x\" is malformed"),
+            "{err}"
+        );
+        assert!(err.ends_with("move it aside to start from idle"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
         assert!(journal.path().exists());
     }
 

@@ -28,7 +28,11 @@
 //! asks again once the node is back at rest (the cluster side re-derives its wish from the
 //! Update on every change), so no request is lost and none interrupts a drained node.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+
+use crate::image_ref::ImageRef;
 
 /// How many times a reboot is asked for before the upgrade is given up: each time the node
 /// came back on the same boot (a delay inhibitor, a reboot refused by logind, hkd killed).
@@ -45,39 +49,97 @@ pub enum State {
     /// Nothing to do: no target, or the target is what runs.
     Idle,
     /// Downloading and deploying `target` with finalization locked.
-    Staging { target: String },
+    Staging { target: ImageRef },
     /// `checksum` is deployed, locked, waiting for the cluster's grant.
-    Staged { target: String, checksum: String },
+    Staged { target: ImageRef, checksum: String },
     /// The cluster granted this node; waiting for the cluster side to begin the drain.
-    Granted { target: String, checksum: String },
+    Granted { target: ImageRef, checksum: String },
     /// The cluster side is cordoning and draining.
-    Draining { target: String, checksum: String },
+    Draining { target: ImageRef, checksum: String },
     /// Reboot into `checksum` asked for while the node ran boot `from_boot`.
     Rebooting {
-        target: String,
+        target: ImageRef,
         checksum: String,
         from_boot: String,
         attempt: u32,
     },
     /// Booted into the target since `since` (seconds); the health gate runs.
     Verifying {
-        target: String,
+        target: ImageRef,
         checksum: String,
         since: u64,
     },
     /// The target runs and passed its health gate.
-    Done { target: String, checksum: String },
+    Done { target: ImageRef, checksum: String },
     /// Going back to the previous deployment, asked for during boot `from_boot`.
     RollingBack {
-        target: String,
+        target: ImageRef,
         checksum: String,
         reason: String,
         from_boot: String,
     },
     /// The previous deployment runs again; the target failed for `reason`.
-    RolledBack { target: String, reason: String },
+    RolledBack { target: ImageRef, reason: String },
     /// The upgrade stopped for `reason`; the node runs whatever it booted.
-    Failed { target: String, reason: String },
+    Failed { target: ImageRef, reason: String },
+}
+
+/// The name of a [`State`], without its data: what status, metrics and logs show. The
+/// strings are the journal's and the status document's `phase` values and the metrics'
+/// `phase` labels; they do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    Idle,
+    Staging,
+    Staged,
+    Granted,
+    Draining,
+    Rebooting,
+    Verifying,
+    Done,
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in the order of the diagram.
+    pub const ALL: [Phase; 11] = [
+        Phase::Idle,
+        Phase::Staging,
+        Phase::Staged,
+        Phase::Granted,
+        Phase::Draining,
+        Phase::Rebooting,
+        Phase::Verifying,
+        Phase::Done,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Staging => "staging",
+            Phase::Staged => "staged",
+            Phase::Granted => "granted",
+            Phase::Draining => "draining",
+            Phase::Rebooting => "rebooting",
+            Phase::Verifying => "verifying",
+            Phase::Done => "done",
+            Phase::RollingBack => "rollingBack",
+            Phase::RolledBack => "rolledBack",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The state with what must survive every transition.
@@ -88,7 +150,7 @@ pub struct Machine {
     /// The boot id last observed: the reference for "did a reboot happen".
     pub boot_id: String,
     /// A target that failed here; not retried until a different target is asked for.
-    pub failed_target: Option<String>,
+    pub failed_target: Option<ImageRef>,
 }
 
 /// What the machine shows, read at start and after each boot.
@@ -106,15 +168,15 @@ pub struct Observation {
 pub enum Event {
     Observed(Observation),
     TargetRequested {
-        target: String,
+        target: ImageRef,
     },
     TargetWithdrawn,
     Staged {
-        target: String,
+        target: ImageRef,
         checksum: String,
     },
     StageFailed {
-        target: String,
+        target: ImageRef,
         reason: String,
     },
     Granted,
@@ -138,7 +200,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Download and deploy `target`, finalization locked; answer Staged or StageFailed.
-    Stage { target: String },
+    Stage { target: ImageRef },
     /// Remove the staged deployment (the target was withdrawn).
     Unstage,
     /// Ask the cluster side to cordon and drain; it answers DrainStarted, then Drained or DrainFailed.
@@ -153,11 +215,11 @@ pub enum Action {
     /// after finalizing must not leave the target to boot unverified at some later reboot.
     RestoreBooted,
     /// Tell the cluster side and the status how this upgrade ended.
-    Report(Outcome),
+    Report(UpgradeOutcome),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum UpgradeOutcome {
     Done,
     Failed { reason: String },
     RolledBack { reason: String },
@@ -176,7 +238,7 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("event {event} is not expected in phase {phase}")]
 pub struct IllegalMove {
-    pub phase: &'static str,
+    pub phase: Phase,
     pub event: String,
 }
 
@@ -210,24 +272,24 @@ impl Machine {
 }
 
 impl State {
-    pub fn phase(&self) -> &'static str {
+    pub fn phase(&self) -> Phase {
         match self {
-            State::Idle => "idle",
-            State::Staging { .. } => "staging",
-            State::Staged { .. } => "staged",
-            State::Granted { .. } => "granted",
-            State::Draining { .. } => "draining",
-            State::Rebooting { .. } => "rebooting",
-            State::Verifying { .. } => "verifying",
-            State::Done { .. } => "done",
-            State::RollingBack { .. } => "rollingBack",
-            State::RolledBack { .. } => "rolledBack",
-            State::Failed { .. } => "failed",
+            State::Idle => Phase::Idle,
+            State::Staging { .. } => Phase::Staging,
+            State::Staged { .. } => Phase::Staged,
+            State::Granted { .. } => Phase::Granted,
+            State::Draining { .. } => Phase::Draining,
+            State::Rebooting { .. } => Phase::Rebooting,
+            State::Verifying { .. } => Phase::Verifying,
+            State::Done { .. } => Phase::Done,
+            State::RollingBack { .. } => Phase::RollingBack,
+            State::RolledBack { .. } => Phase::RolledBack,
+            State::Failed { .. } => Phase::Failed,
         }
     }
 
     /// The target this state works on, if any.
-    pub fn target(&self) -> Option<&str> {
+    pub fn target(&self) -> Option<&ImageRef> {
         match self {
             State::Idle => None,
             State::Staging { target }
@@ -270,15 +332,15 @@ pub fn step(
     match (&machine.state, event) {
         // --- wishes of the cluster ---------------------------------------------------------
         (_, Event::TargetRequested { target }) => {
-            let same = machine.state.target() == Some(target.as_str());
+            let same = machine.state.target() == Some(target);
             let working_on_it = same
                 && matches!(
                     machine.state,
                     S::Staging { .. } | S::Staged { .. } | S::Done { .. }
                 );
-            let failed_before = rest && machine.failed_target.as_deref() == Some(target.as_str());
+            let failed_before = rest && machine.failed_target.as_ref() == Some(target);
             if !machine.in_flight() && !working_on_it && !failed_before {
-                if machine.failed_target.as_deref() != Some(target.as_str()) {
+                if machine.failed_target.as_ref() != Some(target) {
                     next.failed_target = None;
                 }
                 next.state = S::Staging {
@@ -315,7 +377,7 @@ pub fn step(
                 target: target.clone(),
                 reason: format!("staging failed: {reason}"),
             };
-            actions.push(A::Report(Outcome::Failed {
+            actions.push(A::Report(UpgradeOutcome::Failed {
                 reason: format!("staging failed: {reason}"),
             }));
         }
@@ -353,7 +415,7 @@ pub fn step(
                 target: target.clone(),
                 reason: reason.clone(),
             };
-            actions.push(A::Report(Outcome::Failed { reason }));
+            actions.push(A::Report(UpgradeOutcome::Failed { reason }));
         }
 
         // --- health gate ---------------------------------------------------------------------
@@ -367,7 +429,7 @@ pub fn step(
                 target: target.clone(),
                 checksum: checksum.clone(),
             };
-            actions.push(A::Report(Outcome::Done));
+            actions.push(A::Report(UpgradeOutcome::Done));
         }
         (
             S::Verifying {
@@ -409,24 +471,18 @@ pub fn step(
                 reason: reason.clone(),
             };
             next.failed_target = Some(target.clone());
-            actions.push(A::Report(Outcome::Failed { reason }));
+            actions.push(A::Report(UpgradeOutcome::Failed { reason }));
         }
         (_, Event::Tick) => {}
 
         // --- observations (start-up, after each boot) ---------------------------------------
         (_, Event::Observed(seen)) => {
-            next.boot_id = seen.boot_id.clone();
-            let new_boot = seen.boot_id != machine.boot_id;
-            observe(
+            return Ok(observe(Judged {
                 machine,
                 seen,
-                new_boot,
                 now,
                 limits,
-                &mut next,
-                &mut actions,
-                &mut wake_after,
-            );
+            }));
         }
 
         _ => return Err(illegal()),
@@ -441,12 +497,12 @@ pub fn step(
 fn roll_back(
     next: &mut Machine,
     actions: &mut Vec<Action>,
-    target: &str,
+    target: &ImageRef,
     checksum: &str,
     reason: String,
 ) {
     next.state = State::RollingBack {
-        target: target.to_owned(),
+        target: target.clone(),
         checksum: checksum.to_owned(),
         reason,
         from_boot: next.boot_id.clone(),
@@ -454,27 +510,40 @@ fn roll_back(
     actions.push(Action::Rollback);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn observe(
-    machine: &Machine,
-    seen: &Observation,
-    new_boot: bool,
+/// What an observation is judged against: the machine before it, what the host shows, and the
+/// time and limits of [`step`].
+struct Judged<'a> {
+    machine: &'a Machine,
+    seen: &'a Observation,
     now: u64,
     limits: Limits,
-    next: &mut Machine,
-    actions: &mut Vec<Action>,
-    wake_after: &mut Option<u64>,
-) {
+}
+
+/// The step an observation makes: a changed boot id proves a reboot happened, an unchanged one
+/// that it did not (see the module documentation).
+fn observe(input: Judged<'_>) -> Step {
     use Action as A;
     use State as S;
-    let fail = |next: &mut Machine, actions: &mut Vec<Action>, target: &str, reason: String| {
-        next.state = S::Failed {
-            target: target.to_owned(),
-            reason: reason.clone(),
+    let Judged {
+        machine,
+        seen,
+        now,
+        limits,
+    } = input;
+    let new_boot = seen.boot_id != machine.boot_id;
+    let mut next = machine.clone();
+    next.boot_id = seen.boot_id.clone();
+    let mut actions = Vec::new();
+    let mut wake_after = None;
+    let fail =
+        |next: &mut Machine, actions: &mut Vec<Action>, target: &ImageRef, reason: String| {
+            next.state = S::Failed {
+                target: target.clone(),
+                reason: reason.clone(),
+            };
+            next.failed_target = Some(target.clone());
+            actions.push(A::Report(UpgradeOutcome::Failed { reason }));
         };
-        next.failed_target = Some(target.to_owned());
-        actions.push(A::Report(Outcome::Failed { reason }));
-    };
 
     match &machine.state {
         // Interrupted while staging: staging is idempotent, do it again.
@@ -501,7 +570,7 @@ fn observe(
                 target: target.clone(),
                 reason: reason.clone(),
             };
-            actions.push(A::Report(Outcome::Failed { reason }));
+            actions.push(A::Report(UpgradeOutcome::Failed { reason }));
         }
         // Interrupted while the cluster side drained: ask it again (cordon and drain are idempotent).
         S::Granted { .. } | S::Draining { .. } => actions.push(A::Drain),
@@ -518,7 +587,7 @@ fn observe(
                     since: now,
                 };
                 actions.push(A::CheckHealth);
-                *wake_after = Some(limits.health_timeout);
+                wake_after = Some(limits.health_timeout);
             } else if new_boot {
                 let reason = format!(
                     "the target {} did not boot; {} runs instead",
@@ -530,13 +599,13 @@ fn observe(
                     reason: reason.clone(),
                 };
                 next.failed_target = Some(target.clone());
-                actions.push(A::Report(Outcome::RolledBack { reason }));
+                actions.push(A::Report(UpgradeOutcome::RolledBack { reason }));
             } else if seen.staged.as_deref() != Some(checksum)
                 && seen.default.as_deref() != Some(checksum)
             {
                 fail(
-                    next,
-                    actions,
+                    &mut next,
+                    &mut actions,
                     target,
                     format!(
                         "the staged deployment {} disappeared before the reboot",
@@ -546,8 +615,8 @@ fn observe(
             } else if *attempt >= MAX_REBOOT_ATTEMPTS {
                 actions.push(A::RestoreBooted);
                 fail(
-                    next,
-                    actions,
+                    &mut next,
+                    &mut actions,
                     target,
                     format!("the node did not reboot after {attempt} requests"),
                 );
@@ -575,11 +644,11 @@ fn observe(
                     reason: reason.clone(),
                 };
                 next.failed_target = Some(target.clone());
-                actions.push(A::Report(Outcome::RolledBack { reason }));
+                actions.push(A::Report(UpgradeOutcome::RolledBack { reason }));
             } else {
                 // Interrupted during the gate: run it again, same deadline.
                 actions.push(A::CheckHealth);
-                *wake_after = Some((since + limits.health_timeout).saturating_sub(now));
+                wake_after = Some((since + limits.health_timeout).saturating_sub(now));
             }
         }
         S::RollingBack {
@@ -594,13 +663,13 @@ fn observe(
                     reason: reason.clone(),
                 };
                 next.failed_target = Some(target.clone());
-                actions.push(A::Report(Outcome::RolledBack {
+                actions.push(A::Report(UpgradeOutcome::RolledBack {
                     reason: reason.clone(),
                 }));
             } else if new_boot {
                 fail(
-                    next,
-                    actions,
+                    &mut next,
+                    &mut actions,
                     target,
                     format!("{reason}; the rollback reboot came back on the target"),
                 );
@@ -616,6 +685,11 @@ fn observe(
             }
         }
         S::Idle | S::Staged { .. } | S::Done { .. } | S::RolledBack { .. } | S::Failed { .. } => {}
+    }
+    Step {
+        machine: next,
+        actions,
+        wake_after,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The node agent: the upgrade state machine (`machine`, pure), the journal that makes it
 //! survive restarts, SIGKILL and power loss, the executor (`agent`) and what it acts through
-//! (health gate, logind reboots), its status document and local socket, and the daemon that
-//! wires them (`daemon`).
+//! (health gate, logind reboots), its status document, local socket and Prometheus metrics,
+//! and the daemon that wires them (`daemon`).
 
 pub mod agent;
 pub mod daemon;
@@ -10,6 +10,7 @@ pub mod health;
 pub mod journal;
 pub mod kube;
 pub mod machine;
+pub mod metrics;
 pub mod reboot;
 pub mod socket;
 pub mod status;

@@ -6,10 +6,10 @@
 //! configuration says to ignore them. *Delay* inhibitors — the kubelet holds one for graceful
 //! node shutdown — are honoured by logind itself during the shutdown. Never by signalling PID 1.
 
-use serde::{Deserialize, Serialize};
 use zbus::blocking::{Connection, Proxy};
 
-use super::agent::Rebooter;
+use super::agent::{RebootError, Rebooter};
+pub use crate::config::hkd::OnBlocked;
 
 const LOGIND: &str = "org.freedesktop.login1";
 const MANAGER_PATH: &str = "/org/freedesktop/login1";
@@ -17,17 +17,6 @@ const MANAGER: &str = "org.freedesktop.login1.Manager";
 
 /// One entry of `ListInhibitors`: what, who, why, mode, uid, pid.
 pub type Inhibitor = (String, String, String, String, u32, u32);
-
-/// What to do when a block inhibitor holds the shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnBlocked {
-    /// Postpone; the agent asks again and gives the upgrade up after its last attempt.
-    #[default]
-    Wait,
-    /// Reboot anyway, and say so in the log.
-    Ignore,
-}
 
 /// The inhibitors that block a shutdown, described for people (`kubelet: graceful shutdown`).
 pub fn blockers(inhibitors: &[Inhibitor]) -> Vec<String> {
@@ -67,32 +56,35 @@ impl Logind {
         }
     }
 
-    fn connect(&self) -> Result<Connection, String> {
+    fn connect(&self) -> Result<Connection, RebootError> {
         match &self.address {
-            None => Connection::system().map_err(|e| format!("connecting to the system bus: {e}")),
+            None => Connection::system()
+                .map_err(|e| RebootError::Failed(format!("connecting to the system bus: {e}"))),
             Some(address) => zbus::blocking::connection::Builder::address(address.as_str())
                 .and_then(|b| b.build())
-                .map_err(|e| format!("connecting to the bus at {address}: {e}")),
+                .map_err(|e| {
+                    RebootError::Failed(format!("connecting to the bus at {address}: {e}"))
+                }),
         }
     }
 }
 
-fn manager(bus: &Connection) -> Result<Proxy<'_>, String> {
+fn manager(bus: &Connection) -> Result<Proxy<'_>, RebootError> {
     Proxy::new(bus, LOGIND, MANAGER_PATH, MANAGER)
-        .map_err(|e| format!("reaching systemd-logind: {e}"))
+        .map_err(|e| RebootError::Failed(format!("reaching systemd-logind: {e}")))
 }
 
 impl Logind {
     /// The inhibitors now; Err when a block inhibitor holds the shutdown and policy is wait.
-    fn inhibitors(&self, manager: &Proxy<'_>) -> Result<Vec<Inhibitor>, String> {
+    fn inhibitors(&self, manager: &Proxy<'_>) -> Result<Vec<Inhibitor>, RebootError> {
         let inhibitors: Vec<Inhibitor> = manager
             .call("ListInhibitors", &())
-            .map_err(|e| format!("listing logind inhibitors: {e}"))?;
+            .map_err(|e| RebootError::Failed(format!("listing logind inhibitors: {e}")))?;
         let blocked = blockers(&inhibitors);
         if !blocked.is_empty() {
             match self.on_blocked {
                 OnBlocked::Wait => {
-                    return Err(format!("the reboot is blocked by {}", blocked.join("; ")));
+                    return Err(RebootError::Blocked(blocked));
                 }
                 OnBlocked::Ignore => {
                     tracing::warn!("rebooting through block inhibitors: {}", blocked.join("; "));
@@ -104,13 +96,13 @@ impl Logind {
 }
 
 impl Rebooter for Logind {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), RebootError> {
         let bus = self.connect()?;
         let manager = manager(&bus)?;
         self.inhibitors(&manager).map(drop)
     }
 
-    fn reboot(&self, why: &str) -> Result<(), String> {
+    fn reboot(&self, why: &str) -> Result<(), RebootError> {
         let bus = self.connect()?;
         let manager = manager(&bus)?;
         let inhibitors = self.inhibitors(&manager)?;
@@ -121,7 +113,7 @@ impl Rebooter for Logind {
         tracing::info!("asking logind to reboot ({why})");
         manager
             .call::<_, _, ()>("Reboot", &(false,))
-            .map_err(|e| format!("asking logind to reboot: {e}"))
+            .map_err(|e| RebootError::Failed(format!("asking logind to reboot: {e}")))
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::agent::Shared;
 use super::machine::Event;
 use super::status::NodeStatus;
+use crate::image_ref::ImageRef;
 
 /// Where hkd listens on a host.
 pub const DEFAULT_PATH: &str = "/run/hkd/hkd.sock";
@@ -27,7 +28,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(tag = "request", rename_all = "camelCase")]
 pub enum Request {
     Status,
-    Upgrade { target: String },
+    Upgrade { target: ImageRef },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -148,6 +149,12 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image_ref::ImageRef;
+
+    /// A well-formed reference, as the journal would load it.
+    fn img(raw: &str) -> ImageRef {
+        ImageRef::parse_any(raw).unwrap()
+    }
     use crate::node::machine::Machine;
     use std::sync::{mpsc, Arc, Mutex};
 
@@ -173,11 +180,14 @@ mod tests {
         assert_eq!(mode, 0o600);
         let answer = request(&path, &Request::Status).unwrap();
         assert!(answer.ok);
-        assert_eq!(answer.status.unwrap().upgrade.phase, "idle");
+        assert_eq!(
+            answer.status.unwrap().upgrade.phase,
+            crate::node::machine::Phase::Idle
+        );
         let answer = request(
             &path,
             &Request::Upgrade {
-                target: "r:v2".into(),
+                target: img("r:v2"),
             },
         )
         .unwrap();
@@ -185,7 +195,7 @@ mod tests {
         assert_eq!(
             rx.recv().unwrap(),
             Event::TargetRequested {
-                target: "r:v2".into()
+                target: img("r:v2")
             }
         );
     }
@@ -196,7 +206,7 @@ mod tests {
         let answer = request(
             &path,
             &Request::Upgrade {
-                target: "r:v2".into(),
+                target: img("r:v2"),
             },
         )
         .unwrap();

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::machine::{short, Machine, State};
+use super::machine::{short, Machine, Phase, State};
 use crate::os::Deployment;
 
 pub const API_VERSION: &str = "hkd.housekeeper.io/v1";
@@ -38,7 +38,8 @@ pub struct NodeStatus {
 pub struct Upgrade {
     /// idle, staging, staged, granted, draining, rebooting, verifying, done, rollingBack,
     /// rolledBack, failed.
-    pub phase: String,
+    #[schemars(with = "String")]
+    pub phase: Phase,
     pub target: Option<String>,
     /// The target's commit, once staged.
     pub checksum: Option<String>,
@@ -100,12 +101,12 @@ impl Upgrade {
             S::RollingBack { .. } => Some("reboot into the previous deployment".into()),
         };
         Upgrade {
-            phase: state.phase().into(),
-            target: state.target().map(str::to_owned),
+            phase: state.phase(),
+            target: state.target().map(ToString::to_string),
             checksum,
             reason,
             pending,
-            failed_target: machine.failed_target.clone(),
+            failed_target: machine.failed_target.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -176,6 +177,12 @@ pub fn render(status: &NodeStatus, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image_ref::ImageRef;
+
+    /// A well-formed reference, as the journal would load it.
+    fn img(raw: &str) -> ImageRef {
+        ImageRef::parse_any(raw).unwrap()
+    }
     use crate::testing::golden;
 
     fn deployment(checksum: &str, version: &str, booted: bool, staged: bool) -> Deployment {
@@ -197,7 +204,7 @@ mod tests {
     fn sample() -> NodeStatus {
         let mut machine = Machine::new("6f1d0c35-3b61-4a56-9e5e-0d1e3b8f0a11");
         machine.state = State::Staged {
-            target: "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:22.03.2".into(),
+            target: img("ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:22.03.2"),
             checksum: "b2c4d6e8f0a1b2c4d6e8f0a1b2c4d6e8f0a1b2c4d6e8f0a1b2c4d6e8f0a1b2c4".into(),
         };
         NodeStatus::new(
@@ -241,10 +248,10 @@ mod tests {
     fn a_rolled_back_node_says_why_and_what_is_not_retried() {
         let mut machine = Machine::new("b");
         machine.state = State::RolledBack {
-            target: "v3".into(),
+            target: img("v3"),
             reason: "health check failed: kubelet".into(),
         };
-        machine.failed_target = Some("v3".into());
+        machine.failed_target = Some(img("v3"));
         let status = NodeStatus::new("ostree", &machine, vec![], Some("x".into()));
         let mut text = Vec::new();
         render(&status, &mut text).unwrap();

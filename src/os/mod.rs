@@ -5,14 +5,14 @@
 //! ([`ostree::Ostree`]), and rpm-ostree over D-Bus (NestOS). The agent's state machine only
 //! ever sees [`Deployments`] and checksums.
 
-pub mod image_ref;
+pub mod detect;
 pub mod ostree;
 pub mod rpmostree;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use image_ref::{ImageRef, ImageRefError};
+use crate::image_ref::{ImageRef, ImageRefError};
 
 /// One deployment, as the agent and `hkd status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

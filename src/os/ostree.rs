@@ -15,8 +15,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::image_ref::Kind;
-use super::{Backend, Deployment, Deployments, ImageRef, OsError};
+use super::{Backend, Deployment, Deployments, OsError};
+use crate::image_ref::{ImagePolicy, ImageRef, Kind};
 use crate::sys::command::{Cmd, CommandError};
 
 /// The origin key that marks a deployment as staged by us and not yet finalized.
@@ -34,11 +34,30 @@ pub struct Ostree {
     pub osname: String,
     /// The runtime directory (`/run`), where libostree keeps its finalization lock.
     pub run_dir: PathBuf,
-    /// Accept targets that nothing verifies.
-    pub allow_unverified: bool,
+    /// Whether targets that nothing verifies (a remote that checks nothing) are accepted.
+    pub policy: ImagePolicy,
 }
 
 impl Ostree {
+    /// The backend for the sysroot at `root` (`/` on a host), deploying into the stateroot of
+    /// the booted (or else the default) deployment.
+    pub fn booted_in(root: &Path, policy: ImagePolicy) -> Result<Ostree, OsError> {
+        let mut backend = Ostree {
+            sysroot: root.to_owned(),
+            osname: String::new(),
+            run_dir: root.join("run"),
+            policy,
+        };
+        let all = backend.status()?;
+        let current = all.booted().or(all.default_deployment()).ok_or_else(|| {
+            OsError::Unavailable(
+                "this host has no OSTree deployment; hkd manages OSTree-based systems only".into(),
+            )
+        })?;
+        backend.osname = current.osname.clone();
+        Ok(backend)
+    }
+
     fn ostree(&self) -> Cmd {
         Cmd::new("ostree")
     }
@@ -96,7 +115,7 @@ impl Ostree {
                 remote: Some(remote),
                 name,
             } => {
-                if !self.remote_verifies(remote)? && !self.allow_unverified {
+                if !self.remote_verifies(remote)? && !self.policy.allow_unverified {
                     return Err(OsError::Failed(format!(
                         "{target}: remote {remote} verifies nothing (gpg-verify=false); \
                          configure signing, or set os.allow_unverified_images = true"

@@ -3,12 +3,16 @@
 //! Every command is built as a value, logged at debug level, run, and on failure reported
 //! with its whole command line, exit status and the tail of its stderr — so an admin can run
 //! the same line by hand.
+//!
+//! Three ways to run: [`Cmd::run`] to completion, [`Cmd::run_with_timeout`] killed past a
+//! limit, and [`Cmd::run_fed`] with a stream on its standard input, for a command whose
+//! verdict the caller reads from what it printed (gpgv's status lines).
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,13 @@ pub enum CommandError {
         status: String,
         stderr: String,
     },
+    /// Reading the stream fed to the command failed (the command's own exit is moot then).
+    #[error("feeding `{line}`: {source}")]
+    Input {
+        line: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CommandError {
@@ -38,9 +49,21 @@ impl CommandError {
     pub fn stderr(&self) -> &str {
         match self {
             CommandError::Failed { stderr, .. } => stderr,
-            CommandError::Spawn { .. } | CommandError::TimedOut { .. } => "",
+            CommandError::Spawn { .. }
+            | CommandError::TimedOut { .. }
+            | CommandError::Input { .. } => "",
         }
     }
+}
+
+/// What a fed command printed and how it ended, for the caller to judge.
+#[derive(Debug)]
+pub struct Fed {
+    /// The command line, as errors name it.
+    pub line: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// A command line, printable and runnable.
@@ -130,11 +153,66 @@ impl Cmd {
         finish(line, output)
     }
 
+    /// Runs with `input` copied to its standard input, and returns what it printed whatever
+    /// its exit status. A command that stops reading early (closes its input) is no error
+    /// here: its exit status and output tell why. A failure to read `input` is, and comes
+    /// back as [`CommandError::Input`] once the command has ended.
+    pub fn run_fed(mut self, input: &mut dyn Read) -> Result<Fed, CommandError> {
+        let line = self.to_string();
+        tracing::debug!(command = %line, "running, fed");
+        self.inner
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self
+            .inner
+            .spawn()
+            .map_err(|source| self.spawn_error(&line, source))?;
+        // Drain both pipes while feeding, so a chatty command cannot block on a full pipe.
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let out = thread::spawn(move || read_all(&mut stdout));
+        let err = thread::spawn(move || read_all(&mut stderr));
+        let stdin = child.stdin.take().expect("piped");
+        let fed = feed(input, stdin);
+        let status = child
+            .wait()
+            .map_err(|source| self.spawn_error(&line, source))?;
+        if let Err(source) = fed {
+            return Err(CommandError::Input { line, source });
+        }
+        Ok(Fed {
+            line,
+            status,
+            stdout: String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned(),
+            stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
+        })
+    }
+
     fn spawn_error(&self, line: &str, source: std::io::Error) -> CommandError {
         CommandError::Spawn {
             program: self.inner.get_program().to_string_lossy().into_owned(),
             line: line.to_owned(),
             source,
+        }
+    }
+}
+
+/// Copies `input` into `to` until its end, or until the command closes its side (a broken
+/// pipe ends the feeding, not the run); `to` is closed on return so the command sees the end.
+fn feed(input: &mut dyn Read, mut to: impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        match to.write_all(&buf[..n]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -244,6 +322,32 @@ mod tests {
             .args(["-c", "echo fine; echo note >&2"])
             .run_with_timeout(Duration::from_secs(5));
         assert_eq!(ok.unwrap(), "fine\n");
+    }
+
+    #[test]
+    fn a_fed_command_reads_the_stream_and_its_verdict_is_the_callers() {
+        let mut input = io::Cursor::new(vec![b'x'; 300_000]);
+        let fed = Cmd::new("sh")
+            .args(["-c", "wc -c; echo done >&2; exit 4"])
+            .run_fed(&mut input)
+            .unwrap();
+        assert_eq!(fed.stdout.trim(), "300000");
+        assert_eq!(fed.stderr, "done\n");
+        assert_eq!(fed.status.code(), Some(4));
+        assert_eq!(fed.line, "sh -c 'wc -c; echo done >&2; exit 4'");
+        // A command that stops reading early is judged by its exit, not by the broken pipe.
+        let mut input = io::Cursor::new(vec![0u8; 4 << 20]);
+        let fed = Cmd::new("true").run_fed(&mut input).unwrap();
+        assert!(fed.status.success());
+        // A stream that cannot be read is an error of its own.
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let err = Cmd::new("cat").run_fed(&mut Broken).unwrap_err();
+        assert_eq!(err.to_string(), "feeding `cat`: disk on fire");
     }
 
     #[test]

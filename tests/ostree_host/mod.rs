@@ -6,8 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use housekeeper::image_ref::{ImagePolicy, ImageRef};
 use housekeeper::os::ostree::{deployment_dir, Ostree};
-use housekeeper::os::{Backend, ImageRef};
+use housekeeper::os::Backend;
 
 pub const OS: &str = "testos";
 pub const BRANCH: &str = "testos/x86_64/stable";
@@ -75,7 +76,7 @@ impl Host {
                 sysroot: sysroot.clone(),
                 osname: OS.into(),
                 run_dir: dir.path().join("run"),
-                allow_unverified: false,
+                policy: ImagePolicy::STRICT,
             },
             dir,
         };
@@ -153,12 +154,12 @@ impl Host {
     }
 
     pub fn target(&self) -> ImageRef {
-        ImageRef::parse(&format!("upstream:{BRANCH}"), true).unwrap()
+        ImageRef::parse(&format!("upstream:{BRANCH}"), ImagePolicy::ALLOW_UNVERIFIED).unwrap()
     }
 
     pub fn allowing_unverified(mut self) -> Host {
         // The file:// remote has no signing set up; these tests are about deployments.
-        self.backend.allow_unverified = true;
+        self.backend.policy = ImagePolicy::ALLOW_UNVERIFIED;
         self
     }
 

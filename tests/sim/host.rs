@@ -13,8 +13,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use housekeeper::node::agent::{Observer, Rebooter};
-use housekeeper::os::{Backend, Deployment, Deployments, ImageRef, OsError};
+use housekeeper::image_ref::ImageRef;
+use housekeeper::node::agent::{Observer, RebootError, Rebooter};
+use housekeeper::os::{Backend, Deployment, Deployments, OsError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,7 +209,7 @@ pub struct SimReboot {
 }
 
 impl Rebooter for SimReboot {
-    fn reboot(&self, why: &str) -> Result<(), String> {
+    fn reboot(&self, why: &str) -> Result<(), RebootError> {
         self.host
             .change(|s| {
                 for d in &mut s.deployments {
@@ -222,14 +223,14 @@ impl Rebooter for SimReboot {
                 s.boots += 1;
                 Ok(())
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RebootError::Failed(e.to_string()))?;
         eprintln!("simulated reboot: {why}");
         std::process::exit(0);
     }
 }
 
 impl Observer for SimHost {
-    fn boot_id(&self) -> Result<String, String> {
-        self.load().map(|s| s.boot_id).map_err(|e| e.to_string())
+    fn boot_id(&self) -> anyhow::Result<String> {
+        Ok(self.load()?.boot_id)
     }
 }

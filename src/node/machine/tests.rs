@@ -1,4 +1,5 @@
 use super::*;
+use crate::image_ref::ImageRef;
 use proptest::prelude::*;
 
 const LIMITS: Limits = Limits {
@@ -8,6 +9,10 @@ const T: &str = "ostree-remote-registry:nestos:registry.example/nestos:v2";
 const SUM: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
+/// A well-formed reference, as the journal would load it.
+fn img(raw: &str) -> ImageRef {
+    ImageRef::parse_any(raw).unwrap()
+}
 fn at(machine: &Machine, event: Event) -> Step {
     step(machine, &event, 1000, LIMITS).unwrap()
 }
@@ -23,11 +28,11 @@ fn seen(boot: &str, booted: &str, staged: Option<&str>) -> Event {
 
 fn staged_machine() -> Machine {
     let m = Machine::new("boot-a");
-    let m = at(&m, Event::TargetRequested { target: T.into() }).machine;
+    let m = at(&m, Event::TargetRequested { target: img(T) }).machine;
     at(
         &m,
         Event::Staged {
-            target: T.into(),
+            target: img(T),
             checksum: SUM.into(),
         },
     )
@@ -47,16 +52,16 @@ fn verifying_machine() -> Machine {
 #[test]
 fn the_happy_path_stages_drains_reboots_verifies() {
     let m = Machine::new("boot-a");
-    let s = at(&m, Event::TargetRequested { target: T.into() });
-    assert_eq!(s.actions, vec![Action::Stage { target: T.into() }]);
+    let s = at(&m, Event::TargetRequested { target: img(T) });
+    assert_eq!(s.actions, vec![Action::Stage { target: img(T) }]);
     let s = at(
         &s.machine,
         Event::Staged {
-            target: T.into(),
+            target: img(T),
             checksum: SUM.into(),
         },
     );
-    assert_eq!(s.machine.state.phase(), "staged");
+    assert_eq!(s.machine.state.phase(), Phase::Staged);
     assert!(s.actions.is_empty(), "staging must not reboot by itself");
     let s = at(&s.machine, Event::Granted);
     assert_eq!(s.actions, vec![Action::Drain]);
@@ -78,11 +83,11 @@ fn the_happy_path_stages_drains_reboots_verifies() {
     assert_eq!(
         s.machine.state,
         State::Done {
-            target: T.into(),
+            target: img(T),
             checksum: SUM.into()
         }
     );
-    assert_eq!(s.actions, vec![Action::Report(Outcome::Done)]);
+    assert_eq!(s.actions, vec![Action::Report(UpgradeOutcome::Done)]);
 }
 
 #[test]
@@ -98,14 +103,14 @@ fn a_failing_health_gate_rolls_back_and_reports() {
     assert_eq!(
         s.machine.state,
         State::RolledBack {
-            target: T.into(),
+            target: img(T),
             reason: "health check failed: unit kubelet failed".into()
         }
     );
-    assert_eq!(s.machine.failed_target.as_deref(), Some(T));
+    assert_eq!(s.machine.failed_target, Some(img(T)));
     assert!(matches!(
         &s.actions[..],
-        [Action::Report(Outcome::RolledBack { .. })]
+        [Action::Report(UpgradeOutcome::RolledBack { .. })]
     ));
 }
 
@@ -125,7 +130,7 @@ fn the_health_gate_times_out() {
 #[test]
 fn a_target_that_did_not_boot_is_rolled_back_without_another_reboot() {
     let s = at(&rebooting_machine(), seen("boot-b", OLD, None));
-    assert_eq!(s.machine.state.phase(), "rolledBack");
+    assert_eq!(s.machine.state.phase(), Phase::RolledBack);
     assert!(!s
         .actions
         .iter()
@@ -147,9 +152,9 @@ fn a_restart_on_the_same_boot_asks_for_the_reboot_again_then_gives_up() {
         m = s.machine;
     }
     let s = at(&m, seen("boot-a", OLD, Some(SUM)));
-    assert_eq!(s.machine.state.phase(), "failed");
+    assert_eq!(s.machine.state.phase(), Phase::Failed);
     assert!(
-        matches!(&s.actions[..], [Action::RestoreBooted, Action::Report(Outcome::Failed { reason })] if reason.contains("did not reboot"))
+        matches!(&s.actions[..], [Action::RestoreBooted, Action::Report(UpgradeOutcome::Failed { reason })] if reason.contains("did not reboot"))
     );
 }
 
@@ -157,16 +162,16 @@ fn a_restart_on_the_same_boot_asks_for_the_reboot_again_then_gives_up() {
 fn a_staged_deployment_replaced_by_someone_else_is_noticed() {
     // Before the grant: stage again.
     let s = at(&staged_machine(), seen("boot-a", OLD, Some("ffff")));
-    assert_eq!(s.actions, vec![Action::Stage { target: T.into() }]);
+    assert_eq!(s.actions, vec![Action::Stage { target: img(T) }]);
     // After the grant: fail, so that the cluster side releases the node.
     let granted = at(&staged_machine(), Event::Granted).machine;
     let s = at(&granted, seen("boot-a", OLD, None));
     assert!(
-        matches!(&s.actions[..], [Action::Report(Outcome::Failed { reason })] if reason.contains("replaced or removed"))
+        matches!(&s.actions[..], [Action::Report(UpgradeOutcome::Failed { reason })] if reason.contains("replaced or removed"))
     );
     // Just before the reboot: fail rather than reboot into nothing.
     let s = at(&rebooting_machine(), seen("boot-a", OLD, None));
-    assert_eq!(s.machine.state.phase(), "failed");
+    assert_eq!(s.machine.state.phase(), Phase::Failed);
     // Unless it was finalized already (it is what boots next): then ask for the reboot again.
     let finalized = Event::Observed(Observation {
         boot_id: "boot-a".into(),
@@ -190,21 +195,11 @@ fn a_failed_target_is_not_retried_until_another_is_asked_for() {
         Event::HealthFailed { reason: "x".into() },
     );
     let rolled = at(&s.machine, seen("boot-c", OLD, None)).machine;
-    let again = at(&rolled, Event::TargetRequested { target: T.into() });
+    let again = at(&rolled, Event::TargetRequested { target: img(T) });
     assert!(again.actions.is_empty());
     assert_eq!(again.machine, rolled);
-    let other = at(
-        &rolled,
-        Event::TargetRequested {
-            target: "v3".into(),
-        },
-    );
-    assert_eq!(
-        other.actions,
-        vec![Action::Stage {
-            target: "v3".into()
-        }]
-    );
+    let other = at(&rolled, Event::TargetRequested { target: img("v3") });
+    assert_eq!(other.actions, vec![Action::Stage { target: img("v3") }]);
     assert_eq!(other.machine.failed_target, None);
 }
 
@@ -212,20 +207,20 @@ fn a_failed_target_is_not_retried_until_another_is_asked_for() {
 fn a_staging_failure_is_not_held_against_the_target() {
     let m = at(
         &Machine::new("b"),
-        Event::TargetRequested { target: T.into() },
+        Event::TargetRequested { target: img(T) },
     )
     .machine;
     let s = at(
         &m,
         Event::StageFailed {
-            target: T.into(),
+            target: img(T),
             reason: "read-only file system".into(),
         },
     );
-    assert_eq!(s.machine.state.phase(), "failed");
+    assert_eq!(s.machine.state.phase(), Phase::Failed);
     assert_eq!(s.machine.failed_target, None);
-    let retry = at(&s.machine, Event::TargetRequested { target: T.into() });
-    assert_eq!(retry.actions, vec![Action::Stage { target: T.into() }]);
+    let retry = at(&s.machine, Event::TargetRequested { target: img(T) });
+    assert_eq!(retry.actions, vec![Action::Stage { target: img(T) }]);
 }
 
 #[test]
@@ -237,37 +232,25 @@ fn a_drain_failure_is_not_held_against_the_target() {
             reason: "pod x blocked by pdb y".into(),
         },
     );
-    assert_eq!(s.machine.state.phase(), "failed");
+    assert_eq!(s.machine.state.phase(), Phase::Failed);
     assert_eq!(s.machine.failed_target, None);
-    let retry = at(&s.machine, Event::TargetRequested { target: T.into() });
-    assert_eq!(retry.actions, vec![Action::Stage { target: T.into() }]);
+    let retry = at(&s.machine, Event::TargetRequested { target: img(T) });
+    assert_eq!(retry.actions, vec![Action::Stage { target: img(T) }]);
 }
 
 #[test]
 fn a_new_target_while_staging_supersedes_and_stale_answers_are_ignored() {
     let m = at(
         &Machine::new("b"),
-        Event::TargetRequested {
-            target: "v2".into(),
-        },
+        Event::TargetRequested { target: img("v2") },
     )
     .machine;
-    let s = at(
-        &m,
-        Event::TargetRequested {
-            target: "v3".into(),
-        },
-    );
-    assert_eq!(
-        s.actions,
-        vec![Action::Stage {
-            target: "v3".into()
-        }]
-    );
+    let s = at(&m, Event::TargetRequested { target: img("v3") });
+    assert_eq!(s.actions, vec![Action::Stage { target: img("v3") }]);
     let stale = at(
         &s.machine,
         Event::Staged {
-            target: "v2".into(),
+            target: img("v2"),
             checksum: "c2".into(),
         },
     );
@@ -275,14 +258,14 @@ fn a_new_target_while_staging_supersedes_and_stale_answers_are_ignored() {
     let fresh = at(
         &s.machine,
         Event::Staged {
-            target: "v3".into(),
+            target: img("v3"),
             checksum: "c3".into(),
         },
     );
     assert_eq!(
         fresh.machine.state,
         State::Staged {
-            target: "v3".into(),
+            target: img("v3"),
             checksum: "c3".into()
         }
     );
@@ -291,12 +274,7 @@ fn a_new_target_while_staging_supersedes_and_stale_answers_are_ignored() {
 #[test]
 fn requests_during_an_upgrade_wait_and_withdrawal_unstages_only_at_rest() {
     let m = rebooting_machine();
-    let s = at(
-        &m,
-        Event::TargetRequested {
-            target: "v3".into(),
-        },
-    );
+    let s = at(&m, Event::TargetRequested { target: img("v3") });
     assert_eq!(s.machine, m);
     assert!(s.actions.is_empty());
     assert_eq!(at(&m, Event::TargetWithdrawn).machine, m);
@@ -310,7 +288,7 @@ fn requests_during_an_upgrade_wait_and_withdrawal_unstages_only_at_rest() {
 #[test]
 fn unexpected_events_are_errors_not_panics() {
     let err = step(&Machine::new("b"), &Event::Drained, 0, LIMITS).unwrap_err();
-    assert_eq!(err.phase, "idle");
+    assert_eq!(err.phase, Phase::Idle);
     assert!(err.to_string().contains("Drained"));
     assert!(step(&staged_machine(), &Event::HealthPassed, 0, LIMITS).is_err());
 }
@@ -404,7 +382,7 @@ fn play(sc: &Scenario) -> (Machine, Host) {
     };
     let mut journal = serde_json::to_string(&Machine::new("boot-0")).unwrap();
     let mut now = 1000;
-    let mut events = vec![Event::TargetRequested { target: T.into() }];
+    let mut events = vec![Event::TargetRequested { target: img(T) }];
     let mut n = 0;
     for _ in 0..200 {
         let Some(event) = events.pop() else {

@@ -22,7 +22,6 @@
 //! their remote's keys; this side refuses unverified references unless configured, before any
 //! D-Bus call.
 
-pub mod detect;
 pub mod errors;
 pub mod status;
 pub mod transaction;
@@ -37,8 +36,8 @@ use zbus::names::BusName;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use super::image_ref::{Kind, Verification};
-use super::{Backend, Deployment, Deployments, ImageRef, ImageRefError, OsError};
+use super::{Backend, Deployment, Deployments, OsError};
+use crate::image_ref::{ImagePolicy, ImageRef, Kind, Verification};
 use status::{ActiveTransaction, DeploymentDict};
 pub use transaction::{Observer, Progress};
 
@@ -63,8 +62,8 @@ pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// and tests ([`RpmOstree::at_address`]).
 pub struct RpmOstree {
     bus: Connection,
-    /// Accept targets that nothing verifies.
-    allow_unverified: bool,
+    /// Whether targets that nothing verifies are accepted.
+    policy: ImagePolicy,
     transaction_timeout: Duration,
     observer: Option<Arc<Observer>>,
     /// The daemon instance (unique bus name) hkd registered with; a new instance after an
@@ -74,7 +73,7 @@ pub struct RpmOstree {
 
 impl RpmOstree {
     /// On the system bus, as on a NestOS host.
-    pub fn system(allow_unverified: bool) -> Result<RpmOstree, OsError> {
+    pub fn system(policy: ImagePolicy) -> Result<RpmOstree, OsError> {
         let bus = zbus::blocking::connection::Builder::system()
             .map(|b| b.method_timeout(CALL_TIMEOUT))
             .and_then(|b| b.build())
@@ -83,25 +82,25 @@ impl RpmOstree {
                     "connecting to the system D-Bus: {e}; is dbus running?"
                 ))
             })?;
-        RpmOstree::on_bus(bus, allow_unverified)
+        RpmOstree::on_bus(bus, policy)
     }
 
     /// On the bus at `address` (a private bus in tests).
-    pub fn at_address(address: &str, allow_unverified: bool) -> Result<RpmOstree, OsError> {
+    pub fn at_address(address: &str, policy: ImagePolicy) -> Result<RpmOstree, OsError> {
         let bus = zbus::blocking::connection::Builder::address(address)
             .map(|b| b.method_timeout(CALL_TIMEOUT))
             .and_then(|b| b.build())
             .map_err(|e| {
                 OsError::Unavailable(format!("connecting to the D-Bus at {address}: {e}"))
             })?;
-        RpmOstree::on_bus(bus, allow_unverified)
+        RpmOstree::on_bus(bus, policy)
     }
 
     /// On an open bus connection; registers with the daemon (starting it if needed).
-    pub fn on_bus(bus: Connection, allow_unverified: bool) -> Result<RpmOstree, OsError> {
+    pub fn on_bus(bus: Connection, policy: ImagePolicy) -> Result<RpmOstree, OsError> {
         let backend = RpmOstree {
             bus,
-            allow_unverified,
+            policy,
             transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             observer: None,
             registered_with: Mutex::new(None),
@@ -246,10 +245,8 @@ impl Backend for RpmOstree {
     }
 
     fn stage(&self, target: &ImageRef) -> Result<String, OsError> {
+        self.policy.admit(target)?;
         if target.verification == Verification::Unverified {
-            if !self.allow_unverified {
-                return Err(ImageRefError::Unverified(target.raw.clone()).into());
-            }
             tracing::warn!(
                 "staging {target}, which nothing verifies (os.allow_unverified_images = true)"
             );

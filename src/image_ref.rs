@@ -2,9 +2,16 @@
 //!
 //! NestOS and NKD name targets as ostree-container references; plain OSTree hosts name a
 //! `[remote:]ref` or a commit checksum. Verification is on by default: an unverified
-//! reference is refused unless the configuration allows it.
+//! reference is refused unless the configuration allows it ([`ImagePolicy`]).
+//!
+//! A leaf: the coordinator, the node agent and the backends all carry the one type, so a
+//! reference is parsed once where it enters (an Update, `hkd upgrade`, the journal) and never
+//! re-read from a string. It serializes as the reference itself, so the journal and the wire
+//! keep the string form.
 
 use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// How a target's content is authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +35,35 @@ pub enum Kind {
         name: String,
     },
     Checksum,
+}
+
+/// Whether images nobody verifies are accepted: the one choice, made by hkd's
+/// `os.allow_unverified_images` (and by `hkctl upgrade --allow-unverified` for its preview),
+/// checked where a reference is accepted and again by the backend that deploys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImagePolicy {
+    /// Allow `ostree-unverified-*` images, NKD's bare registry references, and OSTree remotes
+    /// that check nothing.
+    pub allow_unverified: bool,
+}
+
+impl ImagePolicy {
+    /// Verified images only: the default.
+    pub const STRICT: ImagePolicy = ImagePolicy {
+        allow_unverified: false,
+    };
+    /// Unverified images too.
+    pub const ALLOW_UNVERIFIED: ImagePolicy = ImagePolicy {
+        allow_unverified: true,
+    };
+
+    /// Refuses `image` when nothing verifies it and the policy does not allow that.
+    pub fn admit(self, image: &ImageRef) -> Result<(), ImageRefError> {
+        if image.verification == Verification::Unverified && !self.allow_unverified {
+            return Err(ImageRefError::Unverified(image.raw.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// A parsed, well-formed image reference. `raw` is passed to the backend unchanged.
@@ -59,16 +95,16 @@ const CONTAINER_TRANSPORTS: &[&str] = &[
 ];
 
 impl ImageRef {
-    /// Parses `raw`; refuses an unverified reference unless `allow_unverified`.
-    pub fn parse(raw: &str, allow_unverified: bool) -> Result<ImageRef, ImageRefError> {
+    /// Parses `raw`; refuses an unverified reference unless `policy` allows it.
+    pub fn parse(raw: &str, policy: ImagePolicy) -> Result<ImageRef, ImageRefError> {
         let parsed = Self::parse_any(raw)?;
-        if parsed.verification == Verification::Unverified && !allow_unverified {
-            return Err(ImageRefError::Unverified(raw.to_owned()));
-        }
+        policy.admit(&parsed)?;
         Ok(parsed)
     }
 
-    fn parse_any(raw: &str) -> Result<ImageRef, ImageRefError> {
+    /// Parses `raw` whatever its verification: for references accepted earlier under the
+    /// policy of that time (a journal, a Node's annotation). Whoever deploys one checks it.
+    pub fn parse_any(raw: &str) -> Result<ImageRef, ImageRefError> {
         let bad = |why| Err(ImageRefError::Malformed(raw.to_owned(), why));
         if raw.is_empty() {
             return bad("it is empty");
@@ -151,11 +187,83 @@ impl ImageRef {
             verification,
         })
     }
+
+    /// The reference an Update's `osImageURL` names, under `policy`. NKD writes a bare
+    /// `REGISTRY/NAME[:TAG|@DIGEST]` and pulls it as `ostree-unverified-registry:`; that is
+    /// kept as its meaning (and is therefore unverified). The error names the field.
+    pub fn from_os_image_url(raw: &str, policy: ImagePolicy) -> Result<ImageRef, OsImageUrlError> {
+        let raw = raw.trim();
+        match ImageRef::parse(raw, policy) {
+            Ok(r) => Ok(r),
+            Err(_) if looks_like_registry_image(raw) => {
+                ImageRef::parse(&format!("ostree-unverified-registry:{raw}"), policy)
+                    .map_err(|_| OsImageUrlError::BareUnverified(raw.to_owned()))
+            }
+            Err(e) => Err(OsImageUrlError::Invalid(e)),
+        }
+    }
+
+    /// Whether `other` — a reference as a Node's annotation or an older Update wrote it — names
+    /// this image: equal once both are in the form the backends take.
+    pub fn is_same_as(&self, other: &str) -> bool {
+        let other = other.trim();
+        if other == self.raw {
+            return true;
+        }
+        ImageRef::parse_any(other).is_err()
+            && looks_like_registry_image(other)
+            && self.raw.strip_prefix("ostree-unverified-registry:") == Some(other)
+    }
+}
+
+/// Why an `osImageURL` names no image the policy accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OsImageUrlError {
+    /// A bare registry image, which NKD pulls unverified, under a policy that refuses that.
+    #[error(
+        "osImageURL {0:?} is a bare registry image, which NKD pulls unverified; name it \
+         ostree-image-signed:docker://{0}, or allow unverified images in the cluster's hkd \
+         configuration"
+    )]
+    BareUnverified(String),
+    #[error("osImageURL: {0}")]
+    Invalid(ImageRefError),
+}
+
+/// `host[:port]/path[:tag|@digest]` whose first component is a registry host (has a dot or a
+/// port, or is localhost), as container tools decide; an OSTree ref has no such component.
+fn looks_like_registry_image(raw: &str) -> bool {
+    let Some((host, rest)) = raw.split_once('/') else {
+        return false;
+    };
+    let hostish = host.contains('.') || host.contains(':') || host == "localhost";
+    hostish
+        && !rest.is_empty()
+        && !raw.contains("://")
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@".contains(&b))
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
+    }
+}
+
+/// As the reference itself, the form the journal and the wire have always carried.
+impl Serialize for ImageRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+/// By [`ImageRef::parse_any`]: what was accepted once loads again whatever the policy now;
+/// a string that is not a reference is refused with the one-line reason.
+impl<'de> Deserialize<'de> for ImageRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ImageRef, D::Error> {
+        let raw = String::deserialize(d)?;
+        ImageRef::parse_any(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -229,7 +337,7 @@ mod tests {
     use super::*;
 
     fn ok(raw: &str) -> ImageRef {
-        ImageRef::parse(raw, false).unwrap_or_else(|e| panic!("{raw}: {e}"))
+        ImageRef::parse(raw, ImagePolicy::STRICT).unwrap_or_else(|e| panic!("{raw}: {e}"))
     }
 
     #[test]
@@ -269,13 +377,15 @@ mod tests {
             "ostree-unverified-registry:hub.oepkgs.net/nestos/nestos:22.03",
             "ostree-unverified-image:docker://hub.oepkgs.net/nestos/nestos:22.03",
         ] {
-            let err = ImageRef::parse(raw, false).unwrap_err();
+            let err = ImageRef::parse(raw, ImagePolicy::STRICT).unwrap_err();
             assert_eq!(err, ImageRefError::Unverified(raw.into()));
             assert!(err
                 .to_string()
                 .contains("os.allow_unverified_images = true"));
             assert_eq!(
-                ImageRef::parse(raw, true).unwrap().verification,
+                ImageRef::parse(raw, ImagePolicy::ALLOW_UNVERIFIED)
+                    .unwrap()
+                    .verification,
                 Verification::Unverified
             );
         }
@@ -319,9 +429,56 @@ mod tests {
             ("bad$remote:ref", "the remote name may hold only"),
         ];
         for (raw, why) in cases {
-            let err = ImageRef::parse(raw, true).unwrap_err().to_string();
+            let err = ImageRef::parse(raw, ImagePolicy::ALLOW_UNVERIFIED)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{raw:?}: {err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn registry_lookalikes() {
+        assert!(looks_like_registry_image("hub.oepkgs.net/nestos/nestos:1"));
+        assert!(looks_like_registry_image("localhost:5000/os@sha256:ab"));
+        assert!(looks_like_registry_image("localhost/os"));
+        assert!(!looks_like_registry_image("nestos/x86_64/stable"));
+        assert!(!looks_like_registry_image("docker://hub.oepkgs.net/x"));
+        assert!(!looks_like_registry_image("hub.oepkgs.net"));
+    }
+
+    #[test]
+    fn an_os_image_url_names_what_nkd_means() {
+        let bare = "hub.oepkgs.net/nestos/nestos:2";
+        let lax = ImageRef::from_os_image_url(bare, ImagePolicy::ALLOW_UNVERIFIED).unwrap();
+        assert_eq!(lax.raw, format!("ostree-unverified-registry:{bare}"));
+        assert!(lax.is_same_as(bare));
+        assert!(lax.is_same_as(&lax.raw));
+        assert!(!lax.is_same_as("hub.oepkgs.net/nestos/nestos:3"));
+        let err = ImageRef::from_os_image_url(bare, ImagePolicy::STRICT).unwrap_err();
+        assert!(
+            err.to_string().contains("is a bare registry image"),
+            "{err}"
+        );
+
+        let signed = ok("ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2");
+        assert!(signed.is_same_as(" ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2"));
+        assert!(!signed.is_same_as(bare));
+    }
+
+    #[test]
+    fn serialized_as_the_reference_and_read_back_whatever_the_policy() {
+        let raw = "ostree-unverified-registry:hub.oepkgs.net/nestos/nestos:2";
+        let r = ImageRef::parse(raw, ImagePolicy::ALLOW_UNVERIFIED).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, format!("\"{raw}\""));
+        assert_eq!(serde_json::from_str::<ImageRef>(&json).unwrap(), r);
+        let err = serde_json::from_str::<ImageRef>("\"docker://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs a prefix saying how it is verified"),
+            "{err}"
+        );
     }
 }

@@ -19,20 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Every phase, so that the phase gauge always has all series (0 or 1).
-const PHASES: &[&str] = &[
-    "idle",
-    "staging",
-    "staged",
-    "granted",
-    "draining",
-    "rebooting",
-    "verifying",
-    "done",
-    "rollingBack",
-    "rolledBack",
-    "failed",
-];
+use super::machine::Phase;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
@@ -98,26 +85,27 @@ impl Metrics {
             failures,
             last_success,
         };
-        metrics.set_phase("idle");
+        metrics.set_phase(Phase::Idle);
         metrics
     }
 
-    pub fn set_phase(&self, current: &str) {
-        for phase in PHASES {
-            let value = i64::from(*phase == current);
+    /// Every phase has its series, 1 for `current` and 0 for the others.
+    pub fn set_phase(&self, current: Phase) {
+        for phase in Phase::ALL {
+            let value = i64::from(phase == current);
             self.phase
                 .get_or_create(&PhaseLabel {
-                    phase: (*phase).into(),
+                    phase: phase.as_str().into(),
                 })
                 .set(value);
         }
     }
 
-    pub fn transition(&self, from: &str, to: &str) {
+    pub fn transition(&self, from: Phase, to: Phase) {
         self.transitions
             .get_or_create(&TransitionLabels {
-                from: from.into(),
-                to: to.into(),
+                from: from.as_str().into(),
+                to: to.as_str().into(),
             })
             .inc();
         self.set_phase(to);
@@ -192,8 +180,8 @@ mod tests {
     #[test]
     fn phases_transitions_and_failures_are_counted() {
         let m = Metrics::new();
-        m.transition("idle", "staging");
-        m.transition("staging", "staged");
+        m.transition(Phase::Idle, Phase::Staging);
+        m.transition(Phase::Staging, Phase::Staged);
         m.failure("health");
         m.failure("health");
         m.success();

@@ -1,12 +1,18 @@
-//! Which backend drives this host: the decision is a pure function of the setting and one
-//! observed fact (is rpm-ostreed on the system bus); the bus lookup is kept thin beside it.
+//! Which backend drives this host, and opening it: the decision is a pure function of the
+//! setting and one observed fact (is rpm-ostreed on the system bus); the bus lookup is kept
+//! thin beside it.
+
+use std::path::Path;
 
 use zbus::blocking::fdo::DBusProxy;
 use zbus::blocking::Connection;
 use zbus::names::BusName;
 
-use super::BUS_NAME;
-use crate::config::hkd::Backend as Setting;
+use super::ostree::Ostree;
+use super::rpmostree::{RpmOstree, BUS_NAME};
+use super::{Backend, OsError};
+use crate::config::hkd::BackendSetting as Setting;
+use crate::image_ref::ImagePolicy;
 
 /// The backend to construct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,21 @@ pub fn rpm_ostreed_on_system_bus() -> bool {
             false
         }
     }
+}
+
+/// The backend `setting` names for the host at `root` (`/` on a host), and its name for
+/// status and logs.
+pub fn open(
+    setting: Setting,
+    root: &Path,
+    policy: ImagePolicy,
+) -> Result<(Box<dyn Backend>, &'static str), OsError> {
+    // Only `auto` needs the fact; looking it up starts nothing.
+    let on_bus = setting == Setting::Auto && rpm_ostreed_on_system_bus();
+    Ok(match choose(setting, on_bus) {
+        Choice::RpmOstree => (Box::new(RpmOstree::system(policy)?), "rpm-ostree"),
+        Choice::Ostree => (Box::new(Ostree::booted_in(root, policy)?), "ostree"),
+    })
 }
 
 #[cfg(test)]
