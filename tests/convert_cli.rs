@@ -18,31 +18,12 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+#[path = "support/convert.rs"]
+mod convert_support;
+
+use convert_support::{run, tool};
+
 const MIB: u64 = 1 << 20;
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let path = Path::new(dir).join(name);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("{name} is missing: apt-get install {package}");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A loop device over a file of `size` bytes filled with a pattern; detached on drop.
 struct Loop {
@@ -117,6 +98,13 @@ fn facts(dir: &Path) -> PathBuf {
         "sys/kernel/security/lockdown",
         "[none] integrity confidentiality\n",
     );
+    // What else lives on the disk, and the console, are this machine's: the disks under test
+    // are real loop devices, mounted (or not) on this machine.
+    for rel in ["proc/self/mountinfo", "proc/swaps", "proc/cmdline"] {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(Path::new("/").join(rel), path).unwrap();
+    }
     root
 }
 

@@ -10,21 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use housekeeper::convert::ignition::{self, ExtraFile, Identity, UserKeys};
-use housekeeper::convert::image::{write_image, ImageError, Target, TargetKind, WriteOptions};
-use sha2::{Digest, Sha256};
+use housekeeper::convert::image::{write_image, ImageError, Target, TargetKind};
+
+#[path = "support/convert.rs"]
+mod convert_support;
+
+use convert_support::{tool, verified};
 
 const MIB: usize = 1 << 20;
 const OLD: u8 = 0xA5;
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let path = Path::new(dir).join(name);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("{name} is missing: apt-get install {package}");
-}
 
 fn identity() -> Identity {
     Identity {
@@ -172,13 +166,6 @@ fn xz(data: &[u8]) -> Vec<u8> {
     let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
     e.write_all(data).unwrap();
     e.finish().unwrap()
-}
-
-fn verified(source: &[u8]) -> WriteOptions {
-    WriteOptions {
-        sha256: Some(Sha256::digest(source).into()),
-        ..WriteOptions::default()
-    }
 }
 
 #[test]

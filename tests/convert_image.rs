@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use housekeeper::convert::image::{write_image, Format, ImageError, Target, WriteOptions};
 use sha2::{Digest, Sha256};
 
+#[path = "support/convert.rs"]
+mod convert_support;
+
+use convert_support::verified;
+
 const MIB: usize = 1 << 20;
 /// What a target holds before the write: a pattern no image here contains.
 const OLD: u8 = 0xA5;
@@ -96,13 +101,6 @@ fn write(
 ) -> Result<housekeeper::convert::image::WriteReport, ImageError> {
     let target = Target::open(path).unwrap();
     write_image(source, &target, options, &mut |_| {})
-}
-
-fn verified(source: &[u8]) -> WriteOptions {
-    WriteOptions {
-        sha256: Some(sha(source)),
-        ..WriteOptions::default()
-    }
 }
 
 fn assert_first_mib_untouched(path: &Path) {

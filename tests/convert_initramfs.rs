@@ -7,36 +7,17 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use housekeeper::convert::ignition::{self, Identity, UserKeys};
 use housekeeper::convert::overlay::{self, live, media::Media, Directives, Member};
 
+#[path = "support/convert.rs"]
+mod convert_support;
+
+use convert_support::{run, tool};
+
 const FIXTURE_ISO: &str = "tests/fixtures/convert/live/nestos-iso";
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let path = Path::new(dir).join(name);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("{name} is missing: apt-get install {package}");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn config() -> String {
     let identity = Identity {

@@ -15,7 +15,7 @@ use super::{DocCommand, EXIT_CODES_HELP};
 use crate::convert::identity::IdentityOptions;
 use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
 use crate::convert::prepare::{self, Options};
-use crate::convert::source::Timeouts;
+use crate::convert::source::{ImageSource, Source, Timeouts};
 use crate::convert::{install, jump};
 
 #[derive(Debug, Parser)]
@@ -65,14 +65,20 @@ pub struct PlanArgs {
         long,
         value_name = "FILE|URL",
         required_unless_present = "live",
-        conflicts_with = "live"
+        conflicts_with = "live",
+        value_parser = Source::parse
     )]
-    pub image: Option<String>,
+    pub image: Option<Source>,
     /// Boot a NestOS live ISO (the .iso file, its http(s) URL, or its extracted tree) and let
     /// its installer write the disk, instead of writing a metal image from the conversion
     /// initramfs
-    #[arg(long, value_name = "ISO|URL|DIR", conflicts_with = "stream")]
-    pub live: Option<String>,
+    #[arg(
+        long,
+        value_name = "ISO|URL|DIR",
+        conflicts_with = "stream",
+        value_parser = Source::parse
+    )]
+    pub live: Option<Source>,
     /// The image file's SHA-256, 64 hex digits
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
@@ -117,12 +123,11 @@ impl PlanArgs {
     pub fn options(&self) -> Options {
         Options {
             disk: self.disk.clone(),
-            image: self
-                .image
-                .clone()
-                .or_else(|| self.live.clone())
-                .unwrap_or_default(),
-            live: self.live.is_some(),
+            image: match (&self.image, &self.live) {
+                (Some(image), _) => ImageSource::Metal(image.clone()),
+                (None, Some(live)) => ImageSource::Live(live.clone()),
+                (None, None) => unreachable!("clap requires --image or --live"),
+            },
             sha256: self.sha256.clone(),
             signature: self.signature.clone(),
             keyring: self.keyring.clone(),

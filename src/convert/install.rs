@@ -27,9 +27,9 @@ use anyhow::{anyhow, bail, Context as _};
 
 use super::disk::{self, Disk};
 use super::image::format::{self, GptPartition};
+use super::image::verify::Sha256Sum;
 use super::image::{write_image, Target, WriteOptions};
-use super::plan::{self, Carry, InstallLink, Plan, PlannedImage};
-use super::prepare;
+use super::plan::{self, Carry, ConversionPlan, InstallLink, PlannedImage};
 use super::progress::Meter;
 use super::source::{self, Source, Timeouts};
 use crate::sys::command::Cmd;
@@ -135,7 +135,7 @@ pub fn run(choices: &Choices) -> anyhow::Result<()> {
 }
 
 fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
-    let plan: Plan = fs::read_to_string(&choices.plan)
+    let plan: ConversionPlan = fs::read_to_string(&choices.plan)
         .with_context(|| format!("reading the plan {}", choices.plan.display()))
         .and_then(|t| serde_json::from_str(&t).context("the plan is not valid"))
         .map_err(untouched)?;
@@ -163,7 +163,7 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
             )));
         }
     }
-    let expected = prepare::sha256_bytes(&plan);
+    let expected = plan.image.sha256.map(Sha256Sum::bytes);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
     let target = Target::open(&device).map_err(|e| untouched(e.into()))?;
     wipe(&disk, &target).map_err(touched)?;
@@ -215,7 +215,7 @@ fn disks() -> Vec<Disk> {
     out
 }
 
-fn wait_for_disk(plan: &Plan, wait: Duration, log: &mut Log) -> anyhow::Result<Disk> {
+fn wait_for_disk(plan: &ConversionPlan, wait: Duration, log: &mut Log) -> anyhow::Result<Disk> {
     let start = Instant::now();
     let mut said = false;
     loop {
@@ -253,7 +253,7 @@ fn planned_timeouts(image: &PlannedImage) -> Timeouts {
 
 /// The image as a reader: a carried file verified first, or the URL over the network.
 fn open_image(
-    plan: &Plan,
+    plan: &ConversionPlan,
     expected: Option<[u8; 32]>,
     log: &mut Log,
 ) -> anyhow::Result<Box<dyn Read + Send>> {
@@ -278,11 +278,11 @@ fn open_image(
         }
         Carry::Stream => {
             bring_up(&plan.network, log)?;
-            let source = Source::parse(&plan.image.source).map_err(|e| anyhow!(e))?;
+            let source = &plan.image.source;
             log.say(format!("streaming {source}"));
             let start = Instant::now();
             loop {
-                match source::open(&source, timeouts) {
+                match source::open(source, timeouts) {
                     Ok(opened) => return Ok(opened.reader),
                     // The link may need a moment (carrier, neighbour discovery).
                     Err(source::SourceError::Transport { .. }) if start.elapsed() < DEVICE_WAIT => {
@@ -547,15 +547,8 @@ fn reboot(log: &mut Log) {
         Ok(_) => return,
         Err(e) => log.say(format!("{e:#}; rebooting with the reboot syscall")),
     }
-    // SAFETY: sync and reboot take no pointers; reboot does not return on success.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
-    log.say(format!(
-        "reboot failed: {}",
-        std::io::Error::last_os_error()
-    ));
+    let refused = crate::sys::power::sync_and_restart(crate::sys::power::Restart::Reboot);
+    log.say(format!("reboot failed: {refused}"));
 }
 
 #[cfg(test)]

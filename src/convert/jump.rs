@@ -16,15 +16,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use super::image::verify::Sha256Sum;
 use super::initramfs;
 use super::overlay::{self, media::Media};
-use super::plan::{self, Carry, Plan, PlannedLive, Report, CARRIED_IMAGE};
+use super::plan::{self, Carry, ConversionPlan, PlannedLive, Report, CARRIED_IMAGE};
 use super::preflight::Severity;
 use super::prepare::{self, Options, Prepared};
 use super::progress::Meter;
 use super::source;
 use crate::sys::command::Cmd;
 use crate::sys::kexec::{self, Context, Method};
+use crate::sys::power::{self, Restart};
 
 #[derive(Debug, Clone)]
 pub struct Choices {
@@ -46,7 +48,7 @@ pub fn blocked_line(report: &Report) -> String {
 }
 
 /// The confirmation question, naming the disk.
-pub fn question(plan: &Plan) -> String {
+pub fn question(plan: &ConversionPlan) -> String {
     format!(
         "Erase /dev/{} ({} bytes{}) and convert this machine to NestOS? Type yes: ",
         plan.disk.name,
@@ -121,20 +123,16 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
         }
     )?;
     out.flush()?;
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    power::sync();
     if choices.force {
         writeln!(
             out,
             "Jumping with the reboot syscall (--force): no orderly shutdown of this system."
         )?;
         out.flush()?;
-        // SAFETY: a kernel is loaded (checked above); the call does not return on success.
-        unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) };
-        bail!(
-            "the reboot syscall refused to kexec: {}",
-            std::io::Error::last_os_error()
-        );
+        // A kernel is loaded (above), so on success this does not return.
+        let refused = power::sync_and_restart(Restart::Kexec);
+        bail!("the reboot syscall refused to kexec: {refused}");
     }
     writeln!(
         out,
@@ -152,7 +150,7 @@ pub fn run(opts: &Options, choices: &Choices, out: &mut dyn Write) -> anyhow::Re
 /// the stage, the initramfs, the kexec load.
 fn build_and_load(
     prepared: &Prepared,
-    plan: &mut Plan,
+    plan: &mut ConversionPlan,
     work: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<(Context, Method)> {
@@ -194,13 +192,13 @@ fn build_and_load(
 /// arguments the plan shows.
 fn load_live(
     prepared: &Prepared,
-    plan: &Plan,
+    plan: &ConversionPlan,
     live: &PlannedLive,
     work: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<(Context, Method)> {
-    let expected = prepare::sha256_bytes(plan);
-    let media_path = match prepared.source.as_ref().expect("a plan has a source") {
+    let expected = plan.image.sha256.map(Sha256Sum::bytes);
+    let media_path = match &plan.image.source {
         // An ISO on a mirror was planned by ranges; now it is downloaded whole into the work
         // directory and verified on the way.
         url @ source::Source::Url(_) => {
@@ -303,7 +301,7 @@ fn method_name(method: Method) -> &'static str {
     }
 }
 
-fn confirm(plan: &Plan) -> anyhow::Result<()> {
+fn confirm(plan: &ConversionPlan) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!(
@@ -324,12 +322,13 @@ fn confirm(plan: &Plan) -> anyhow::Result<()> {
 /// streamed one once over the network.
 fn obtain_image(
     prepared: &Prepared,
-    plan: &mut Plan,
+    plan: &mut ConversionPlan,
     stage: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<Option<PathBuf>> {
-    let source = prepared.source.as_ref().expect("a plan has a source");
-    let expected = prepare::sha256_bytes(plan);
+    let source = plan.image.source.clone();
+    let source = &source;
+    let expected = plan.image.sha256.map(Sha256Sum::bytes);
     let timeouts = prepared.timeouts;
     match plan.image.carry {
         Carry::InMemory => {
@@ -342,7 +341,7 @@ fn obtain_image(
                     meter.update(n)
                 })?;
             meter.finish(len);
-            plan.image.sha256 = Some(hex::encode(digest));
+            plan.image.sha256 = Some(digest.into());
             plan.image.carried = Some(CARRIED_IMAGE.into());
             Ok(Some(dest))
         }
@@ -360,7 +359,7 @@ fn obtain_image(
     }
 }
 
-fn write_stage(stage: &Path, plan: &Plan, ignition: &str) -> anyhow::Result<()> {
+fn write_stage(stage: &Path, plan: &ConversionPlan, ignition: &str) -> anyhow::Result<()> {
     let private = |name: &str, data: &[u8], mode: u32| -> anyhow::Result<()> {
         let path = stage.join(name);
         let mut f = fs::OpenOptions::new()
@@ -475,7 +474,7 @@ mod tests {
 
     #[test]
     fn the_question_names_the_disk() {
-        let plan = Plan {
+        let plan = ConversionPlan {
             api_version: API_VERSION.into(),
             kind: "Plan".into(),
             disk: PlannedDisk {
@@ -487,7 +486,7 @@ mod tests {
                 sector_size: 512,
             },
             image: PlannedImage {
-                source: "/srv/metal.raw".into(),
+                source: source::Source::File("/srv/metal.raw".into()),
                 sha256: None,
                 signed: false,
                 insecure: true,

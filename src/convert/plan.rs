@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
+use super::image::verify::Sha256Sum;
 use super::network::Capture;
 use super::preflight::{Finding, Severity, Signature};
 use super::source::Source;
@@ -32,10 +33,11 @@ pub const CARRIED_IMAGE: &str = "/x2nestos/image";
 pub const PLAN_PATH: &str = "/etc/x2nestos/plan.json";
 pub const IGNITION_PATH: &str = "/etc/x2nestos/config.ign";
 
-/// The plan carried into the conversion initramfs.
+/// The plan carried into the conversion initramfs (`kind: Plan` on the wire; not the
+/// cluster's rollout plan).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Plan {
+pub struct ConversionPlan {
     pub api_version: String,
     pub kind: String,
     pub disk: PlannedDisk,
@@ -127,9 +129,9 @@ pub enum Carry {
 #[serde(rename_all = "camelCase")]
 pub struct PlannedImage {
     /// A URL or an absolute file path.
-    pub source: String,
-    /// Expected SHA-256 of the image as read (compressed), hex; `None` only with `insecure`.
-    pub sha256: Option<String>,
+    pub source: Source,
+    /// Expected SHA-256 of the image as read (compressed); `None` only with `insecure`.
+    pub sha256: Option<Sha256Sum>,
     /// A detached OpenPGP signature was checked against the admin's keyring.
     #[serde(default)]
     pub signed: bool,
@@ -179,7 +181,7 @@ pub struct Report {
     pub carried_over: Vec<String>,
     /// Decisions worth seeing (key options stripped, interfaces left out, …).
     pub notes: Vec<String>,
-    pub plan: Option<Plan>,
+    pub plan: Option<ConversionPlan>,
 }
 
 impl Report {
@@ -188,7 +190,7 @@ impl Report {
         destroyed: Vec<String>,
         carried_over: Vec<String>,
         notes: Vec<String>,
-        plan: Option<Plan>,
+        plan: Option<ConversionPlan>,
     ) -> Report {
         Report {
             api_version: API_VERSION.into(),
@@ -234,7 +236,7 @@ pub fn memory_needed(carry: Carry, compressed: Option<u64>) -> u64 {
 /// How the image is verified, from the command line's choices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
-    pub sha256: Option<[u8; 32]>,
+    pub sha256: Option<Sha256Sum>,
     pub signed: bool,
     pub insecure: bool,
 }
@@ -247,7 +249,7 @@ pub fn verification(
     insecure: bool,
 ) -> Result<Verification, String> {
     let sha256 = sha256
-        .map(|text| super::image::verify::parse_sha256(text).map_err(|e| format!("--sha256: {e}")))
+        .map(|text| Sha256Sum::parse(text).map_err(|e| format!("--sha256: {e}")))
         .transpose()?;
     if signature && !keyring {
         return Err("--signature needs --keyring FILE, the OpenPGP keys to check it with".into());
@@ -348,8 +350,8 @@ pub fn summary(report: &Report) -> Vec<String> {
             "UNVERIFIED (--insecure)".to_owned()
         } else {
             let mut by = Vec::new();
-            if let Some(sha) = &image.sha256 {
-                by.push(format!("sha256 {}…", &sha[..sha.len().min(16)]));
+            if let Some(sha) = image.sha256 {
+                by.push(format!("sha256 {}…", &sha.to_string()[..16]));
             }
             if image.signed {
                 by.push("OpenPGP signature".into());
@@ -366,7 +368,7 @@ pub fn summary(report: &Report) -> Vec<String> {
                 }
             )),
             Some(live) => {
-                let fetched = if Source::parse(&image.source).is_ok_and(|s| s.is_url()) {
+                let fetched = if image.source.is_url() {
                     "; downloaded whole before the jump"
                 } else {
                     ""
@@ -596,14 +598,17 @@ mod tests {
 
     #[test]
     fn the_summary_says_what_goes_and_what_stays() {
-        let plan = Plan {
+        let plan = ConversionPlan {
             api_version: API_VERSION.into(),
             kind: "Plan".into(),
             disk: PlannedDisk::of("/dev/vda", &disk("vda", None, 8 << 30)),
             image: PlannedImage {
-                source: "http://10.0.2.2/metal.raw.xz".into(),
+                source: Source::Url("http://10.0.2.2/metal.raw.xz".into()),
                 sha256: Some(
-                    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+                    Sha256Sum::parse(
+                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                    )
+                    .unwrap(),
                 ),
                 signed: false,
                 insecure: false,
@@ -657,7 +662,7 @@ mod tests {
         assert_eq!(json["kind"], "PlanReport");
         assert_eq!(json["plan"]["image"]["carry"], "inMemory");
         assert_eq!(json["plan"]["disk"]["sizeBytes"], 8u64 << 30);
-        let back: Plan = serde_json::from_value(json["plan"].clone()).unwrap();
+        let back: ConversionPlan = serde_json::from_value(json["plan"].clone()).unwrap();
         assert_eq!(Some(back), report.plan);
     }
 }

@@ -302,8 +302,7 @@ pub fn gather(root: &Path) -> Facts {
     let config = read(&format!("boot/config-{}", release.trim()));
     let from_config = |option| config.as_deref().and_then(|c| kernel_config(c, option));
     Facts {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        euid: unsafe { libc::geteuid() },
+        euid: crate::sys::euid(),
         arch: read("proc/sys/kernel/arch")
             .map(|a| a.trim().to_owned())
             .unwrap_or_else(|| std::env::consts::ARCH.to_owned()),

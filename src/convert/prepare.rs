@@ -1,31 +1,36 @@
-//! Gathering a plan on the running machine: the preflight facts, the target disk, the image
-//! source, the identity and the Ignition config, turned into a [`Report`] by the pure rooms
-//! ([`preflight`], [`plan`], [`ignition`]).
+//! Making a plan on the running machine, in two steps: [`gather`] reads every fact once —
+//! the preflight facts and the /proc files below the facts root, the target disk, the image
+//! (probed, hashed or its signature checked, a live image's boot entry read), the identity,
+//! the network and the admin's Ignition config — and [`decide`] turns them into a
+//! [`Report`] with the pure rooms ([`preflight`], [`plan`], [`ignition`]) and no I/O.
 //!
 //! Read-only: nothing here writes outside a temporary directory (a signature check) or
 //! loads anything. Every problem becomes a finding, so one run shows all of them.
+//!
+//! Limits: the facts root (`--facts-root`, a fixture tree in tests) covers the kernel's facts
+//! in /proc and /sys and the conversion kernel in /boot; the disk, the identity and the
+//! network are always this machine's own (`/`), since tests point them at real loop devices.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::disk::{self, Disk, Use};
-use super::identity::{self, Gathered, IdentityOptions};
+use super::identity::{self, Gathered as IdentityGathered, IdentityOptions};
 use super::ignition;
-use super::image::verify::parse_sha256;
-use super::network::{self, keyfile, CaptureOptions};
+use super::image::verify::Sha256Sum;
+use super::network::{self, keyfile, CaptureOptions, HostText};
 use super::overlay::media::{self, Media};
-use super::plan::{self, Carry, InstallLink, Plan, PlannedDisk, PlannedImage, PlannedLive, Report};
+use super::plan::{
+    self, Carry, ConversionPlan, InstallLink, PlannedDisk, PlannedImage, PlannedLive, Report,
+};
 use super::preflight::{self, Facts, Finding, Severity};
-use super::source::{self, Source, Timeouts};
+use super::source::{self, ImageSource, Probe, Source, Timeouts};
 
 /// The admin's choices, shared by `plan` and `convert`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub disk: String,
-    /// The metal image, or with `live` the live ISO file / tree.
-    pub image: String,
-    /// The live ISO / PXE path: `image` is a NestOS live ISO (or its extracted tree) to boot.
-    pub live: bool,
+    pub image: ImageSource,
     pub sha256: Option<String>,
     pub signature: Option<String>,
     pub keyring: Option<PathBuf>,
@@ -45,8 +50,6 @@ pub struct Prepared {
     pub facts: Facts,
     /// The Ignition config: secrets inside, never printed or logged.
     pub ignition: Option<String>,
-    /// The image source, when it parsed.
-    pub source: Option<Source>,
     /// How long a download may wait for a connection or for data (`--stall-timeout`).
     pub timeouts: Timeouts,
     /// The image was hashed completely during planning (a file, or a signature check).
@@ -74,14 +77,159 @@ fn warning(code: &'static str, message: impl Into<String>) -> Finding {
 
 /// Gathers everything and decides the plan.
 pub fn prepare(opts: &Options) -> Prepared {
-    let mut facts = preflight::gather(&opts.facts_root);
+    decide(opts, gather(opts))
+}
+
+/// Everything a plan is made from, as read from the machine and the image.
+pub struct Gathered {
+    /// The preflight facts from the facts root (disk, memory and image figures are decided).
+    pub facts: Facts,
+    /// The named disk, or why it cannot be one.
+    pub disk: Result<Disk, disk::Refusal>,
+    /// `/proc/self/mountinfo` and `/proc/swaps`: what else lives on the disk.
+    pub mountinfo: String,
+    pub swaps: String,
+    /// The running kernel's release, and its image (the conversion kernel) in /boot.
+    pub release: String,
+    pub kernel: PathBuf,
+    pub kernel_present: bool,
+    /// Where dracut is, which builds the conversion initramfs.
+    pub dracut: Option<PathBuf>,
+    pub image: ImageFacts,
+    pub carried: CarriedFacts,
+}
+
+/// What the new system's Ignition config is made from.
+pub struct CarriedFacts {
+    /// The admin's Ignition config as read (or why it could not be), when one was named.
+    pub admin_ignition: Option<Result<String, String>>,
+    pub identity: Result<IdentityGathered, String>,
+    /// The running network's text (`ip -json`, resolv.conf) and NetworkManager's keyfiles.
+    pub network: Result<HostText, String>,
+    pub existing_keyfiles: Option<Vec<(String, String)>>,
+}
+
+/// What was learnt about the image.
+pub struct ImageFacts {
+    /// `--live` names a directory: an extracted live tree.
+    pub live_tree: bool,
+    /// Format and sizes; `None` for a live tree, which is not probed.
+    pub probe: Option<Result<Probe, String>>,
+    /// The whole image read once while planning (a signature check, or a local file hashed):
+    /// its digest, or the finding's code and message.
+    pub pass: Option<Result<[u8; 32], (&'static str, String)>>,
+    /// A live image's boot entry and what the jump loads.
+    pub live: Option<Result<PlannedLive, String>>,
+}
+
+/// Reads every fact a plan needs. The image is read whole only when the plan will use the
+/// digest: a signature to check, or a local file whose checksum matters.
+pub fn gather(opts: &Options) -> Gathered {
+    let root = &opts.facts_root;
+    let read = |rel: &str| fs::read_to_string(root.join(rel)).unwrap_or_default();
+    let machine = Path::new("/");
+    let disk = disk::resolve(machine, &opts.disk);
+    let cmdline = read("proc/cmdline");
+    let release = read("proc/sys/kernel/osrelease").trim().to_owned();
+    let kernel = root.join(format!("boot/vmlinuz-{release}"));
+    Gathered {
+        facts: preflight::gather(root),
+        mountinfo: if disk.is_ok() {
+            read("proc/self/mountinfo")
+        } else {
+            String::new()
+        },
+        swaps: if disk.is_ok() {
+            read("proc/swaps")
+        } else {
+            String::new()
+        },
+        image: gather_image(opts, disk.as_ref().ok(), &cmdline),
+        disk,
+        kernel_present: kernel.exists(),
+        kernel,
+        release,
+        dracut: which("dracut"),
+        carried: CarriedFacts {
+            admin_ignition: opts
+                .ignition
+                .as_ref()
+                .map(|path| fs::read_to_string(path).map_err(|e| e.to_string())),
+            identity: identity::gather(machine, &opts.identity).map_err(|e| e.to_string()),
+            network: network::read_host(machine).map_err(|e| e.to_string()),
+            existing_keyfiles: keyfile::read_existing(machine).ok().flatten(),
+        },
+    }
+}
+
+fn gather_image(opts: &Options, disk: Option<&Disk>, cmdline: &str) -> ImageFacts {
+    let source = opts.image.source();
+    let live_tree = opts.image.is_live_tree();
+    let probe =
+        (!live_tree).then(|| source::probe(source, opts.timeouts).map_err(|e| e.to_string()));
+    let verification = plan::verification(
+        opts.sha256.as_deref(),
+        opts.signature.is_some(),
+        opts.keyring.is_some(),
+        opts.insecure,
+    );
+    let pass = match (&probe, &verification) {
+        (Some(Ok(_)), Ok(v)) => match (&opts.signature, &opts.keyring) {
+            (Some(sig), Some(keyring)) => Some(
+                Source::parse(sig)
+                    .and_then(|sig| {
+                        source::check_signature(source, &sig, keyring, opts.timeouts)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| ("signature", e)),
+            ),
+            _ if !source.is_url() && !v.insecure => Some(
+                source::digest(source, opts.timeouts)
+                    .map(|(d, _)| d)
+                    .map_err(|e| ("imageUnreachable", e.to_string())),
+            ),
+            _ => None,
+        },
+        _ => None,
+    };
+    let live = match &opts.image {
+        ImageSource::Live(s) => {
+            Some(read_live(s, opts.timeouts, disk, cmdline).map_err(|e| format!("{e:#}")))
+        }
+        ImageSource::Metal(_) => None,
+    };
+    ImageFacts {
+        live_tree,
+        probe,
+        pass,
+        live,
+    }
+}
+
+/// Decides the plan from what was gathered: no I/O.
+pub fn decide(opts: &Options, g: Gathered) -> Prepared {
+    let mut facts = g.facts;
     let mut findings = Vec::new();
     let mut notes = Vec::new();
     let mut carried_over = Vec::new();
     let mut destroyed = Vec::new();
 
     // The disk.
-    let disk = resolve_disk(&opts.disk, &mut facts, &mut destroyed);
+    let disk = match g.disk {
+        Ok(disk) => {
+            let uses: Vec<Use> = disk::uses(&disk, &g.mountinfo, &g.swaps);
+            if let Err(e) = disk::check_in_use(&disk, &uses) {
+                facts.disk_refusal = Some(e.to_string());
+            }
+            facts.disk_size = Some(disk.size_bytes);
+            destroyed.extend(disk::describe(&disk, &uses));
+            Some(disk)
+        }
+        Err(e) => {
+            facts.disk_refusal = Some(e.to_string());
+            None
+        }
+    };
 
     // The image, and how it is verified.
     let verification = plan::verification(
@@ -103,75 +251,58 @@ pub fn prepare(opts: &Options) -> Prepared {
             "--insecure: the image will be written UNVERIFIED; a corrupted or substituted image would be installed as is",
         ));
     }
-    let source = match Source::parse(&opts.image) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            findings.push(blocking("imageSource", e));
-            None
-        }
-    };
-    let live_tree = opts.live && Path::new(&opts.image).is_dir();
-    if opts.live {
-        if let Err(e) = media::check_verifiable(Path::new(&opts.image), opts.insecure) {
+    let source = opts.image.source();
+    let live = opts.image.is_live();
+    if let ImageSource::Live(Source::File(path)) = &opts.image {
+        if let Err(e) = media::check_verifiable(path, g.image.live_tree, opts.insecure) {
             findings.push(blocking("verification", e.to_string()));
         }
     }
-    let probe = source.as_ref().filter(|_| !live_tree).and_then(|s| {
-        match source::probe(s, opts.timeouts) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                findings.push(blocking("imageUnreachable", e.to_string()));
-                None
-            }
+    let probe = match g.image.probe {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            findings.push(blocking("imageUnreachable", e));
+            None
         }
-    });
-    let mut digest = None;
+        None => None,
+    };
+    let digest = match g.image.pass {
+        Some(Ok(d)) => Some(d),
+        Some(Err((code, e))) => {
+            findings.push(blocking(code, e));
+            None
+        }
+        None => None,
+    };
     let mut expected = verification.as_ref().and_then(|v| v.sha256);
-    if let (Some(s), Some(_), Some(v)) = (&source, &probe, &verification) {
-        if let (Some(sig), Some(keyring)) = (&opts.signature, &opts.keyring) {
-            match Source::parse(sig).and_then(|sig| {
-                source::check_signature(s, &sig, keyring, opts.timeouts).map_err(|e| e.to_string())
-            }) {
-                Ok(d) => digest = Some(d),
-                Err(e) => findings.push(blocking("signature", e)),
-            }
-        } else if !s.is_url() && !v.insecure {
-            match source::digest(s, opts.timeouts) {
-                Ok((d, _)) => digest = Some(d),
-                Err(e) => findings.push(blocking("imageUnreachable", e.to_string())),
-            }
+    if let Some(d) = digest {
+        if let Err(e) = source::check_digest(expected.map(Sha256Sum::bytes), d) {
+            findings.push(blocking("checksum", e.to_string()));
         }
-        if let Some(d) = digest {
-            if let Err(e) = source::check_digest(expected, d) {
-                findings.push(blocking("checksum", e.to_string()));
-            }
-            expected = expected.or(Some(d));
-        }
+        expected = expected.or(Some(d.into()));
     }
     let carry = plan::carry(
-        source.as_ref().is_some_and(Source::is_url),
+        source.is_url(),
         opts.stream,
         probe.and_then(|p| p.length),
         facts.mem_available,
     );
     facts.memory_needed = plan::memory_needed(carry, probe.and_then(|p| p.length));
     facts.image_size = probe.and_then(|p| p.image_bytes);
-    let live = match (opts.live, &source) {
-        (true, Some(s)) => match read_live(s, opts.timeouts, disk.as_ref()) {
-            Ok(live) => {
-                facts.memory_needed = plan::live_memory_needed(live.load_bytes);
-                facts.image_size = None;
-                facts.live_kernel = Some(live.kernel_signature);
-                Some(live)
-            }
-            Err(e) => {
-                findings.push(blocking("liveImage", format!("{e:#}")));
-                None
-            }
-        },
-        _ => None,
+    let planned_live = match g.image.live {
+        Some(Ok(planned)) => {
+            facts.memory_needed = plan::live_memory_needed(planned.load_bytes);
+            facts.image_size = None;
+            facts.live_kernel = Some(planned.kernel_signature);
+            Some(planned)
+        }
+        Some(Err(e)) => {
+            findings.push(blocking("liveImage", e));
+            None
+        }
+        None => None,
     };
-    if let Some(p) = probe.filter(|_| !opts.live) {
+    if let Some(p) = probe.filter(|_| !live) {
         if p.image_bytes.is_none() {
             notes.push(format!(
                 "the {} image's decompressed size cannot be told beforehand; the installer checks that it fits while writing",
@@ -181,24 +312,26 @@ pub fn prepare(opts: &Options) -> Prepared {
     }
 
     // The identity and the Ignition config.
-    let (ignition, links) =
-        identity_and_ignition(opts, &mut findings, &mut notes, &mut carried_over);
+    let (ignition, links) = identity_and_ignition(
+        opts,
+        g.carried,
+        &mut findings,
+        &mut notes,
+        &mut carried_over,
+    );
 
     // The conversion kernel and the tools that build its initramfs.
-    let release = fs::read_to_string(opts.facts_root.join("proc/sys/kernel/osrelease"))
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_default();
-    let kernel = opts.facts_root.join(format!("boot/vmlinuz-{release}"));
-    if !opts.live && !kernel.exists() {
+    if !live && !g.kernel_present {
         findings.push(blocking(
             "kernel",
             format!(
-                "the running kernel's image {} is missing, and the conversion boots it; reinstall the kernel package of {release}",
-                kernel.display()
+                "the running kernel's image {} is missing, and the conversion boots it; reinstall the kernel package of {}",
+                g.kernel.display(),
+                g.release
             ),
         ));
     }
-    if !opts.live && which("dracut").is_none() {
+    if !live && g.dracut.is_none() {
         findings.push(blocking(
             "dracut",
             "dracut is not installed; it builds the conversion initramfs: apt-get install dracut (or dnf install dracut)",
@@ -208,14 +341,14 @@ pub fn prepare(opts: &Options) -> Prepared {
     findings.extend(preflight::evaluate(&facts));
     findings.sort_by_key(|f| f.severity != Severity::Blocking);
 
-    let plan = match (&disk, &source, &verification) {
-        (Some(d), Some(s), Some(v)) if live.is_some() || !opts.live => Some(Plan {
+    let plan = match (&disk, &verification) {
+        (Some(d), Some(v)) if planned_live.is_some() || !live => Some(ConversionPlan {
             api_version: plan::API_VERSION.into(),
             kind: "Plan".into(),
             disk: PlannedDisk::of(&opts.disk, d),
             image: PlannedImage {
-                source: s.to_string(),
-                sha256: expected.map(hex::encode),
+                source: source.clone(),
+                sha256: expected,
                 signed: v.signed,
                 insecure: v.insecure,
                 compressed_bytes: probe.and_then(|p| p.length),
@@ -224,8 +357,8 @@ pub fn prepare(opts: &Options) -> Prepared {
                 carried: None,
                 stall_seconds: Some(opts.timeouts.stall.as_secs()),
             },
-            network: if opts.live { Vec::new() } else { links },
-            live,
+            network: if live { Vec::new() } else { links },
+            live: planned_live,
         }),
         _ => None,
     };
@@ -233,21 +366,21 @@ pub fn prepare(opts: &Options) -> Prepared {
         report: Report::new(findings, destroyed, carried_over, notes, plan),
         facts,
         ignition,
-        source,
         timeouts: opts.timeouts,
         verified_digest: digest,
-        kernel,
-        release,
+        kernel: g.kernel,
+        release: g.release,
     }
 }
 
 /// Reads the live image's default entry and the kernel command line of the jump: the
 /// entry's arguments with the install device (the disk's stable name), and this machine's
-/// console.
+/// console (from its command line, `cmdline`).
 fn read_live(
     source: &Source,
     timeouts: Timeouts,
     disk: Option<&Disk>,
+    cmdline: &str,
 ) -> anyhow::Result<PlannedLive> {
     let media = match source {
         Source::File(path) => Media::open(path)?,
@@ -260,7 +393,7 @@ fn read_live(
             .cloned()
             .unwrap_or_else(|| format!("/dev/{}", d.name))
     });
-    let console = plan::console_args(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let console = plan::console_args(cmdline);
     Ok(PlannedLive {
         entry: boot.source.clone(),
         kernel: boot.kernel.clone(),
@@ -272,70 +405,58 @@ fn read_live(
     })
 }
 
-fn resolve_disk(named: &str, facts: &mut Facts, destroyed: &mut Vec<String>) -> Option<Disk> {
-    let disk = match disk::resolve(Path::new("/"), named) {
-        Ok(d) => d,
-        Err(e) => {
-            facts.disk_refusal = Some(e.to_string());
-            return None;
-        }
-    };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let swaps = fs::read_to_string("/proc/swaps").unwrap_or_default();
-    let uses: Vec<Use> = disk::uses(&disk, &mountinfo, &swaps);
-    if let Err(e) = disk::check_in_use(&disk, &uses) {
-        facts.disk_refusal = Some(e.to_string());
-    }
-    facts.disk_size = Some(disk.size_bytes);
-    destroyed.extend(disk::describe(&disk, &uses));
-    Some(disk)
-}
-
 fn identity_and_ignition(
     opts: &Options,
+    facts: CarriedFacts,
     findings: &mut Vec<Finding>,
     notes: &mut Vec<String>,
     carried_over: &mut Vec<String>,
 ) -> (Option<String>, Vec<InstallLink>) {
-    let admin = match &opts.ignition {
-        None => None,
-        Some(path) => match fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| ignition::parse_admin(&text).map_err(|e| e.to_string()))
-        {
-            Ok(config) => Some(config),
-            Err(e) => {
-                findings.push(blocking(
-                    "ignition",
-                    format!("Ignition config {}: {e}", path.display()),
-                ));
-                return (None, Vec::new());
+    let CarriedFacts {
+        admin_ignition,
+        identity,
+        network,
+        existing_keyfiles,
+    } = facts;
+    let admin = match (&opts.ignition, admin_ignition) {
+        (Some(path), Some(read)) => {
+            match read.and_then(|text| ignition::parse_admin(&text).map_err(|e| e.to_string())) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    findings.push(blocking(
+                        "ignition",
+                        format!("Ignition config {}: {e}", path.display()),
+                    ));
+                    return (None, Vec::new());
+                }
             }
-        },
+        }
+        _ => None,
     };
-    let mut gathered = match identity::gather(Path::new("/"), &opts.identity) {
+    let mut gathered = match identity {
         Ok(g) => g,
         Err(e) => {
-            findings.push(blocking("identity", e.to_string()));
+            findings.push(blocking("identity", e));
             return (None, Vec::new());
         }
     };
     // The new system gets the network as configured (DHCP asked again); the installer, which
     // runs minutes later on the same lease, brings the links up with the addresses they have.
-    let captured = network::read_host(Path::new("/")).and_then(|text| {
-        let installer = network::capture(&text, CaptureOptions { pin_dynamic: true })?;
+    let captured = network.and_then(|text| {
+        let installer = network::capture(&text, CaptureOptions { pin_dynamic: true })
+            .map_err(|e| e.to_string())?;
         let carried = network::capture(
             &text,
             CaptureOptions {
                 pin_dynamic: opts.pin_dynamic,
             },
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         Ok((carried, installer))
     });
     let links = match captured {
         Ok((capture, installer)) => {
-            let existing = keyfile::read_existing(Path::new("/")).ok().flatten();
-            let keyfiles = keyfile::keyfiles(&capture, existing.as_deref());
+            let keyfiles = keyfile::keyfiles(&capture, existing_keyfiles.as_deref());
             for iface in &capture.interfaces {
                 let addrs: Vec<String> = iface
                     .ipv4
@@ -394,7 +515,11 @@ fn identity_and_ignition(
     }
 }
 
-fn describe_identity(g: &Gathered, notes: &mut Vec<String>, carried_over: &mut Vec<String>) {
+fn describe_identity(
+    g: &IdentityGathered,
+    notes: &mut Vec<String>,
+    carried_over: &mut Vec<String>,
+) {
     let id = &g.identity;
     if let Some(name) = &id.hostname {
         carried_over.push(format!("host name {name}"));
@@ -437,15 +562,243 @@ pub fn which(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// Parses `--sha256` for callers that need the bytes.
-pub fn sha256_bytes(plan: &Plan) -> Option<[u8; 32]> {
-    plan.image
-        .sha256
-        .as_deref()
-        .and_then(|s| parse_sha256(s).ok())
+/// Whether the plan streams its image.
+pub fn streams(plan: &ConversionPlan) -> bool {
+    plan.image.carry == Carry::Stream
 }
 
-/// Whether the plan streams its image.
-pub fn streams(plan: &Plan) -> bool {
-    plan.image.carry == Carry::Stream
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::image::format::Format;
+    use crate::convert::preflight::Signature;
+
+    const MIB: u64 = 1 << 20;
+    const SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn options(image: ImageSource) -> Options {
+        Options {
+            disk: "/dev/disk/by-id/virtio-S1".into(),
+            image,
+            sha256: Some(SHA.into()),
+            signature: None,
+            keyring: None,
+            insecure: false,
+            stream: false,
+            ignition: None,
+            identity: IdentityOptions::default(),
+            pin_dynamic: false,
+            timeouts: Timeouts::default(),
+            facts_root: "/".into(),
+        }
+    }
+
+    fn metal_file() -> ImageSource {
+        ImageSource::Metal(Source::File("/srv/metal.raw.xz".into()))
+    }
+
+    /// A machine where everything is fine but the network, which could not be read.
+    fn gathered() -> Gathered {
+        Gathered {
+            facts: Facts {
+                euid: 0,
+                arch: "x86_64".into(),
+                kexec_core: true,
+                kexec_file_load: Some(true),
+                kexec_load: Some(true),
+                lockdown: Some("none".into()),
+                secure_boot: Some(false),
+                mem_available: 4096 * MIB,
+                ..Facts::default()
+            },
+            disk: Ok(Disk {
+                name: "vda".into(),
+                dev: "253:0".into(),
+                by_id: vec!["/dev/disk/by-id/virtio-S1".into()],
+                serial: Some("S1".into()),
+                size_bytes: 8 << 30,
+                logical_sector_size: 512,
+                partitions: vec![],
+                holders: vec![],
+            }),
+            mountinfo: String::new(),
+            swaps: String::new(),
+            release: "6.1.0-test".into(),
+            kernel: "/boot/vmlinuz-6.1.0-test".into(),
+            kernel_present: true,
+            dracut: Some("/usr/bin/dracut".into()),
+            image: ImageFacts {
+                live_tree: false,
+                probe: Some(Ok(Probe {
+                    format: Format::Xz,
+                    length: Some(100 * MIB),
+                    image_bytes: Some(2 << 30),
+                })),
+                pass: Some(Ok(Sha256Sum::parse(SHA).unwrap().bytes())),
+                live: None,
+            },
+            carried: CarriedFacts {
+                admin_ignition: None,
+                identity: Ok(IdentityGathered::default()),
+                network: Err("`ip -json addr` failed".into()),
+                existing_keyfiles: None,
+            },
+        }
+    }
+
+    fn codes(prepared: &Prepared) -> Vec<&'static str> {
+        prepared.report.findings.iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn a_verified_metal_file_is_planned_and_carried() {
+        let prepared = decide(&options(metal_file()), gathered());
+        let report = &prepared.report;
+        assert!(!report.blocked, "{:?}", report.findings);
+        assert_eq!(codes(&prepared), ["network"]);
+        let plan = report.plan.as_ref().unwrap();
+        assert_eq!(plan.image.source, Source::File("/srv/metal.raw.xz".into()));
+        assert_eq!(plan.image.sha256, Some(Sha256Sum::parse(SHA).unwrap()));
+        assert_eq!(
+            plan.image.carry,
+            Carry::InMemory,
+            "a file is always carried"
+        );
+        assert_eq!(plan.image.image_bytes, Some(2 << 30));
+        assert_eq!(plan.disk.serial.as_deref(), Some("S1"));
+        assert!(plan.live.is_none());
+        assert_eq!(prepared.facts.memory_needed, plan::BASE_MEMORY + 200 * MIB);
+        assert_eq!(prepared.facts.disk_size, Some(8 << 30));
+        assert!(prepared.verified_digest.is_some());
+        assert!(prepared.ignition.is_some());
+        assert!(report.destroyed[0].starts_with("/dev/vda (8589934592 bytes"));
+    }
+
+    #[test]
+    fn a_digest_that_differs_from_the_checksum_blocks() {
+        let mut g = gathered();
+        g.image.pass = Some(Ok([0; 32]));
+        let prepared = decide(&options(metal_file()), g);
+        assert!(prepared.report.blocked);
+        let finding = &prepared.report.findings[0];
+        assert_eq!(finding.code, "checksum");
+        assert!(
+            finding.message.starts_with(&format!(
+                "image checksum mismatch: expected sha256 {SHA}, got 0000"
+            )),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
+    fn without_a_checksum_the_digest_of_the_pass_is_planned() {
+        let mut opts = options(metal_file());
+        opts.sha256 = None;
+        opts.signature = Some("/srv/metal.raw.xz.sig".into());
+        opts.keyring = Some("/srv/keys.gpg".into());
+        let prepared = decide(&opts, gathered());
+        let image = &prepared.report.plan.as_ref().unwrap().image;
+        assert!(image.signed);
+        assert_eq!(image.sha256, Some(Sha256Sum::parse(SHA).unwrap()));
+    }
+
+    #[test]
+    fn every_problem_shows_at_once() {
+        let mut g = gathered();
+        g.disk = Err(disk::Refusal::NotFound("/dev/vdz".into()));
+        g.kernel_present = false;
+        g.dracut = None;
+        g.image.probe = Some(Err("GET http://x/y: the server answered 404".into()));
+        g.image.pass = None;
+        let mut opts = options(ImageSource::Metal(Source::Url("http://x/y".into())));
+        opts.sha256 = Some("not-hex".into());
+        let prepared = decide(&opts, g);
+        let mut found = codes(&prepared);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "disk",
+                "dracut",
+                "imageUnreachable",
+                "kernel",
+                "network",
+                "verification"
+            ]
+        );
+        assert_eq!(
+            prepared.report.findings.last().unwrap().code,
+            "network",
+            "warnings after what blocks"
+        );
+        assert!(prepared.report.plan.is_none());
+        assert!(prepared.report.destroyed.is_empty());
+    }
+
+    #[test]
+    fn a_live_tree_needs_insecure_and_no_conversion_kernel() {
+        let live = PlannedLive {
+            entry: "isolinux/isolinux.cfg".into(),
+            kernel: "images/pxeboot/vmlinuz".into(),
+            initrds: vec!["images/pxeboot/initrd.img".into()],
+            prefix: "nestos.".into(),
+            args: vec!["nestos.inst.install_dev=/dev/disk/by-id/virtio-S1".into()],
+            load_bytes: 100 * MIB,
+            kernel_signature: Signature::Signed,
+        };
+        let mut g = gathered();
+        g.dracut = None;
+        g.kernel_present = false;
+        g.image = ImageFacts {
+            live_tree: true,
+            probe: None,
+            pass: None,
+            live: Some(Ok(live.clone())),
+        };
+        let tree = ImageSource::Live(Source::File("/srv/live".into()));
+        let mut opts = options(tree.clone());
+        opts.sha256 = None;
+        opts.insecure = true;
+        let prepared = decide(&opts, g);
+        assert!(!prepared.report.blocked, "{:?}", prepared.report.findings);
+        let plan = prepared.report.plan.as_ref().unwrap();
+        assert_eq!(plan.live.as_ref(), Some(&live));
+        assert!(plan.image.insecure);
+        assert_eq!(
+            prepared.facts.memory_needed,
+            plan::live_memory_needed(100 * MIB)
+        );
+        assert_eq!(prepared.facts.live_kernel, Some(Signature::Signed));
+
+        let mut g = gathered();
+        g.image.live_tree = true;
+        g.image.live = Some(Ok(live));
+        let mut opts = options(tree);
+        opts.sha256 = None;
+        opts.signature = None;
+        opts.insecure = false;
+        let prepared = decide(&opts, g);
+        assert!(prepared.report.blocked);
+        assert!(prepared
+            .report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("a directory cannot be checked")));
+    }
+
+    #[test]
+    fn an_unreadable_admin_config_carries_nothing() {
+        let mut opts = options(metal_file());
+        opts.ignition = Some("/srv/extra.ign".into());
+        let mut g = gathered();
+        g.carried.admin_ignition = Some(Err("No such file or directory (os error 2)".into()));
+        let prepared = decide(&opts, g);
+        assert_eq!(
+            prepared.report.findings[0].message,
+            "Ignition config /srv/extra.ign: No such file or directory (os error 2)"
+        );
+        assert!(prepared.ignition.is_none());
+        assert!(prepared.report.carried_over.is_empty());
+    }
 }

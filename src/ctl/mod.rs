@@ -38,6 +38,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::cluster::update::{Update, NAMESPACE};
+use crate::sys::terminal;
 
 /// How long to wait for a TCP connection to the API server: a server that is down refuses at
 /// once; an address that points nowhere would otherwise hang for the OS's minutes.
@@ -343,28 +344,14 @@ pub fn stdout_is_tty() -> bool {
 }
 
 fn terminal_width() -> Option<usize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we pass; stdout is fd 1.
-    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col as usize)
+    terminal::stdout_size()
+        .map(|s| s.columns)
+        .filter(|&c| c > 0)
 }
 
 /// The height of the terminal on stdout, when it is one.
 pub fn terminal_height() -> Option<usize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: as in `terminal_width`.
-    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then_some(ws.ws_row as usize)
+    terminal::stdout_size().map(|s| s.rows).filter(|&r| r > 0)
 }
 
 /// The kubeconfig's current (or chosen) context's cluster: server URL and CA data (base64).

@@ -1,8 +1,12 @@
-//! Thin wrappers over the host: external commands, kexec, the kernel's boot identity.
-//! Nothing here decides; callers do.
+//! Thin wrappers over the host: external commands, kexec, block devices, restarting, the
+//! terminal, the kernel's boot identity. Nothing here decides; callers do. Every `unsafe`
+//! call into the C library lives in this room, each with the reason it is sound.
 
+pub mod blockdev;
 pub mod command;
 pub mod kexec;
+pub mod power;
+pub mod terminal;
 
 use std::path::Path;
 
@@ -16,6 +20,12 @@ pub fn boot_id(proc_root: &Path) -> std::io::Result<String> {
 pub fn hostname(proc_root: &Path) -> std::io::Result<String> {
     let path = proc_root.join("sys/kernel/hostname");
     Ok(std::fs::read_to_string(path)?.trim().to_lowercase())
+}
+
+/// The process's effective user id (0: root).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `dir` (statvfs).

@@ -4,8 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::sys::blockdev;
 
 /// Sector size assumed for a regular-file target (what a loop device over it shows).
 pub const FILE_SECTOR_SIZE: u32 = 512;
@@ -49,10 +50,10 @@ impl Target {
         let mut options = OpenOptions::new();
         options.write(true);
         if kind == TargetKind::BlockDevice {
-            options.custom_flags(libc::O_EXCL);
+            options.custom_flags(blockdev::OPEN_EXCLUSIVE);
         }
         let mut file = options.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
+            if e.kind() == io::ErrorKind::ResourceBusy {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -69,7 +70,7 @@ impl Target {
             .seek(SeekFrom::End(0))
             .map_err(|e| annotate(path, "measuring", e))?;
         let sector_size = match kind {
-            TargetKind::BlockDevice => logical_sector_size(&file)
+            TargetKind::BlockDevice => blockdev::logical_sector_size(&file)
                 .map_err(|e| annotate(path, "reading the sector size of", e))?,
             TargetKind::File => FILE_SECTOR_SIZE,
         };
@@ -111,24 +112,15 @@ impl Target {
     /// file. A device whose kernel shows no partitions (a loop device without partition
     /// scanning) answers EINVAL, which is not an error here.
     pub fn reread_partitions(&self) -> io::Result<()> {
-        const BLKRRPART: libc::c_ulong = 0x125f;
         if self.kind != TargetKind::BlockDevice {
             return Ok(());
         }
-        // SAFETY: BLKRRPART takes no argument; the fd is open for the call's duration.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRRPART as _) };
-        if rc == 0 {
-            return Ok(());
+        match blockdev::reread_partitions(&self.file) {
+            Err(e) if e.kind() != io::ErrorKind::InvalidInput => {
+                Err(annotate(&self.path, "re-reading the partition table of", e))
+            }
+            _ => Ok(()),
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINVAL) {
-            return Ok(());
-        }
-        Err(annotate(
-            &self.path,
-            "re-reading the partition table of",
-            err,
-        ))
     }
 
     /// Pretends a file target has another sector size (a 4Kn disk image file, say).
@@ -142,23 +134,6 @@ impl Target {
 
 fn annotate(path: &Path, action: &str, err: io::Error) -> io::Error {
     io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
-}
-
-fn logical_sector_size(file: &File) -> io::Result<u32> {
-    let mut size: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int through the pointer, which points at a live c_int;
-    // the descriptor is open for the duration of the call.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKSSZGET,
-            &mut size as *mut libc::c_int,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    u32::try_from(size).map_err(|_| io::Error::other(format!("odd sector size {size}")))
 }
 
 #[cfg(test)]

@@ -43,14 +43,62 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Parses a SHA-256 digest written as 64 hex digits (as `sha256sum` prints it; a trailing
-/// file name is not accepted here, the caller splits it off).
+/// A SHA-256 digest the admin gave (`--sha256`) or that was computed: 64 hex digits parsed
+/// once, shown and serialized as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Sha256Sum([u8; 32]);
+
+impl Sha256Sum {
+    /// Parses 64 hex digits (as `sha256sum` prints them; a trailing file name is not
+    /// accepted here, the caller splits it off).
+    pub fn parse(text: &str) -> Result<Sha256Sum, String> {
+        let text = text.trim();
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest)
+            .map_err(|_| format!("{text:?} is not a SHA-256 digest (64 hex digits)"))?;
+        Ok(Sha256Sum(digest))
+    }
+
+    pub fn bytes(self) -> [u8; 32] {
+        self.0
+    }
+}
+
+/// [`Sha256Sum::parse`], for callers that need the bytes.
 pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
-    let text = text.trim();
-    let mut digest = [0u8; 32];
-    hex::decode_to_slice(text, &mut digest)
-        .map_err(|_| format!("{text:?} is not a SHA-256 digest (64 hex digits)"))?;
-    Ok(digest)
+    Sha256Sum::parse(text).map(Sha256Sum::bytes)
+}
+
+impl From<[u8; 32]> for Sha256Sum {
+    fn from(bytes: [u8; 32]) -> Self {
+        Sha256Sum(bytes)
+    }
+}
+
+impl std::fmt::Display for Sha256Sum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Sha256Sum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sha256Sum({self})")
+    }
+}
+
+impl From<Sha256Sum> for String {
+    fn from(sum: Sha256Sum) -> String {
+        sum.to_string()
+    }
+}
+
+impl TryFrom<String> for Sha256Sum {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Sha256Sum::parse(&text)
+    }
 }
 
 #[cfg(test)]
@@ -71,12 +119,18 @@ mod tests {
     #[test]
     fn parses_hex_digests() {
         let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        assert_eq!(
-            parse_sha256(hex).unwrap(),
-            <[u8; 32]>::from(Sha256::digest(b"abc"))
-        );
-        assert_eq!(parse_sha256(&hex.to_uppercase()).unwrap()[0], 0xba);
-        assert!(parse_sha256("abc").unwrap_err().contains("64 hex digits"));
-        assert!(parse_sha256(&hex.replace('b', "g")).is_err());
+        let sum = Sha256Sum::parse(hex).unwrap();
+        assert_eq!(sum.bytes(), <[u8; 32]>::from(Sha256::digest(b"abc")));
+        assert_eq!(Sha256Sum::parse(&hex.to_uppercase()).unwrap(), sum);
+        assert_eq!(sum.to_string(), hex, "shown as lowercase hex");
+        assert!(Sha256Sum::parse("abc")
+            .unwrap_err()
+            .contains("64 hex digits"));
+        assert!(Sha256Sum::parse(&hex.replace('b', "g")).is_err());
+        // On the wire: a hex string, read back only when it is one.
+        let json = serde_json::to_string(&sum).unwrap();
+        assert_eq!(json, format!("\"{hex}\""));
+        assert_eq!(serde_json::from_str::<Sha256Sum>(&json).unwrap(), sum);
+        assert!(serde_json::from_str::<Sha256Sum>("\"abc\"").is_err());
     }
 }

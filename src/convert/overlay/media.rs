@@ -132,9 +132,10 @@ impl Media {
     }
 }
 
-/// Refuses a live tree that cannot be verified unless the admin said `--insecure`.
-pub fn check_verifiable(path: &Path, insecure: bool) -> anyhow::Result<()> {
-    if path.is_dir() && !insecure {
+/// Refuses a live tree (`path` is a directory) that cannot be verified unless the admin said
+/// `--insecure`.
+pub fn check_verifiable(path: &Path, is_dir: bool, insecure: bool) -> anyhow::Result<()> {
+    if is_dir && !insecure {
         bail!(
             "live image {}: a directory cannot be checked against a published checksum; give the .iso file with --sha256, or pass --insecure",
             path.display()

@@ -5,26 +5,71 @@
 //! Guarantees: a server that answers an error status, or stops sending for
 //! [`Timeouts::stall`], ends the read with one line naming the URL and what to do; nothing is
 //! retried silently. [`download`] leaves no file behind when verification fails.
-//! [`check_signature`] runs Debian's `gpgv` on a detached OpenPGP signature with only the
-//! keyring the admin named, streaming the image through its standard input while hashing it,
-//! so one pass gives both the signature's verdict and the digest the installer then checks.
+//!
+//! Beside it: `gpgv`, the detached OpenPGP signature check ([`check_signature`]), and
+//! `ranged`, an http(s) file read in place by Range requests ([`RangedUrl`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::image::format::{self, Format, XZ_TAIL_LEN};
 use super::image::verify::HashingReader;
 
-/// A signature file larger than this is not a detached signature.
-const MAX_SIGNATURE: u64 = 64 << 10;
+mod gpgv;
+mod ranged;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+pub use gpgv::check_signature;
+pub use ranged::RangedUrl;
+
+/// A file or an http(s) URL. In the plan it is the string [`Source::parse`] reads back: the
+/// URL, or the absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Source {
     File(PathBuf),
     Url(String),
+}
+
+impl From<Source> for String {
+    fn from(source: Source) -> String {
+        source.to_string()
+    }
+}
+
+impl TryFrom<String> for Source {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Source::parse(&text)
+    }
+}
+
+/// What the admin asked to put on the disk, and so which way the conversion goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A NestOS metal image (`--image`): written by the conversion initramfs.
+    Metal(Source),
+    /// A NestOS live ISO, its URL, or its extracted tree (a directory; `--live`): booted, and
+    /// NestOS's own installer writes the disk.
+    Live(Source),
+}
+
+impl ImageSource {
+    pub fn source(&self) -> &Source {
+        match self {
+            ImageSource::Metal(s) | ImageSource::Live(s) => s,
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, ImageSource::Live(_))
+    }
+
+    /// An extracted live tree: a local directory, which no published checksum covers.
+    pub fn is_live_tree(&self) -> bool {
+        matches!(self, ImageSource::Live(Source::File(path)) if path.is_dir())
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -384,211 +429,9 @@ fn write_error(path: &Path, source: io::Error) -> SourceError {
     }
 }
 
-/// Checks a detached OpenPGP signature over the image with `gpgv` and only `keyring`, and
-/// returns the image's SHA-256 computed in the same pass.
-pub fn check_signature(
-    image: &Source,
-    signature: &Source,
-    keyring: &Path,
-    timeouts: Timeouts,
-) -> Result<[u8; 32], SourceError> {
-    let sig_name = signature.to_string();
-    let fail = |message: String| SourceError::Signature {
-        signature: sig_name.clone(),
-        message,
-    };
-    if !keyring.is_file() {
-        return Err(fail(format!(
-            "the keyring {} does not exist; give the OpenPGP public keys the image is signed with (`gpg --export KEYID >FILE`)",
-            keyring.display()
-        )));
-    }
-    let sig = open(signature, timeouts)?;
-    let mut sig_bytes = Vec::new();
-    sig.reader
-        .take(MAX_SIGNATURE + 1)
-        .read_to_end(&mut sig_bytes)
-        .map_err(|e| read_error(signature, e))?;
-    if sig_bytes.len() as u64 > MAX_SIGNATURE {
-        return Err(fail("larger than 64 KiB: not a detached signature".into()));
-    }
-    let dir = tempfile::tempdir().map_err(|e| write_error(Path::new("/tmp"), e))?;
-    let sig_path = dir.path().join("image.sig");
-    fs::write(&sig_path, &sig_bytes).map_err(|e| write_error(&sig_path, e))?;
-
-    let mut cmd = Command::new("gpgv");
-    cmd.arg("--status-fd=1")
-        .arg("--keyring")
-        .arg(keyring)
-        .arg(&sig_path)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let line = format!(
-        "gpgv --status-fd=1 --keyring {} {} -",
-        keyring.display(),
-        sig_path.display()
-    );
-    let mut child = cmd.spawn().map_err(|e| {
-        fail(format!(
-            "running `{line}`: {e}; install gpgv (apt-get install gpgv / dnf install gnupg2)"
-        ))
-    })?;
-    let opened = open(image, timeouts)?;
-    let mut reader = HashingReader::new(opened.reader);
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let copied = io::copy(&mut reader, &mut stdin);
-    drop(stdin);
-    let output = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("waiting for `{line}`: {e}")))?;
-    if let Err(e) = copied {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(read_error(image, e));
-        }
-    }
-    let status = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || !status.contains("[GNUPG:] VALIDSIG") {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let why = stderr
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("no valid signature")
-            .trim()
-            .to_owned();
-        return Err(fail(format!(
-            "does not verify the image with the keyring {} (`{line}`: {why}); the image is not the one that was signed, or the key is not in that keyring",
-            keyring.display()
-        )));
-    }
-    let (digest, _) = reader.finish().map_err(|e| read_error(image, e))?;
-    Ok(digest)
-}
-
-/// Bytes fetched per range request when an image is read in place from a URL.
-const RANGE_BLOCK: u64 = 256 << 10;
-/// Blocks kept: directory sectors and small files are read again and again.
-const RANGE_BLOCKS_KEPT: usize = 8;
-
-/// An http(s) file read by offset through Range requests, a block at a time with the last
-/// few blocks kept: `x2nestos plan --live URL` reads an ISO's directories, boot entries and
-/// the kernel's header from a mirror without downloading the whole image.
-pub struct RangedUrl {
-    url: String,
-    timeouts: Timeouts,
-    len: u64,
-    kept: std::sync::Mutex<std::collections::VecDeque<(u64, std::sync::Arc<Vec<u8>>)>>,
-}
-
-impl RangedUrl {
-    /// Fetches the first block; a server that does not answer with 206 Partial Content and
-    /// the total length cannot be read in place.
-    pub fn open(url: &str, timeouts: Timeouts) -> Result<RangedUrl, SourceError> {
-        let (first, len) = fetch_block(url, timeouts, 0)?;
-        Ok(RangedUrl {
-            url: url.to_owned(),
-            timeouts,
-            len,
-            kept: std::sync::Mutex::new([(0, first)].into()),
-        })
-    }
-
-    fn block(&self, index: u64) -> io::Result<std::sync::Arc<Vec<u8>>> {
-        if let Some((_, b)) = self.kept.lock().unwrap().iter().find(|(i, _)| *i == index) {
-            return Ok(b.clone());
-        }
-        let (block, _) = fetch_block(&self.url, self.timeouts, index)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let mut kept = self.kept.lock().unwrap();
-        if kept.len() == RANGE_BLOCKS_KEPT {
-            kept.pop_front();
-        }
-        kept.push_back((index, block.clone()));
-        Ok(block)
-    }
-}
-
-/// Block `index` of `url` and the file's total length, by one Range request.
-fn fetch_block(
-    url: &str,
-    timeouts: Timeouts,
-    index: u64,
-) -> Result<(std::sync::Arc<Vec<u8>>, u64), SourceError> {
-    let start = index * RANGE_BLOCK;
-    let range = format!("bytes={start}-{}", start + RANGE_BLOCK - 1);
-    let resp = request(url, timeouts, Some(&range))?;
-    let said = resp
-        .header("Content-Range")
-        .and_then(parse_content_range)
-        .filter(|_| resp.status() == 206);
-    let Some((first, last, total)) = said.filter(|&(first, ..)| first == start) else {
-        return Err(SourceError::Said(format!(
-            "GET {}: the server does not answer range requests (206 with Content-Range), which reading the image in place needs; download it and give its path",
-            url
-        )));
-    };
-    let mut block = Vec::with_capacity((last + 1 - first) as usize);
-    StallReader {
-        inner: resp.into_reader(),
-        what: url.to_owned(),
-        secs: timeouts.stall.as_secs(),
-    }
-    .take(last + 1 - first)
-    .read_to_end(&mut block)
-    .map_err(|e| read_error(&Source::Url(url.to_owned()), e))?;
-    if block.len() as u64 != last + 1 - first {
-        return Err(SourceError::Said(format!(
-            "GET {}: bytes {first}-{last} ended after {} bytes; try again, or use another mirror",
-            url,
-            block.len()
-        )));
-    }
-    Ok((std::sync::Arc::new(block), total))
-}
-
-impl super::overlay::iso::ReadAt for RangedUrl {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.len || buf.is_empty() {
-            return Ok(0);
-        }
-        let block = self.block(offset / RANGE_BLOCK)?;
-        let at = (offset % RANGE_BLOCK) as usize;
-        let n = buf.len().min(block.len().saturating_sub(at));
-        buf[..n].copy_from_slice(&block[at..at + n]);
-        Ok(n)
-    }
-}
-
-/// `bytes FIRST-LAST/TOTAL` from a Content-Range header (the total must be known).
-fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
-    let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    let (first, last, total) = (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
-    (first <= last && last < total).then_some((first, last, total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_ranges_parse() {
-        assert_eq!(
-            parse_content_range("bytes 0-262143/1048576"),
-            Some((0, 262143, 1048576))
-        );
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, 199, 200))
-        );
-        // The total must be known, the range inside it and in order.
-        assert_eq!(parse_content_range("bytes 0-99/*"), None);
-        assert_eq!(parse_content_range("bytes 0-200/200"), None);
-        assert_eq!(parse_content_range("bytes 9-1/200"), None);
-        assert_eq!(parse_content_range("bytes */200"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-    }
 
     #[test]
     fn sources_parse() {
