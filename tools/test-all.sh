@@ -21,6 +21,7 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --all-features --quiet -- -D warnings
+step "rooms import downward only (tools/check-layers.sh, docs/design.md)" tools/check-layers.sh
 # The tiers' tests are gated by features that change nothing in the crate itself; every
 # step builds with all of them, so the crate and its tests are compiled once (plain
 # `cargo test` runs the same unit and component-free tests without the features).
