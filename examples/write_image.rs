@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use housekeeper::convert::image::{verify::parse_sha256, write_image, Target, WriteOptions};
+use housekeeper::convert::image::{verify::parse_sha256, write_image, WriteOptions, WriteTarget};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&format!("opening {}: {e}", image.display())),
     };
-    let target = match Target::open(target) {
+    let target = match WriteTarget::open(target) {
         Ok(t) => t,
         Err(e) => return fail(&e.to_string()),
     };

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use housekeeper::convert::ignition::{self, ExtraFile, Identity, UserKeys};
-use housekeeper::convert::image::{write_image, ImageError, Target, TargetKind};
+use housekeeper::convert::image::{write_image, ImageError, WriteTarget, WriteTargetKind};
 
 #[path = "support/convert.rs"]
 mod convert_support;
@@ -173,8 +173,8 @@ fn writes_an_xz_image_onto_a_loop_device() {
     let disk = Loop::new(16 * MIB, 512);
     let raw = image(10 * MIB);
     let source = xz(&raw);
-    let target = Target::open(&disk.device).unwrap();
-    assert_eq!(target.kind(), TargetKind::BlockDevice);
+    let target = WriteTarget::open(&disk.device).unwrap();
+    assert_eq!(target.kind(), WriteTargetKind::BlockDevice);
     assert_eq!(target.size(), 16 * MIB as u64);
     assert_eq!(target.sector_size(), 512);
     let report = write_image(&source[..], &target, &verified(&source), &mut |_| {}).unwrap();
@@ -196,7 +196,7 @@ fn a_corrupted_image_leaves_the_loop_devices_first_mib_untouched() {
     let mut bad = good.clone();
     let at = bad.len() * 3 / 4;
     bad[at] ^= 1;
-    let target = Target::open(&disk.device).unwrap();
+    let target = WriteTarget::open(&disk.device).unwrap();
     let err = write_image(&bad[..], &target, &verified(&good), &mut |_| {}).unwrap_err();
     drop(target);
     assert!(
@@ -216,7 +216,7 @@ fn a_corrupted_image_leaves_the_loop_devices_first_mib_untouched() {
 fn a_4kn_loop_device_refuses_a_512_byte_sector_image() {
     let disk = Loop::new(8 * MIB, 4096);
     let raw = image(4 * MIB);
-    let target = Target::open(&disk.device).unwrap();
+    let target = WriteTarget::open(&disk.device).unwrap();
     assert_eq!(target.sector_size(), 4096);
     let err = write_image(&raw[..], &target, &verified(&raw), &mut |_| {}).unwrap_err();
     drop(target);
@@ -246,7 +246,7 @@ fn a_device_in_use_is_refused() {
         .custom_flags(libc::O_EXCL)
         .open(&disk.device)
         .unwrap();
-    let err = Target::open(&disk.device).unwrap_err().to_string();
+    let err = WriteTarget::open(&disk.device).unwrap_err().to_string();
     assert!(err.contains("it is in use"), "{err}");
 }
 

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use housekeeper::convert::image::{write_image, Format, ImageError, Target, WriteOptions};
+use housekeeper::convert::image::{write_image, Format, ImageError, WriteOptions, WriteTarget};
 use sha2::{Digest, Sha256};
 
 #[path = "support/convert.rs"]
@@ -99,7 +99,7 @@ fn write(
     path: &Path,
     options: &WriteOptions,
 ) -> Result<housekeeper::convert::image::WriteReport, ImageError> {
-    let target = Target::open(path).unwrap();
+    let target = WriteTarget::open(path).unwrap();
     write_image(source, &target, options, &mut |_| {})
 }
 
@@ -121,7 +121,7 @@ fn every_format_writes_the_image_exactly() {
         let mut calls = Vec::new();
         let report = write_image(
             &source[..],
-            &Target::open(&target.path).unwrap(),
+            &WriteTarget::open(&target.path).unwrap(),
             &verified(&source),
             &mut |p| calls.push(*p),
         )
@@ -254,7 +254,9 @@ fn an_image_larger_than_the_target_is_refused() {
 fn a_sector_size_mismatch_is_refused_before_any_write() {
     let raw = image(4 * MIB, 512);
     let target = disk(8 * MIB);
-    let t = Target::open(&target.path).unwrap().with_sector_size(4096);
+    let t = WriteTarget::open(&target.path)
+        .unwrap()
+        .with_sector_size(4096);
     let err = write_image(&raw[..], &t, &verified(&raw), &mut |_| {}).unwrap_err();
     assert!(
         matches!(
@@ -277,7 +279,9 @@ fn a_sector_size_mismatch_is_refused_before_any_write() {
 
     // And a 4Kn image onto a 4Kn target goes through.
     let raw4k = image(4 * MIB, 4096);
-    let t = Target::open(&target.path).unwrap().with_sector_size(4096);
+    let t = WriteTarget::open(&target.path)
+        .unwrap()
+        .with_sector_size(4096);
     write_image(&raw4k[..], &t, &verified(&raw4k), &mut |_| {}).unwrap();
 }
 
@@ -318,7 +322,7 @@ fn a_failing_source_is_a_read_error() {
         }
     }
     let target = disk(8 * MIB);
-    let t = Target::open(&target.path).unwrap();
+    let t = WriteTarget::open(&target.path).unwrap();
     let err = write_image(Failing(3 * MIB), &t, &WriteOptions::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.to_string(), "reading the image: connection reset");
     assert_first_mib_untouched(&target.path);

@@ -241,7 +241,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
-    let target = ctl::Target {
+    let target = ctl::ClusterTarget {
         kubeconfig: cli.kubeconfig.clone(),
         context: cli.context.clone(),
         namespace: cli.namespace.clone(),

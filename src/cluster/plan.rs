@@ -42,8 +42,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::annotations::{AgentPhase, Grant, NodeView};
 use super::selector::Selector;
 use super::update::{
-    validated_image, Counts, ImagePolicy, InFlight, NodeSummary, Target, Update, UpdateCondition,
-    UpdateStatus, MAX_NODE_SUMMARIES,
+    validated_image, Counts, ImagePolicy, InFlight, NodeSummary, Update, UpdateCondition,
+    UpdateStatus, UpdateTarget, MAX_NODE_SUMMARIES,
 };
 use super::window;
 use crate::image_ref::ImageRef;
@@ -138,7 +138,7 @@ pub fn plan(
         return halt(&mut status, "NoUid", "the Update has no uid yet".into());
     };
     let grant = Grant { uid, generation };
-    let target = Target {
+    let target = UpdateTarget {
         os_image_url: spec.os_image_url.clone(),
         kube_version: spec.kube_version().map(str::to_owned),
     };
@@ -208,7 +208,7 @@ pub fn plan(
 }
 
 /// Whether `n` already runs the target: its image, and its kubelet when `kubeVersion` is set.
-fn at_target(n: &NodeView, image: &ImageRef, target: &Target) -> bool {
+fn at_target(n: &NodeView, image: &ImageRef, target: &UpdateTarget) -> bool {
     n.os_image.as_deref().is_some_and(|i| image.is_same_as(i))
         && target.kube_version.as_deref().is_none_or(|want| {
             n.kubelet_version
@@ -224,7 +224,7 @@ fn classify<'a>(
     grant: &Grant,
     target_generation: i64,
     image: &ImageRef,
-    target: &Target,
+    target: &UpdateTarget,
 ) -> Vec<(&'a NodeView, Class)> {
     let class_of = |n: &NodeView| -> Class {
         if let Some(g) = n.grant.as_ref().filter(|g| g.uid == grant.uid) {
@@ -319,7 +319,7 @@ fn halt_reason(
     update: &Update,
     selected: &[(&NodeView, Class)],
     counts: &Counts,
-    target: &Target,
+    target: &UpdateTarget,
 ) -> Option<(&'static str, String)> {
     let spec = &update.spec;
     let cp_failed: Vec<&str> = selected

@@ -188,7 +188,7 @@ pub struct UpdateStatus {
     pub target_generation: Option<i64>,
     /// The target `targetGeneration` refers to, to notice the next change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
+    pub target: Option<UpdateTarget>,
     /// One word for `kubectl get`: Progressing, Waiting, Paused, Halted, Complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
@@ -210,8 +210,9 @@ fn is_zero(n: &i32) -> bool {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[schemars(rename = "Target")]
 #[serde(rename_all = "camelCase")]
-pub struct Target {
+pub struct UpdateTarget {
     #[serde(rename = "osImageURL")]
     pub os_image_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -28,7 +28,7 @@ use anyhow::{anyhow, bail, Context as _};
 use super::disk::{self, Disk};
 use super::image::format::{self, GptPartition};
 use super::image::verify::Sha256Sum;
-use super::image::{write_image, Target, WriteOptions};
+use super::image::{write_image, WriteOptions, WriteTarget};
 use super::plan::{self, Carry, ConversionPlan, InstallLink, PlannedImage};
 use super::progress::Meter;
 use super::source::{self, Source, Timeouts};
@@ -165,7 +165,7 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     }
     let expected = plan.image.sha256.map(Sha256Sum::bytes);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
-    let target = Target::open(&device).map_err(|e| untouched(e.into()))?;
+    let target = WriteTarget::open(&device).map_err(|e| untouched(e.into()))?;
     wipe(&disk, &target).map_err(touched)?;
     log.say(format!(
         "old signatures wiped ({} partition(s), backup partition table)",
@@ -376,7 +376,7 @@ fn tolerate_exists(
 /// (the backup GPT), so that nothing stale is found inside the new layout. Everything is
 /// written through the disk's own exclusive descriptor, and never inside the disk's first
 /// MiB, which the writer writes last.
-fn wipe(disk: &Disk, target: &Target) -> anyhow::Result<()> {
+fn wipe(disk: &Disk, target: &WriteTarget) -> anyhow::Result<()> {
     let mut ranges = Vec::new();
     for p in &disk.partitions {
         let start = fs::read_to_string(format!("/sys/class/block/{}/start", p.name))

@@ -46,7 +46,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to find the cluster, from the command line.
 #[derive(Debug, Clone, Default)]
-pub struct Target {
+pub struct ClusterTarget {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
     pub namespace: Option<String>,
@@ -81,7 +81,7 @@ fn kubeconfig_path(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Read the kubeconfig and make a client. No request is made yet.
-pub async fn connect(target: &Target) -> Result<Ctx> {
+pub async fn connect(target: &ClusterTarget) -> Result<Ctx> {
     let path = kubeconfig_path(target.kubeconfig.as_deref())?;
     if !path.exists() {
         bail!(

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::annotations::NodeView;
 use crate::cluster::plan::plan;
-use crate::cluster::update::{Counts, ImagePolicy, InFlight, Target, Update, UpdateCondition};
+use crate::cluster::update::{
+    Counts, ImagePolicy, InFlight, Update, UpdateCondition, UpdateTarget,
+};
 
 pub const API_VERSION: &str = "hkctl.housekeeper.io/v1";
 pub const KIND: &str = "RolloutStatus";
@@ -32,7 +34,7 @@ pub struct RolloutStatus {
     /// Always `RolloutStatus`.
     pub kind: String,
     pub update: UpdateRef,
-    pub target: Target,
+    pub target: UpdateTarget,
     /// The coordinator's one word: Progressing, Waiting, Paused, Halted, Complete; `Unknown`
     /// before it has written a status.
     pub state: String,
@@ -161,7 +163,7 @@ pub fn build(update: &Update, nodes: &[NodeView], now: Timestamp) -> RolloutStat
             generation,
             observed_generation: stored.observed_generation,
         },
-        target: Target {
+        target: UpdateTarget {
             os_image_url: update.spec.os_image_url.clone(),
             kube_version: update.spec.kube_version().map(str::to_owned),
         },

@@ -13,5 +13,5 @@ pub mod verify;
 pub mod write;
 
 pub use format::Format;
-pub use target::{Target, TargetKind};
+pub use target::{WriteTarget, WriteTargetKind};
 pub use write::{write_image, ImageError, Progress, WriteOptions, WriteReport};

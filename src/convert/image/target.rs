@@ -12,32 +12,32 @@ use crate::sys::blockdev;
 pub const FILE_SECTOR_SIZE: u32 = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
+pub enum WriteTargetKind {
     BlockDevice,
     File,
 }
 
 /// An opened write target with its size and logical sector size.
 #[derive(Debug)]
-pub struct Target {
+pub struct WriteTarget {
     path: PathBuf,
     file: File,
-    kind: TargetKind,
+    kind: WriteTargetKind,
     size: u64,
     sector_size: u32,
 }
 
-impl Target {
+impl WriteTarget {
     /// Opens `path` for writing. Symlinks (such as /dev/disk/by-id names) are followed. A block
     /// device is opened exclusively (`O_EXCL`), so the kernel refuses one that is mounted or
     /// held by LVM, MD or dm-crypt. A regular file must already exist: its length is the
     /// "disk" size. Anything else is refused.
-    pub fn open(path: &Path) -> io::Result<Target> {
+    pub fn open(path: &Path) -> io::Result<WriteTarget> {
         let meta = std::fs::metadata(path).map_err(|e| annotate(path, "looking up", e))?;
         let kind = if meta.file_type().is_block_device() {
-            TargetKind::BlockDevice
+            WriteTargetKind::BlockDevice
         } else if meta.is_file() {
-            TargetKind::File
+            WriteTargetKind::File
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -49,7 +49,7 @@ impl Target {
         };
         let mut options = OpenOptions::new();
         options.write(true);
-        if kind == TargetKind::BlockDevice {
+        if kind == WriteTargetKind::BlockDevice {
             options.custom_flags(blockdev::OPEN_EXCLUSIVE);
         }
         let mut file = options.open(path).map_err(|e| {
@@ -70,11 +70,11 @@ impl Target {
             .seek(SeekFrom::End(0))
             .map_err(|e| annotate(path, "measuring", e))?;
         let sector_size = match kind {
-            TargetKind::BlockDevice => blockdev::logical_sector_size(&file)
+            WriteTargetKind::BlockDevice => blockdev::logical_sector_size(&file)
                 .map_err(|e| annotate(path, "reading the sector size of", e))?,
-            TargetKind::File => FILE_SECTOR_SIZE,
+            WriteTargetKind::File => FILE_SECTOR_SIZE,
         };
-        Ok(Target {
+        Ok(WriteTarget {
             path: path.to_owned(),
             file,
             kind,
@@ -86,7 +86,7 @@ impl Target {
     pub fn path(&self) -> &Path {
         &self.path
     }
-    pub fn kind(&self) -> TargetKind {
+    pub fn kind(&self) -> WriteTargetKind {
         self.kind
     }
     /// Size in bytes.
@@ -112,7 +112,7 @@ impl Target {
     /// file. A device whose kernel shows no partitions (a loop device without partition
     /// scanning) answers EINVAL, which is not an error here.
     pub fn reread_partitions(&self) -> io::Result<()> {
-        if self.kind != TargetKind::BlockDevice {
+        if self.kind != WriteTargetKind::BlockDevice {
             return Ok(());
         }
         match blockdev::reread_partitions(&self.file) {
@@ -124,8 +124,8 @@ impl Target {
     }
 
     /// Pretends a file target has another sector size (a 4Kn disk image file, say).
-    pub fn with_sector_size(mut self, sector_size: u32) -> Target {
-        if self.kind == TargetKind::File {
+    pub fn with_sector_size(mut self, sector_size: u32) -> WriteTarget {
+        if self.kind == WriteTargetKind::File {
             self.sector_size = sector_size;
         }
         self
@@ -145,10 +145,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
-        let target = Target::open(&path).unwrap();
+        let target = WriteTarget::open(&path).unwrap();
         assert_eq!(target.size(), 8192);
         assert_eq!(target.sector_size(), 512);
-        assert_eq!(target.kind(), TargetKind::File);
+        assert_eq!(target.kind(), WriteTargetKind::File);
         assert_eq!(target.with_sector_size(4096).sector_size(), 4096);
     }
 
@@ -156,18 +156,18 @@ mod tests {
     fn missing_paths_and_directories_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = Target::open(&missing).unwrap_err().to_string();
+        let err = WriteTarget::open(&missing).unwrap_err().to_string();
         assert!(
             err.starts_with("looking up ") && err.contains("nope"),
             "{err}"
         );
         assert!(!missing.exists(), "a missing target is never created");
-        let err = Target::open(dir.path()).unwrap_err().to_string();
+        let err = WriteTarget::open(dir.path()).unwrap_err().to_string();
         assert!(
             err.contains("neither a block device nor a regular file"),
             "{err}"
         );
-        let err = Target::open(Path::new("/dev/null"))
+        let err = WriteTarget::open(Path::new("/dev/null"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("neither a block device"), "{err}");

@@ -1,4 +1,4 @@
-//! Streaming an image onto a [`Target`].
+//! Streaming an image onto a [`WriteTarget`].
 //!
 //! Guarantees, in order:
 //! 1. Nothing is written before the first chunk has been decompressed and its sector size
@@ -9,7 +9,7 @@
 //! 3. Memory is bounded: a fixed pool of chunk buffers circulates between the decompressing
 //!    thread and the writing thread; xz's threaded decoder gets its own memory limit.
 //!
-//! Assumptions: the caller chose the target (see [`Target::open`]) and decided whether an
+//! Assumptions: the caller chose the target (see [`WriteTarget::open`]) and decided whether an
 //! unverified image is acceptable (`sha256: None`). Caveat: on failure after guarantee 1, the
 //! rest of the target beyond the first MiB holds part of the new image.
 
@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
 use super::format::{self, Format, SNIFF_LEN};
-use super::target::Target;
+use super::target::WriteTarget;
 use super::verify::HashingReader;
 
 /// The part of the disk written last: it holds the partition table(s) and boot code, so a
@@ -138,7 +138,7 @@ enum Message {
 /// Streams `source` onto `target` by the guarantees of this module.
 pub fn write_image(
     source: impl Read + Send,
-    target: &Target,
+    target: &WriteTarget,
     options: &WriteOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<WriteReport, ImageError> {
@@ -272,7 +272,7 @@ fn decoder<'a>(
 
 /// The writing side. Returns (image bytes, compressed bytes, digest).
 fn consume(
-    target: &Target,
+    target: &WriteTarget,
     options: &WriteOptions,
     data_rx: Receiver<Result<Message, ImageError>>,
     pool_tx: SyncSender<Vec<u8>>,

@@ -175,24 +175,24 @@ pub fn covers(have: &Value, want: &Value) -> bool {
 
 /// What happened to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ApplyOutcome {
     Created,
     Updated,
     Unchanged,
 }
 
-impl Outcome {
+impl ApplyOutcome {
     fn word(self) -> &'static str {
         match self {
-            Outcome::Created => "created",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Updated => "updated",
+            ApplyOutcome::Unchanged => "unchanged",
         }
     }
 }
 
 /// Bring one object to `want`.
-async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, Outcome)> {
+async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, ApplyOutcome)> {
     let (api, what) = api_for(ctx, want)?;
     let name = want["metadata"]["name"].as_str().unwrap_or_default();
     let have = api
@@ -204,11 +204,11 @@ async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, Outcome)> {
         api.create(&PostParams::default(), &object)
             .await
             .map_err(|e| ctx.fail(&format!("creating {what}"), e))?;
-        return Ok((what, Outcome::Created));
+        return Ok((what, ApplyOutcome::Created));
     };
     let have_value = serde_json::to_value(&have)?;
     if covers(&have_value, want) {
-        return Ok((what, Outcome::Unchanged));
+        return Ok((what, ApplyOutcome::Unchanged));
     }
     // Replace: the manifest's fields, the server's other top-level fields (a ServiceAccount's
     // secrets, a Namespace's spec), the labels others added, and the resourceVersion read.
@@ -228,7 +228,7 @@ async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, Outcome)> {
     api.replace(name, &PostParams::default(), &object)
         .await
         .map_err(|e| ctx.fail(&format!("updating {what}"), e))?;
-    Ok((what, Outcome::Updated))
+    Ok((what, ApplyOutcome::Updated))
 }
 
 /// The permissions install needs, asked before anything is written.
@@ -284,7 +284,7 @@ pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> R
     for m in &all {
         let (what, outcome) = apply(ctx, m).await?;
         writeln!(out, "{:<58} {}", what, outcome.word())?;
-        changed += usize::from(outcome != Outcome::Unchanged);
+        changed += usize::from(outcome != ApplyOutcome::Unchanged);
         if m["kind"] == "CustomResourceDefinition" {
             wait_established(ctx, m["metadata"]["name"].as_str().unwrap_or_default()).await?;
         }
