@@ -7,6 +7,10 @@
 //! has no Rock Ridge, and single-extent files. The image is read by offset ([`ReadAt`]): from
 //! a file, or from a mirror by HTTP range requests, so a live ISO is planned without being
 //! downloaded.
+//!
+//! The image is untrusted until it is verified (`plan` reads a mirror's ISO before anything
+//! checks it): every length in it is bounded before it sizes an allocation or a slice, and
+//! malformed bytes are an `InvalidData` error, never a panic.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -16,6 +20,11 @@ use std::path::Path;
 const SECTOR: u64 = 2048;
 /// Volume descriptors start at sector 16.
 const FIRST_DESCRIPTOR: u64 = 16;
+/// The largest directory read: a live ISO's directories hold a few dozen entries (a few KiB);
+/// a length beyond this is a corrupt or hostile image, not one to allocate for.
+const MAX_DIRECTORY: u32 = 4 << 20;
+/// The largest Rock Ridge continuation area read (SUSP areas fit in a sector; some slack).
+const MAX_CONTINUATION: u32 = 64 << 10;
 
 /// A file or directory: where its data is and how long it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +102,12 @@ fn parse_record(
     if raw == [0] || raw == [1] {
         return Ok(None);
     }
-    // The system use area follows the name, padded to an even offset.
-    let mut area = rec[name_end + (name_len + 1) % 2..].to_vec();
+    // The system use area follows the name, padded to an even offset (none when the padding
+    // byte is all that is left).
+    let mut area = rec
+        .get(name_end + (name_len + 1) % 2..)
+        .unwrap_or_default()
+        .to_vec();
     let mut rock_ridge = String::new();
     let mut seen_nm = false;
     let mut guard = 0;
@@ -200,7 +213,13 @@ impl Iso {
         Err(invalid("no ISO 9660 primary volume descriptor"))
     }
 
-    fn read_extent(&self, lba: u32, offset: u32, len: u32) -> io::Result<Vec<u8>> {
+    /// `len` bytes at `offset` into sector `lba`; `len` is bounded by the caller's `max`.
+    fn read_extent(&self, lba: u32, offset: u32, len: u32, max: u32) -> io::Result<Vec<u8>> {
+        if len > max {
+            return Err(invalid(format!(
+                "an ISO 9660 area of {len} bytes at sector {lba} is larger than {max}: the image is corrupt"
+            )));
+        }
         let mut data = vec![0u8; len as usize];
         read_exact_at(&*self.data, &mut data, lba as u64 * SECTOR + offset as u64)?;
         Ok(data)
@@ -211,9 +230,9 @@ impl Iso {
         if !dir.dir {
             return Err(invalid("not a directory"));
         }
-        let data = self.read_extent(dir.lba, 0, dir.len)?;
+        let data = self.read_extent(dir.lba, 0, dir.len, MAX_DIRECTORY)?;
         parse_directory(&data, &|lba, offset, len| {
-            self.read_extent(lba, offset, len)
+            self.read_extent(lba, offset, len, MAX_CONTINUATION)
         })
     }
 
@@ -411,6 +430,108 @@ mod tests {
         .unwrap();
         assert_eq!(name, "a-long-name.img");
         assert_eq!(asked.get(), Some((7, 10, rest.len() as u32)));
+    }
+
+    /// An image in memory.
+    struct Bytes(Vec<u8>);
+
+    impl ReadAt for Bytes {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let at = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(self.0.len());
+            let n = buf.len().min(self.0.len() - at);
+            buf[..n].copy_from_slice(&self.0[at..at + n]);
+            Ok(n)
+        }
+    }
+
+    /// A primary volume descriptor at sector 16 whose root directory is `root`, then a
+    /// terminator, then `rest` from sector 18 on.
+    fn image(root: Extent, rest: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; (FIRST_DESCRIPTOR * SECTOR) as usize];
+        let mut pvd = vec![0u8; SECTOR as usize];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[156 + 2..156 + 6].copy_from_slice(&root.lba.to_le_bytes());
+        pvd[156 + 10..156 + 14].copy_from_slice(&root.len.to_le_bytes());
+        img.extend(pvd);
+        let mut end = vec![0u8; SECTOR as usize];
+        end[0] = 255;
+        end[1..6].copy_from_slice(b"CD001");
+        img.extend(end);
+        img.extend_from_slice(rest);
+        img
+    }
+
+    #[test]
+    fn a_record_that_ends_at_its_name_has_no_system_use_area() {
+        // An even-length name with the padding byte missing: the record ends at the name.
+        let mut rec = record(b"AB", 1, 1, false, &[]);
+        rec.pop();
+        rec[0] = rec.len() as u8;
+        assert_eq!(parse_record(&rec, &none).unwrap().unwrap().0, "ab");
+    }
+
+    #[test]
+    fn lengths_that_would_size_huge_allocations_are_refused() {
+        let iso = Iso::read_from(Box::new(Bytes(image(
+            Extent {
+                lba: 18,
+                len: u32::MAX,
+                dir: true,
+            },
+            &[],
+        ))))
+        .unwrap();
+        let err = iso.lookup("isolinux/isolinux.cfg").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("larger than"), "{err}");
+
+        // A continuation area of 4 GiB.
+        let mut ce = vec![b'C', b'E', 28, 1];
+        for v in [19u32, 0, u32::MAX] {
+            ce.extend_from_slice(&v.to_le_bytes());
+            ce.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut dir = record(b"A;1", 20, 1, false, &ce);
+        dir.resize(SECTOR as usize, 0);
+        let iso = Iso::read_from(Box::new(Bytes(image(
+            Extent {
+                lba: 18,
+                len: SECTOR as u32,
+                dir: true,
+            },
+            &dir,
+        ))))
+        .unwrap();
+        let err = iso.lookup("a").unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes as a directory: an answer or an error, never a panic.
+        #[test]
+        fn random_directories_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6000)) {
+            let _ = parse_directory(&data, &|_, _, len| Ok(vec![b'N'; (len as usize).min(300)]));
+        }
+
+        /// Any bytes after a valid descriptor, with any root extent: lookups answer or fail,
+        /// never panic or allocate past the caps.
+        #[test]
+        fn random_images_never_panic(
+            lba in 0u32..40,
+            len in proptest::prelude::any::<u32>(),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8192),
+        ) {
+            let img = image(Extent { lba, len, dir: true }, &rest);
+            if let Ok(iso) = Iso::read_from(Box::new(Bytes(img))) {
+                let _ = iso.lookup("isolinux/isolinux.cfg");
+                let _ = iso.lookup("images/pxeboot/vmlinuz");
+            }
+        }
     }
 
     #[test]

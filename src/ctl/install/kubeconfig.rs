@@ -175,36 +175,49 @@ pub(super) async fn node_kubeconfig(
     ))
 }
 
-/// Write `text` to `path` with mode 0600, atomically (a temporary file renamed over it).
+/// Write `text` to `path` with mode 0600, atomically: a temporary file beside it, renamed
+/// over it. The temporary file has a random name and is created exclusively with mode 0600
+/// (O_EXCL, never following a link someone else put there), so another user who can write
+/// the directory can neither read the token nor redirect the write.
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".hkctl-kubeconfig-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_is_written_private_and_never_through_a_planted_link() {
+        use std::os::unix::fs::{symlink, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        // What the old fixed temporary name would have been, planted as a link.
+        symlink(&victim, dir.path().join(".hkd.kubeconfig.tmp")).unwrap();
+        let path = dir.path().join("hkd.kubeconfig");
+        write_private(&path, "token: secret\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "token: secret\n");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing else left behind but the planted link and the victim.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
 
     #[test]
     fn tokens_are_kept_while_fresh_and_accepted() {
