@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::ignition::{ExtraFile, Identity, UserKeys};
 use super::sshkeys::parse_authorized_keys;
+use crate::sys::files::{self, Links, ReadError};
 
 /// The files sshd reads keys from by default (`AuthorizedKeysFile`), below the home directory.
 const AUTHORIZED_KEYS: &[&str] = &[".ssh/authorized_keys", ".ssh/authorized_keys2"];
@@ -124,24 +125,36 @@ fn inside(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// Reads a file, `None` when it does not exist.
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(IdentityError::Read {
+/// The most a carried file may hold: identity files are small, and a larger one is a mistake
+/// or a trap (a user's `authorized_keys` pointing at a device).
+const IDENTITY_FILE_MAX: u64 = 1 << 20;
+/// The most an admin's `--file` or /etc/passwd may hold.
+const LARGE_FILE_MAX: u64 = 16 << 20;
+
+/// Reads a regular file of at most `max` bytes, `None` when it does not exist; a FIFO, device
+/// or directory is refused without waiting on it, and so is a link when `links` says so.
+fn read_optional(path: &Path, max: u64, links: Links) -> Result<Option<Vec<u8>>, IdentityError> {
+    match files::read_regular(path, max, links) {
+        Ok(c) => Ok(Some(c.bytes)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(IdentityError::Read {
             path: path.display().to_string(),
-            source,
+            source: e.into(),
         }),
     }
 }
 
+/// A file only root can change (under /etc or /proc): links followed, as the system means them.
+fn read_system(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
+    read_optional(path, IDENTITY_FILE_MAX, Links::Follow)
+}
+
 fn hostname(root: &Path, notes: &mut Vec<String>) -> Result<Option<String>, IdentityError> {
-    let from_file = read_optional(&inside(root, "/etc/hostname"))?
+    let from_file = read_system(&inside(root, "/etc/hostname"))?
         .and_then(|b| parse_hostname(&String::from_utf8_lossy(&b)));
     let name = match from_file {
         Some(name) => Some(name),
-        None => read_optional(&inside(root, "/proc/sys/kernel/hostname"))?
+        None => read_system(&inside(root, "/proc/sys/kernel/hostname"))?
             .and_then(|b| parse_hostname(&String::from_utf8_lossy(&b))),
     };
     match name {
@@ -178,7 +191,7 @@ fn timezone(root: &Path, notes: &mut Vec<String>) -> Result<Option<String>, Iden
             })
         }
     }
-    let from_file = read_optional(&inside(root, "/etc/timezone"))?
+    let from_file = read_system(&inside(root, "/etc/timezone"))?
         .and_then(|b| parse_hostname(&String::from_utf8_lossy(&b)));
     if from_file.is_none() {
         notes.push(
@@ -196,7 +209,9 @@ fn user_keys(
     let mut keys: Vec<String> = Vec::new();
     for relative in AUTHORIZED_KEYS {
         let file = format!("{}/{relative}", user.home.trim_end_matches('/'));
-        let Some(bytes) = read_optional(&inside(root, &file))? else {
+        // The user owns the home directory: a link there could lead root anywhere.
+        let Some(bytes) = read_optional(&inside(root, &file), IDENTITY_FILE_MAX, Links::Refuse)?
+        else {
             continue;
         };
         let parsed = parse_authorized_keys(&String::from_utf8_lossy(&bytes));
@@ -262,7 +277,7 @@ fn host_keys(root: &Path) -> Result<Vec<(String, Vec<u8>)>, IdentityError> {
         if !is_key {
             continue;
         }
-        if let Some(bytes) = read_optional(&entry.path())? {
+        if let Some(bytes) = read_system(&entry.path())? {
             keys.push((name, bytes));
         }
     }
@@ -271,7 +286,6 @@ fn host_keys(root: &Path) -> Result<Vec<(String, Vec<u8>)>, IdentityError> {
 }
 
 fn extra_file(root: &Path, path: &str) -> Result<ExtraFile, IdentityError> {
-    use std::os::unix::fs::PermissionsExt as _;
     if !path.starts_with('/') {
         return Err(IdentityError::RelativePath(path.to_owned()));
     }
@@ -280,15 +294,17 @@ fn extra_file(root: &Path, path: &str) -> Result<ExtraFile, IdentityError> {
         path: on_disk.display().to_string(),
         source,
     };
-    let meta = std::fs::metadata(&on_disk).map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(IdentityError::NotAFile(path.to_owned()));
-    }
-    let contents = std::fs::read(&on_disk).map_err(read_error)?;
+    // Named by the admin: a link is followed to what it means; still a regular file only,
+    // checked on the opened file, and bounded.
+    let contents = match files::read_regular(&on_disk, LARGE_FILE_MAX, Links::Follow) {
+        Ok(c) => c,
+        Err(ReadError::NotRegular) => return Err(IdentityError::NotAFile(path.to_owned())),
+        Err(e) => return Err(read_error(e.into())),
+    };
     Ok(ExtraFile {
         path: path.to_owned(),
-        contents,
-        mode: meta.permissions().mode() & 0o7777,
+        contents: contents.bytes,
+        mode: contents.mode,
     })
 }
 
@@ -298,7 +314,7 @@ pub fn gather(root: &Path, options: &IdentityOptions) -> Result<Gathered, Identi
     out.identity.hostname = hostname(root, &mut out.notes)?;
 
     let passwd_path = inside(root, "/etc/passwd");
-    let passwd = read_optional(&passwd_path)?
+    let passwd = read_optional(&passwd_path, LARGE_FILE_MAX, Links::Follow)?
         .map(|b| parse_passwd(&String::from_utf8_lossy(&b)))
         .unwrap_or_default();
     let mut names = vec!["root".to_owned()];
@@ -545,6 +561,40 @@ mod tests {
             missing.starts_with("reading ") && missing.contains("/etc/nope: No such file"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn a_users_key_file_cannot_lead_root_elsewhere_or_hang_it() {
+        let dir = machine();
+        let root = dir.path();
+        let ops = IdentityOptions {
+            users: vec!["ops".into()],
+            ..Default::default()
+        };
+        let keys = inside(root, "/home/ops/.ssh/authorized_keys");
+        // A link to a file only root may read.
+        std::fs::remove_file(&keys).unwrap();
+        write(root, "/etc/shadow", "root:$6$secret:19000::::::\n");
+        symlink(inside(root, "/etc/shadow"), &keys).unwrap();
+        let err = gather(root, &ops).unwrap_err().to_string();
+        assert!(
+            err.contains("/home/ops/.ssh/authorized_keys: a symbolic link, not followed"),
+            "{err}"
+        );
+        // A FIFO nobody writes to: refused at once.
+        std::fs::remove_file(&keys).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = gather(root, &ops).unwrap_err().to_string();
+        assert!(err.contains("authorized_keys: not a regular file"), "{err}");
+        // Larger than any key file.
+        std::fs::remove_file(&keys).unwrap();
+        std::fs::write(&keys, vec![b'#'; 2 << 20]).unwrap();
+        let err = gather(root, &ops).unwrap_err().to_string();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
     }
 
     #[test]

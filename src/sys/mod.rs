@@ -4,6 +4,7 @@
 
 pub mod blockdev;
 pub mod command;
+pub mod files;
 pub mod kexec;
 pub mod power;
 pub mod terminal;
