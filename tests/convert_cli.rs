@@ -685,6 +685,102 @@ fn a_signed_image_is_checked_with_gpgv() {
     // A signature that verifies but a checksum that disagrees.
     let out = plan(&b.image, Some(&"1".repeat(64)));
     assert!(error_line(&out).contains("image checksum mismatch"));
+
+    // The signing key pinned: its own fingerprint passes, another is refused.
+    let listing = run(Command::new(tool("gpg", "gnupg"))
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--batch", "--with-colons", "--fingerprint"]));
+    let fpr = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .and_then(|l| l.split(':').find(|f| f.len() == 40))
+        .map(str::to_owned)
+        .expect("gpg lists the key's fingerprint");
+    let pinned = |pin: &str, keyring: &Path, sig: &Path| {
+        x2nestos(&[
+            "plan",
+            "-o",
+            "json",
+            "--disk",
+            &disk.dev,
+            "--image",
+            b.image.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+            "--keyring",
+            keyring.to_str().unwrap(),
+            "--fingerprint",
+            pin,
+            "--facts-root",
+            b.facts.to_str().unwrap(),
+        ])
+    };
+    let out = pinned(&fpr.to_lowercase(), &keyring, &sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = error_line(&pinned(&"AB".repeat(20), &keyring, &sig));
+    assert!(
+        line.contains(&format!(
+            "was made with key {fpr}, not the pinned --fingerprint {}",
+            "AB".repeat(20)
+        )),
+        "{line}"
+    );
+    // A key id is not a fingerprint: a command-line error.
+    let out = pinned("295C949DA3C197DC", &keyring, &sig);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not an OpenPGP fingerprint"), "{stderr}");
+
+    // A key that expired after it signed: gpgv itself exits 0 for it; refused.
+    gpg(&[
+        "--faked-system-time",
+        "20200101T000000!",
+        "--quick-gen-key",
+        "x2nestos old <old@example.org>",
+        "ed25519",
+        "sign",
+        "1d",
+    ]);
+    let old_keyring = b.path().join("old.gpg");
+    gpg(&[
+        "--output",
+        old_keyring.to_str().unwrap(),
+        "--export",
+        "old@example.org",
+    ]);
+    let old_sig = b.path().join("old.sig");
+    gpg(&[
+        "--faked-system-time",
+        "20200101T010000!",
+        "--local-user",
+        "old@example.org",
+        "--output",
+        old_sig.to_str().unwrap(),
+        "--detach-sign",
+        b.image.to_str().unwrap(),
+    ]);
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--signature",
+        old_sig.to_str().unwrap(),
+        "--keyring",
+        old_keyring.to_str().unwrap(),
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(line.contains("which has expired"), "{line}");
 }
 
 #[test]

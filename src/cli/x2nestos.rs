@@ -15,7 +15,7 @@ use super::{DocCommand, EXIT_CODES_HELP};
 use crate::convert::identity::IdentityOptions;
 use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
 use crate::convert::prepare::{self, Options};
-use crate::convert::source::{ImageSource, Source, Timeouts};
+use crate::convert::source::{Fingerprint, ImageSource, Source, Timeouts};
 use crate::convert::{install, jump};
 
 #[derive(Debug, Parser)]
@@ -89,6 +89,10 @@ pub struct PlanArgs {
     /// as `gpg --export` writes)
     #[arg(long, value_name = "FILE")]
     pub keyring: Option<PathBuf>,
+    /// The fingerprint of the key that must have made the signature (as `gpg --fingerprint`
+    /// prints it); any key of the keyring is accepted without it
+    #[arg(long, value_name = "HEX", requires = "signature", value_parser = Fingerprint::parse)]
+    pub fingerprint: Option<Fingerprint>,
     /// Write the image without verifying it (not recommended)
     #[arg(long)]
     pub insecure: bool,
@@ -131,6 +135,7 @@ impl PlanArgs {
             sha256: self.sha256.clone(),
             signature: self.signature.clone(),
             keyring: self.keyring.clone(),
+            fingerprint: self.fingerprint.clone(),
             insecure: self.insecure,
             stream: self.stream,
             ignition: self.ignition.clone(),

@@ -34,6 +34,8 @@ pub struct Options {
     pub sha256: Option<String>,
     pub signature: Option<String>,
     pub keyring: Option<PathBuf>,
+    /// The key the signature must be made with.
+    pub fingerprint: Option<source::Fingerprint>,
     pub insecure: bool,
     pub stream: bool,
     pub ignition: Option<PathBuf>,
@@ -178,8 +180,14 @@ fn gather_image(opts: &Options, disk: Option<&Disk>, cmdline: &str) -> ImageFact
             (Some(sig), Some(keyring)) => Some(
                 Source::parse(sig)
                     .and_then(|sig| {
-                        source::check_signature(source, &sig, keyring, opts.timeouts)
-                            .map_err(|e| e.to_string())
+                        source::check_signature(
+                            source,
+                            &sig,
+                            keyring,
+                            opts.fingerprint.as_ref(),
+                            opts.timeouts,
+                        )
+                        .map_err(|e| e.to_string())
                     })
                     .map_err(|e| ("signature", e)),
             ),
@@ -583,6 +591,7 @@ mod tests {
             sha256: Some(SHA.into()),
             signature: None,
             keyring: None,
+            fingerprint: None,
             insecure: false,
             stream: false,
             ignition: None,

@@ -20,7 +20,7 @@ use super::image::verify::HashingReader;
 mod gpgv;
 mod ranged;
 
-pub use gpgv::check_signature;
+pub use gpgv::{check_signature, Fingerprint};
 pub use ranged::RangedUrl;
 
 /// A file or an http(s) URL. In the plan it is the string [`Source::parse`] reads back: the
