@@ -206,10 +206,14 @@ fn load_live(
             let dest = work.join("live.iso");
             writeln!(out, "Fetching {url}…")?;
             let mut meter = Meter::stderr("live ISO", plan.image.compressed_bytes);
-            let (_, len) =
-                source::download(url, &dest, expected, prepared.timeouts, &mut |n, _| {
-                    meter.update(n)
-                })?;
+            let (_, len) = source::download(
+                url,
+                &dest,
+                expected,
+                plan.image.compressed_bytes,
+                prepared.timeouts,
+                &mut |n, _| meter.update(n),
+            )?;
             meter.finish(len);
             dest
         }
@@ -225,10 +229,14 @@ fn load_live(
     };
     let media_path = media_path.as_path();
     let media = Media::open(media_path)?;
+    // What boots comes from the verified copy only: its boot configuration read again must
+    // give the plan's entry, kernel, initramfs parts and kernel arguments exactly, or a mirror
+    // that answered the plan's range reads with other bytes than the download would choose
+    // the arguments.
     let boot = media.boot()?;
-    if boot.kernel != live.kernel || boot.initrd_parts(media.tree())? != live.initrds {
+    if let Some(what) = unplanned_boot(&boot, &boot.initrd_parts(media.tree())?, live) {
         bail!(
-            "the live image {} changed since it was planned; run x2nestos again",
+            "the live image {} does not boot as planned: its verified boot configuration gives another {what} than the one read while planning; nothing was loaded. Run x2nestos again, or use another mirror",
             media_path.display()
         );
     }
@@ -336,10 +344,14 @@ fn obtain_image(
             let dest = stage.join("image");
             writeln!(out, "Fetching {source}…")?;
             let mut meter = Meter::stderr("image", plan.image.compressed_bytes);
-            let (digest, len) =
-                source::download(source, &dest, expected, timeouts, &mut |n, _| {
-                    meter.update(n)
-                })?;
+            let (digest, len) = source::download(
+                source,
+                &dest,
+                expected,
+                plan.image.compressed_bytes,
+                timeouts,
+                &mut |n, _| meter.update(n),
+            )?;
             meter.finish(len);
             plan.image.sha256 = Some(digest.into());
             plan.image.carried = Some(CARRIED_IMAGE.into());
@@ -454,9 +466,98 @@ impl Workdir {
     }
 }
 
+/// What of the live plan the verified image's boot entry does not give (`None`: all of it).
+/// The plan's own additions — the install device and the console — are taken from the plan;
+/// everything else must come out of `boot`.
+fn unplanned_boot(
+    boot: &overlay::live::LiveBoot,
+    initrd_parts: &[String],
+    live: &PlannedLive,
+) -> Option<&'static str> {
+    let Ok(prefix) = boot.prefix() else {
+        return Some("installer prefix");
+    };
+    if boot.source != live.entry {
+        return Some("boot entry");
+    }
+    if prefix.as_str() != live.prefix {
+        return Some("installer prefix");
+    }
+    if boot.kernel != live.kernel {
+        return Some("kernel");
+    }
+    if initrd_parts != live.initrds {
+        return Some("initramfs");
+    }
+    let install_dev = format!("{}=", prefix.inst("install_dev"));
+    let at = live.args.iter().position(|a| a.starts_with(&install_dev));
+    let rebuilt = at.and_then(|i| {
+        boot.kexec_args(&live.args[i][install_dev.len()..], &live.args[i + 1..])
+            .ok()
+    });
+    (rebuilt.as_ref() != Some(&live.args)).then_some("kernel command line")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_image_boots_only_as_planned() {
+        use crate::convert::overlay::live::{read_live, Dir};
+        use crate::convert::preflight::Signature;
+        let tree =
+            Dir(Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/convert/live/nestos-iso"));
+        let boot = read_live(&tree).unwrap();
+        let parts = boot.initrd_parts(&tree).unwrap();
+        let console = vec!["console=ttyS0,115200".to_owned()];
+        let planned = PlannedLive {
+            entry: boot.source.clone(),
+            kernel: boot.kernel.clone(),
+            initrds: parts.clone(),
+            prefix: boot.prefix().unwrap().as_str().to_owned(),
+            args: boot
+                .kexec_args("/dev/disk/by-id/virtio-x", &console)
+                .unwrap(),
+            load_bytes: 1,
+            kernel_signature: Signature::Unsigned,
+        };
+        assert_eq!(unplanned_boot(&boot, &parts, &planned), None);
+
+        // The entry of the download carries an argument the planned one did not.
+        let mut swapped = boot.clone();
+        swapped.args.push("rd.break".into());
+        assert_eq!(
+            unplanned_boot(&swapped, &parts, &planned),
+            Some("kernel command line")
+        );
+        // Or the planned arguments were read from another entry than the download's.
+        let mut injected = planned.clone();
+        injected.args.insert(0, "init=/bin/sh".into());
+        assert_eq!(
+            unplanned_boot(&boot, &parts, &injected),
+            Some("kernel command line")
+        );
+        let mut other_kernel = boot.clone();
+        other_kernel.kernel = "images/other/vmlinuz".into();
+        assert_eq!(
+            unplanned_boot(&other_kernel, &parts, &planned),
+            Some("kernel")
+        );
+        assert_eq!(
+            unplanned_boot(&boot, &parts[..1], &planned),
+            Some("initramfs")
+        );
+        let mut no_install_dev = planned.clone();
+        no_install_dev
+            .args
+            .retain(|a| !a.starts_with("nestos.inst.install_dev="));
+        assert_eq!(
+            unplanned_boot(&boot, &parts, &no_install_dev),
+            Some("kernel command line")
+        );
+    }
     use crate::convert::plan::{PlannedDisk, PlannedImage, API_VERSION};
     use crate::convert::preflight::Finding;
 

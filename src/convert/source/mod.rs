@@ -177,10 +177,14 @@ pub struct Opened {
     pub length: Option<u64>,
 }
 
-fn agent(timeouts: Timeouts) -> ureq::Agent {
+/// The HTTP client for `url`. A URL that starts as https stays https: a redirect to plain
+/// http is refused (a checksum protects the image, but not what else is fetched by URL, and
+/// a downgraded connection tells every hop what is installed where).
+fn agent(url: &str, timeouts: Timeouts) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(timeouts.connect)
         .timeout_read(timeouts.stall)
+        .https_only(url.starts_with("https://"))
         .build()
 }
 
@@ -189,7 +193,7 @@ fn request(
     timeouts: Timeouts,
     range: Option<&str>,
 ) -> Result<ureq::Response, SourceError> {
-    let mut req = agent(timeouts).get(url);
+    let mut req = agent(url, timeouts).get(url);
     if let Some(range) = range {
         req = req.set("Range", range);
     }
@@ -360,11 +364,15 @@ fn read_error(source: &Source, e: io::Error) -> SourceError {
 }
 
 /// Copies the source into `dest` (created 0600), hashing on the way; when `expected` is
-/// given and differs, the file is removed and the mismatch reported.
+/// given and differs, the file is removed and the mismatch reported. With `planned`, the
+/// length the plan was made for, a source that sends more is cut off there and one that
+/// sends another length refused: a mirror cannot fill the disk or swap the file after the
+/// plan.
 pub fn download(
     source: &Source,
     dest: &Path,
     expected: Option<[u8; 32]>,
+    planned: Option<u64>,
     timeouts: Timeouts,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<([u8; 32], u64), SourceError> {
@@ -372,7 +380,11 @@ pub fn download(
     let length = opened.length;
     let result = (|| {
         let mut out = create_private(dest).map_err(|e| write_error(dest, e))?;
-        let mut reader = HashingReader::new(opened.reader);
+        let limited: Box<dyn Read + Send> = match planned {
+            Some(n) => Box::new(opened.reader.take(n + 1)),
+            None => opened.reader,
+        };
+        let mut reader = HashingReader::new(limited);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buf).map_err(|e| read_error(source, e))?;
@@ -384,6 +396,16 @@ pub fn download(
         }
         out.sync_all().map_err(|e| write_error(dest, e))?;
         let (digest, len) = reader.finish().map_err(|e| read_error(source, e))?;
+        if let Some(planned) = planned.filter(|&p| p != len) {
+            let sent = if len > planned {
+                "more than".to_owned()
+            } else {
+                format!("{len} bytes, not")
+            };
+            return Err(SourceError::Said(format!(
+                "{source}: the server sent {sent} the {planned} bytes planned; the file changed on the mirror since the plan, or the mirror is not to be trusted: run x2nestos again"
+            )));
+        }
         check_digest(expected, digest)?;
         Ok((digest, len))
     })();
@@ -471,9 +493,14 @@ mod tests {
         assert_eq!(probed.image_bytes, Some(3 << 20));
         let dest = dir.path().join("copy");
         let mut seen = 0;
-        let (sum, len) = download(&source, &dest, None, Timeouts::default(), &mut |n, _| {
-            seen = n
-        })
+        let (sum, len) = download(
+            &source,
+            &dest,
+            None,
+            Some(3 << 20),
+            Timeouts::default(),
+            &mut |n, _| seen = n,
+        )
         .unwrap();
         assert_eq!((len, seen), (3 << 20, 3 << 20));
         assert_eq!(sum, digest_of(&dest));
@@ -491,6 +518,7 @@ mod tests {
             &source,
             &dest,
             Some([0; 32]),
+            None,
             Timeouts::default(),
             &mut |_, _| {},
         )
@@ -502,12 +530,45 @@ mod tests {
         );
         assert!(!dest.exists(), "a failed download leaves no file");
 
+        // Longer or shorter than planned: refused, nothing left behind, the longer one cut
+        // off at the plan's length.
+        for planned in [(3 << 20) - 1, (3 << 20) + 1] {
+            let mut seen = 0;
+            let err = download(
+                &source,
+                &dest,
+                Some(sum),
+                Some(planned),
+                Timeouts::default(),
+                &mut |n, _| seen = n,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("the {planned} bytes planned")),
+                "{err}"
+            );
+            assert!(seen <= planned + 1, "read {seen} of a {planned}-byte plan");
+            assert!(!dest.exists());
+        }
+
         let missing = Source::File(dir.path().join("nope.raw.xz"));
         let err = probe(&missing, Timeouts::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.raw.xz: No such file"), "{err}");
         assert!(err.ends_with("(.raw, .raw.xz, .raw.gz, .raw.zst)"), "{err}");
+    }
+
+    #[test]
+    fn an_https_url_is_never_fetched_over_plain_http() {
+        // The same check ureq makes on every redirect target once the first URL was https.
+        let err = agent("https://mirror.example/x", Timeouts::default())
+            .get("http://127.0.0.1:9/x")
+            .call()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https_only"), "{err}");
     }
 
     fn digest_of(path: &Path) -> [u8; 32] {

@@ -63,7 +63,10 @@ fn fetch_block(
         .header("Content-Range")
         .and_then(parse_content_range)
         .filter(|_| resp.status() == 206);
-    let Some((first, last, total)) = said.filter(|&(first, ..)| first == start) else {
+    // The block asked for, no more: a server's Content-Range sizes the buffer below.
+    let Some((first, last, total)) =
+        said.filter(|&(first, last, _)| first == start && last - first < RANGE_BLOCK)
+    else {
         return Err(SourceError::Said(format!(
             "GET {}: the server does not answer range requests (206 with Content-Range), which reading the image in place needs; download it and give its path",
             url
