@@ -304,3 +304,76 @@ fn ignition_validate_accepts_a_gathered_identity_with_its_network() {
         assert!(ok, "{case}: ignition-validate rejected: {text}\n{config}");
     }
 }
+
+/// `x2nestos convert`'s work directory under a world-writable, sticky parent (as /var/tmp)
+/// while an unprivileged user keeps planting a directory and links at its path: every attempt
+/// either makes a private directory of root's or is refused with the reason, and no link is
+/// ever followed.
+#[test]
+fn the_work_directory_cannot_be_raced_by_another_user() {
+    use housekeeper::convert::workdir;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let setpriv = tool("setpriv", "util-linux");
+    let top = tempfile::tempdir().unwrap();
+    let shared = top.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // What a link would lead a root process into.
+    let target = top.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let work = shared.join("x2nestos");
+
+    // The other user, as nobody: a link, then a directory of its own, again and again.
+    let mut racer = Command::new(&setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c"])
+        .arg(format!(
+            "end=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $end ]; do \
+             ln -s {t} {w} 2>/dev/null; rm -f {w} 2>/dev/null; mkdir {w} 2>/dev/null; \
+             rmdir {w} 2>/dev/null; done",
+            t = target.display(),
+            w = work.display()
+        ))
+        .spawn()
+        .unwrap();
+    let (mut made, mut refused) = (0, 0);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        match workdir::create(&work, 0) {
+            Ok(path) => {
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                assert!(meta.file_type().is_dir() && meta.uid() == 0);
+                assert_eq!(meta.mode() & 0o777, 0o700);
+                std::fs::write(path.join("plan.json"), "{}").unwrap();
+                std::fs::remove_dir_all(&path).unwrap();
+                made += 1;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.starts_with(&format!("the work directory {}: ", work.display())),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "something was written through a link"
+        );
+    }
+    let _ = racer.kill();
+    let _ = racer.wait();
+    assert!(made + refused > 0);
+    eprintln!("made {made}, refused {refused}");
+
+    // A parent every user may write without the sticky bit: refused before anything is made.
+    let open = top.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = workdir::create(&open.join("w"), 0).unwrap_err().to_string();
+    assert!(err.contains("without the sticky bit"), "{err}");
+    assert!(!open.join("w").exists());
+}

@@ -24,6 +24,7 @@ use super::preflight::Severity;
 use super::prepare::{self, Options, Prepared};
 use super::progress::Meter;
 use super::source;
+use super::workdir;
 use crate::sys::command::Cmd;
 use crate::sys::kexec::{self, Context, Method};
 use crate::sys::power::{self, Restart};
@@ -440,24 +441,16 @@ fn unload(method: Method, ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The work directory: created fresh (0700), removed after a dry run.
+/// The work directory: made fresh and private ([`workdir::create`]), removed after a dry run
+/// or a failure.
 struct Workdir {
     path: PathBuf,
 }
 
 impl Workdir {
     fn create(path: &Path) -> anyhow::Result<Workdir> {
-        if path.exists() {
-            fs::remove_dir_all(path)
-                .with_context(|| format!("removing the old {}", path.display()))?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
         Ok(Workdir {
-            path: path.to_owned(),
+            path: workdir::create(path, crate::sys::euid())?,
         })
     }
 

@@ -42,3 +42,4 @@ pub mod prepare;
 pub mod progress;
 pub mod source;
 pub mod sshkeys;
+pub mod workdir;

@@ -378,8 +378,8 @@ pub fn download(
 ) -> Result<([u8; 32], u64), SourceError> {
     let opened = open(source, timeouts)?;
     let length = opened.length;
+    let mut out = create_private(dest).map_err(|e| write_error(dest, e))?;
     let result = (|| {
-        let mut out = create_private(dest).map_err(|e| write_error(dest, e))?;
         let limited: Box<dyn Read + Send> = match planned {
             Some(n) => Box::new(opened.reader.take(n + 1)),
             None => opened.reader,
@@ -434,12 +434,13 @@ pub fn check_digest(expected: Option<[u8; 32]>, actual: [u8; 32]) -> Result<(), 
     }
 }
 
+/// A new file only its owner may read; an existing file or link at the path is an error
+/// (O_CREAT | O_EXCL never follows a link).
 fn create_private(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
 }
@@ -514,6 +515,7 @@ mod tests {
             digest_of(&dest)
         );
 
+        fs::remove_file(&dest).unwrap();
         let err = download(
             &source,
             &dest,
@@ -529,6 +531,23 @@ mod tests {
             "{err}"
         );
         assert!(!dest.exists(), "a failed download leaves no file");
+
+        // Something already at the destination (a file, a link) is neither followed nor
+        // removed.
+        fs::write(&dest, "someone else's").unwrap();
+        let err = download(
+            &source,
+            &dest,
+            None,
+            None,
+            Timeouts::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exists"), "{err}");
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "someone else's");
+        fs::remove_file(&dest).unwrap();
 
         // Longer or shorter than planned: refused, nothing left behind, the longer one cut
         // off at the plan's length.
