@@ -908,8 +908,19 @@ fn install_writes_the_image_and_the_ignition_config_onto_a_loop_device() {
         "{log}"
     );
 
-    // Run again: the installer is re-runnable and gives the same disk.
-    let first = disk.digest();
+    // Run again, over a disk whose image was damaged meanwhile (as a first run that failed
+    // after its first write leaves it): the installer is re-runnable and writes the same
+    // image again — the first MiB and the root partition byte for byte.
+    {
+        use std::os::unix::fs::FileExt as _;
+        let dev = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk.dev)
+            .unwrap();
+        dev.write_all_at(&[0xAA; 4096], 0).unwrap();
+        dev.write_all_at(&[0x55; 4096], 20 * MIB).unwrap();
+        dev.sync_all().unwrap();
+    }
     let out = x2nestos(&[
         "install",
         "--plan",
@@ -923,7 +934,19 @@ fn install_writes_the_image_and_the_ignition_config_onto_a_loop_device() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_eq!(disk.digest().len(), first.len());
+    let mut again = vec![0u8; raw.len()];
+    std::fs::File::open(&disk.dev)
+        .unwrap()
+        .read_exact(&mut again)
+        .unwrap();
+    assert!(
+        again[..MIB as usize] == raw[..MIB as usize],
+        "first MiB after a re-run"
+    );
+    assert!(
+        again[17 * MIB as usize..] == raw[17 * MIB as usize..],
+        "the root partition after a re-run"
+    );
 }
 
 #[test]

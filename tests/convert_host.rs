@@ -327,7 +327,14 @@ fn the_work_directory_cannot_be_raced_by_another_user() {
 
     // The other user, as nobody: a link, then a directory of its own, again and again.
     let mut racer = Command::new(&setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+        ])
         .arg(format!(
             "end=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $end ]; do \
              ln -s {t} {w} 2>/dev/null; rm -f {w} 2>/dev/null; mkdir {w} 2>/dev/null; \
