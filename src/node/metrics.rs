@@ -7,11 +7,27 @@
 //! - `hkd_last_success_timestamp_seconds`: when an upgrade last ended done.
 //!
 //! The server answers every request with the whole text and closes: a scrape is one request.
+//! Anyone who can reach the address can connect, so no client can hold it: each is answered
+//! on a thread of its own (at most [`MAX_CLIENTS`] at once; more are closed at once, and a
+//! scraper retries), its request line must arrive whole within [`REQUEST_DEADLINE`] and
+//! [`MAX_REQUEST_LINE`] bytes, and the answer is abandoned when the client stops reading for
+//! [`WRITE_TIMEOUT`]. A client that connects and says nothing, or trickles bytes, ends on its
+//! own without delaying the next scrape.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Clients answered at once: a scraper or two, and room for an admin's curl.
+pub const MAX_CLIENTS: usize = 8;
+/// How long a client has to send its whole request line.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request line read ("GET /metrics HTTP/1.1" is 21 bytes).
+pub const MAX_REQUEST_LINE: usize = 1024;
+/// How long an answer waits for a client that stopped reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 use prometheus_client::encoding::{text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -137,18 +153,32 @@ impl Metrics {
     }
 
     /// Serves the text on `listener` until it fails. Blocks: run it on its own thread.
-    pub fn serve(&self, listener: TcpListener) {
+    pub fn serve(self: Arc<Self>, listener: TcpListener) {
+        let clients = Arc::new(AtomicUsize::new(0));
         for stream in listener.incoming().flatten() {
-            if let Err(e) = self.answer(stream) {
-                tracing::debug!("metrics client: {e}");
+            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                clients.fetch_sub(1, Ordering::SeqCst);
+                tracing::debug!("metrics client refused: {MAX_CLIENTS} already being answered");
+                continue; // dropped: closed at once
+            }
+            let (metrics, count) = (self.clone(), clients.clone());
+            let spawned = std::thread::Builder::new()
+                .name("metrics-client".into())
+                .spawn(move || {
+                    if let Err(e) = metrics.answer(stream) {
+                        tracing::debug!("metrics client: {e}");
+                    }
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                clients.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
     fn answer(&self, stream: TcpStream) -> std::io::Result<()> {
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = String::new();
-        BufReader::new(&stream).read_line(&mut request)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let request = read_request_line(&stream, Instant::now() + REQUEST_DEADLINE)?;
         let body = self.render();
         let head = if request.starts_with("GET /metrics ") || request.starts_with("GET / ") {
             format!(
@@ -156,12 +186,64 @@ impl Metrics {
                 body.len()
             )
         } else {
-            return (&stream).write_all(
+            (&stream).write_all(
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            )?;
+            drain(&stream);
+            return Ok(());
         };
         (&stream).write_all(head.as_bytes())?;
-        (&stream).write_all(body.as_bytes())
+        (&stream).write_all(body.as_bytes())?;
+        drain(&stream);
+        Ok(())
+    }
+}
+
+/// The request's first line: whole before `deadline` and within [`MAX_REQUEST_LINE`] bytes,
+/// else an error (the connection is then dropped). Read in chunks, so the headers that came
+/// with it are consumed too (unread input would make the close a reset that loses the
+/// answer); what comes after the first chunk holding the line is left to [`drain`].
+fn read_request_line(mut stream: &TcpStream, deadline: Instant) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let mut got = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = got.iter().position(|&b| b == b'\n') {
+            got.truncate(end);
+            break;
+        }
+        if got.len() > MAX_REQUEST_LINE {
+            return Err(Error::new(ErrorKind::InvalidData, "request line too long"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorKind::TimedOut,
+                "no whole request line in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// After the answer: the rest of what the client sent, read and dropped (at most 64 KiB,
+/// for at most half a second), so that closing does not reset the connection under the
+/// answer it is still reading.
+fn drain(mut stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 64 << 10 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
     }
 }
 
@@ -231,6 +313,65 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
+
+    /// A scrape's answer, or the error that ended it.
+    fn scrape(address: SocketAddr) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    }
+
+    #[test]
+    fn silent_slow_and_greedy_clients_do_not_hold_the_endpoint() {
+        let m = std::sync::Arc::new(Metrics::new());
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || m.serve(listener));
+
+        // Clients that connect and say nothing, one fewer than the limit: a scrape beside
+        // them is answered at once.
+        let silent: Vec<TcpStream> = (0..MAX_CLIENTS - 1)
+            .map(|_| TcpStream::connect(address).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert!(scrape(address).unwrap().starts_with("HTTP/1.1 200 OK"));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+
+        // A client trickling one byte at a time is cut off at the deadline.
+        let mut slow = TcpStream::connect(address).unwrap();
+        let t0 = Instant::now();
+        let mut cut = false;
+        for _ in 0..40 {
+            if slow.write_all(b"G").is_err() {
+                cut = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(cut, "a trickling client was kept for {:?}", t0.elapsed());
+        assert!(t0.elapsed() < REQUEST_DEADLINE + Duration::from_secs(2));
+
+        // A request line longer than any real one: dropped without an answer.
+        let mut greedy = TcpStream::connect(address).unwrap();
+        let _ = greedy.write_all(&vec![b'A'; 4 * MAX_REQUEST_LINE]);
+        let mut answer = Vec::new();
+        let _ = greedy.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+        // The silent ones are gone by now too: the whole limit is free again.
+        drop(silent);
+        std::thread::sleep(REQUEST_DEADLINE);
+        let answers: Vec<_> = (0..MAX_CLIENTS)
+            .map(|_| std::thread::spawn(move || scrape(address)))
+            .collect();
+        for a in answers {
+            assert!(a.join().unwrap().unwrap().starts_with("HTTP/1.1 200 OK"));
+        }
     }
 
     #[test]
