@@ -1047,6 +1047,24 @@ async fn invalid_updates_halt_with_why_and_leave_the_nodes_alone() -> Result<()>
         "an agent died: {:?}",
         sim.starts()
     );
+    // A node that follows its cluster refuses a local upgrade request: it could otherwise
+    // ride a cluster grant.
+    for (n, _) in rig.views().await? {
+        let target = housekeeper::image_ref::ImageRef::parse_any(V2)?;
+        let answer = housekeeper::node::socket::request(
+            &sim.socket(&n),
+            &housekeeper::node::socket::Request::Upgrade { target },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            !answer.ok
+                && answer
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("follows its cluster's Update")),
+            "{n} took a local upgrade: {answer:?}"
+        );
+    }
     Ok(())
 }
 

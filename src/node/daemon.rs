@@ -116,10 +116,13 @@ pub fn run_with(
     };
     let (agent, first) = Agent::start(parts).context("starting the node agent")?;
     let shared = agent.shared();
+    // A node that follows its cluster takes upgrades from its Update only: a local request
+    // could otherwise ride a cluster grant.
+    let standalone = starter.is_none();
     if let Some(starter) = starter {
         starter.start(agent.machine().clone(), shared.clone());
     }
-    let server = Server::bind(socket, shared.clone(), events.clone(), true)
+    let server = Server::bind(socket, shared.clone(), events.clone(), standalone)
         .with_context(|| format!("listening on {}", socket.display()))?;
     thread::Builder::new()
         .name("socket".into())

@@ -269,6 +269,11 @@ retry = "1s"
             .collect()
     }
 
+    /// The local socket of node `name`'s hkd.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("hkd.sock")
+    }
+
     pub fn host(&self, name: &str) -> SimHost {
         SimHost {
             dir: self.root.join(name),
