@@ -697,8 +697,8 @@ fn a_signed_image_is_checked_with_gpgv() {
         .and_then(|l| l.split(':').find(|f| f.len() == 40))
         .map(str::to_owned)
         .expect("gpg lists the key's fingerprint");
-    let pinned = |pin: &str, keyring: &Path, sig: &Path| {
-        x2nestos(&[
+    let signed = |keyring: &Path, sig: &Path, extra: &[&str]| {
+        let mut args = vec![
             "plan",
             "-o",
             "json",
@@ -710,19 +710,20 @@ fn a_signed_image_is_checked_with_gpgv() {
             sig.to_str().unwrap(),
             "--keyring",
             keyring.to_str().unwrap(),
-            "--fingerprint",
-            pin,
             "--facts-root",
             b.facts.to_str().unwrap(),
-        ])
+        ];
+        args.extend(extra);
+        x2nestos(&args)
     };
-    let out = pinned(&fpr.to_lowercase(), &keyring, &sig);
+    let pinned = |pin: &str| signed(&keyring, &sig, &["--fingerprint", pin]);
+    let out = pinned(&fpr.to_lowercase());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = error_line(&pinned(&"AB".repeat(20), &keyring, &sig));
+    let line = error_line(&pinned(&"AB".repeat(20)));
     assert!(
         line.contains(&format!(
             "was made with key {fpr}, not the pinned --fingerprint {}",
@@ -731,7 +732,7 @@ fn a_signed_image_is_checked_with_gpgv() {
         "{line}"
     );
     // A key id is not a fingerprint: a command-line error.
-    let out = pinned("295C949DA3C197DC", &keyring, &sig);
+    let out = pinned("295C949DA3C197DC");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not an OpenPGP fingerprint"), "{stderr}");
@@ -764,21 +765,7 @@ fn a_signed_image_is_checked_with_gpgv() {
         "--detach-sign",
         b.image.to_str().unwrap(),
     ]);
-    let out = x2nestos(&[
-        "plan",
-        "-o",
-        "json",
-        "--disk",
-        &disk.dev,
-        "--image",
-        b.image.to_str().unwrap(),
-        "--signature",
-        old_sig.to_str().unwrap(),
-        "--keyring",
-        old_keyring.to_str().unwrap(),
-        "--facts-root",
-        b.facts.to_str().unwrap(),
-    ]);
+    let out = signed(&old_keyring, &old_sig, &[]);
     let line = error_line(&out);
     assert!(line.contains("which has expired"), "{line}");
 }
