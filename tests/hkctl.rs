@@ -1,5 +1,5 @@
 //! `hkctl` as an admin runs it, against the real API server (kube-apiserver v1.20.2 from
-//! `support`): install twice, every bad input of upgrade, status output (JSON golden), pause,
+//! `support`): install twice (the coordinator's and a node's credential), every bad input of upgrade, status output (JSON golden), pause,
 //! resume and abort changing what a real coordinator does, uninstall refused during a
 //! rollout, a user without rights told what is missing, node history.
 //!
@@ -40,40 +40,48 @@ async fn install_twice_changes_nothing_the_second_time() -> Result<()> {
     let env = TestEnv::new("hkctl-install").await?;
     let admin = sim::admin_kubeconfig(env.cluster);
     let dir = tempfile::tempdir()?;
-    let node_kc = dir.path().join("hkd.kubeconfig");
-    let kc = node_kc.to_str().context("path")?;
-    let first = hkctl_with(&admin, &["install", "--node-kubeconfig", kc])
-        .await?
-        .ok()?;
+    let creds = dir.path().join("hkd-credentials");
+    let kc = creds.to_str().context("path")?;
+    // A node of this test's own: the run's other tests register Nodes of theirs meanwhile.
+    let node = env.unique("n1");
+    let args = ["install", "--credentials-dir", kc, "--node", &node];
+    let first = hkctl_with(&admin, &args).await?.ok()?;
     for kind in [
-        "CustomResourceDefinition updates.housekeeper.io",
-        "Namespace housekeeper-system",
-        "ServiceAccount housekeeper-system/hkd",
-        "ClusterRole housekeeper-hkd",
-        "ClusterRoleBinding housekeeper-hkd",
-        "Role housekeeper-system/housekeeper-hkd",
-        "RoleBinding default/housekeeper-hkd",
+        "CustomResourceDefinition updates.housekeeper.io".to_owned(),
+        "Namespace housekeeper-system".to_owned(),
+        "ServiceAccount housekeeper-system/hkd-coordinator".to_owned(),
+        "ClusterRole housekeeper-coordinator".to_owned(),
+        "ClusterRoleBinding housekeeper-coordinator".to_owned(),
+        "Role housekeeper-system/housekeeper-coordinator".to_owned(),
+        "RoleBinding default/housekeeper-coordinator".to_owned(),
+        "Role housekeeper-system/housekeeper-node".to_owned(),
+        "RoleBinding housekeeper-system/housekeeper-node".to_owned(),
+        format!("ServiceAccount housekeeper-system/hkd-node-{node}"),
+        format!("ClusterRole hkd-node-{node}"),
+        format!("ClusterRoleBinding hkd-node-{node}"),
     ] {
         ensure!(
-            first.stdout.contains(kind),
+            first.stdout.contains(&kind),
             "{kind} missing:\n{}",
             first.stdout
         );
     }
     ensure!(
-        first.stdout.contains("written (token valid until"),
+        first.stdout.matches("written (token valid until").count() == 2,
         "{}",
         first.stdout
     );
-    let mode = std::fs::metadata(&node_kc)?.permissions().mode() & 0o777;
-    ensure!(mode == 0o600, "hkd's kubeconfig has mode {mode:o}");
+    let node_kc = creds.join(format!("nodes/{node}.kubeconfig"));
+    for f in [&node_kc, &creds.join("coordinator.kubeconfig")] {
+        let mode = std::fs::metadata(f)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "{} has mode {mode:o}", f.display());
+    }
 
-    let second = hkctl_with(&admin, &["install", "--node-kubeconfig", kc])
-        .await?
-        .ok()?;
+    let second = hkctl_with(&admin, &args).await?.ok()?;
     let lines: Vec<&str> = second.stdout.lines().collect();
-    ensure!(lines.len() == 11, "{}", second.stdout);
-    for l in &lines[..10] {
+    // The CRD, 10 cluster-wide objects, the node's 3, 2 kubeconfigs, the summary.
+    ensure!(lines.len() == 17, "{}", second.stdout);
+    for l in &lines[..16] {
         ensure!(
             l.contains(" unchanged"),
             "changed on the second run: {l}\n{}",
@@ -81,12 +89,13 @@ async fn install_twice_changes_nothing_the_second_time() -> Result<()> {
         );
     }
     ensure!(
-        lines[10].starts_with("nothing changed"),
+        lines[16].starts_with("nothing changed"),
         "{}",
         second.stdout
     );
 
-    // The kubeconfig works for hkd, within its rules and not beyond them.
+    // The node's kubeconfig acts as that node (the Node authorizer): it may list Nodes, and
+    // nothing beyond a kubelet's rights.
     let hkd = client_from_kubeconfig_file(&node_kc).await?;
     Api::<Node>::all(hkd.clone())
         .list(&ListParams::default().limit(1))
@@ -99,34 +108,41 @@ async fn install_twice_changes_nothing_the_second_time() -> Result<()> {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
         other => anyhow::bail!("hkd may list Secrets: {other:?}"),
     }
-    // A rotation issues a new token, and a changed object is put back (a label: other tests
+    // A rotation issues new tokens, and a changed object is put back (a label: other tests
     // of this run use the rules at the same time).
     let rotated = hkctl_with(
         &admin,
-        &["install", "--node-kubeconfig", kc, "--rotate-token"],
+        &[
+            "install",
+            "--credentials-dir",
+            kc,
+            "--node",
+            &node,
+            "--rotate-token",
+        ],
     )
     .await?
     .ok()?;
-    ensure!(rotated.stdout.contains("written"), "{}", rotated.stdout);
+    ensure!(
+        rotated.stdout.matches(" written").count() == 2,
+        "{}",
+        rotated.stdout
+    );
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
         env.admin.clone(),
         "housekeeper-system",
     )
     .patch(
-        rbac::SERVICE_ACCOUNT,
+        rbac::COORDINATOR_SERVICE_ACCOUNT,
         &PatchParams::default(),
         &Patch::Merge(json!({"metadata": {"labels": {rbac::PART_OF.0: null}}})),
     )
     .await?;
-    let repaired = hkctl_with(&admin, &["install", "--node-kubeconfig", kc])
-        .await?
-        .ok()?;
+    let repaired = hkctl_with(&admin, &args).await?.ok()?;
     ensure!(
-        repaired
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("ServiceAccount housekeeper-system/hkd")
-                && l.ends_with("updated")),
+        repaired.stdout.lines().any(|l| l
+            .starts_with("ServiceAccount housekeeper-system/hkd-coordinator")
+            && l.ends_with("updated")),
         "{}",
         repaired.stdout
     );
@@ -134,6 +150,13 @@ async fn install_twice_changes_nothing_the_second_time() -> Result<()> {
         repaired.stdout.contains("installed: 1 change(s)"),
         "{}",
         repaired.stdout
+    );
+    // A credentials directory others may write is refused before anything is written.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o777))?;
+    let out = hkctl_with(&admin, &args).await?;
+    ensure!(
+        out.code == 1 && one_line(&out.stderr) && out.stderr.contains("writable by other users"),
+        "{out:?}"
     );
     Ok(())
 }
@@ -147,17 +170,33 @@ async fn install_dry_run_prints_the_manifests_without_a_cluster() -> Result<()> 
     .await?
     .ok()?;
     ensure!(out.stdout.contains("kind: \"CustomResourceDefinition\""));
-    ensure!(out
-        .stdout
-        .contains(&rbac::yaml()[rbac::yaml().find("---").unwrap_or(0)..]));
+    let yaml = rbac::yaml();
+    ensure!(out.stdout.contains(&yaml[yaml.find("---").unwrap_or(0)..]));
+    ensure!(
+        out.stdout
+            .contains("# Per-node objects are NOT included: the Nodes could not be listed"),
+        "{}",
+        out.stdout
+    );
     let json = hkctl_with(
         std::path::Path::new("/nonexistent"),
-        &["install", "--dry-run", "-o", "json"],
+        &[
+            "install",
+            "--dry-run",
+            "-o",
+            "json",
+            "--node",
+            "n1",
+            "--node",
+            "n2",
+        ],
     )
     .await?
     .ok()?;
     let v: serde_json::Value = serde_json::from_str(&json.stdout)?;
-    ensure!(v["kind"] == "List" && v["items"].as_array().map(Vec::len) == Some(9));
+    // The CRD, 10 cluster-wide objects, 3 for each node.
+    ensure!(v["kind"] == "List" && v["items"].as_array().map(Vec::len) == Some(17));
+    ensure!(json.stdout.contains("\"hkd-node-n2\""));
     Ok(())
 }
 
@@ -179,10 +218,16 @@ async fn a_user_without_rights_is_told_which_permission_is_missing() -> Result<(
             support::local::LIMITED_USER,
         ),
     )?;
-    let node_kc = dir.path().join("hkd.kubeconfig");
+    let creds = dir.path().join("hkd-credentials");
     let out = hkctl_with(
         &kc,
-        &["install", "--node-kubeconfig", node_kc.to_str().unwrap()],
+        &[
+            "install",
+            "--credentials-dir",
+            creds.to_str().unwrap(),
+            "--node",
+            "n1",
+        ],
     )
     .await?;
     ensure!(out.code == 1, "{out:?}");
@@ -200,7 +245,7 @@ async fn a_user_without_rights_is_told_which_permission_is_missing() -> Result<(
             out.stderr
         );
     }
-    ensure!(!node_kc.exists(), "a kubeconfig was written");
+    ensure!(!creds.exists(), "a credentials directory was made");
     // Reading a rollout without the right to: the server's words, on one line.
     let out = hkctl_with(&kc, &["-n", &env.ns, "status"]).await?;
     ensure!(out.code == 1 && one_line(&out.stderr), "{out:?}");
@@ -743,13 +788,26 @@ async fn uninstall_is_refused_during_a_rollout() -> Result<()> {
         .await?
         .ok()?;
     let lines: Vec<&str> = dry.stdout.lines().collect();
+    // The nodes' own objects (as many as the run's tests made), then the 11 of install.
+    let shared: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.contains(" hkd-node-") && !l.contains("/hkd-node-"))
+        .collect();
     ensure!(
-        lines.len() == 9 && lines.iter().all(|l| l.ends_with("would be deleted")),
+        shared.len() == 11 && lines.iter().all(|l| l.ends_with("would be deleted")),
+        "{}",
+        dry.stdout
+    );
+    let first_shared = lines.iter().position(|l| l == shared[0]).unwrap_or(0);
+    ensure!(
+        lines[..first_shared]
+            .iter()
+            .all(|l| l.contains("hkd-node-")),
         "{}",
         dry.stdout
     );
     ensure!(
-        lines[8].starts_with("CustomResourceDefinition"),
+        lines[lines.len() - 1].starts_with("CustomResourceDefinition"),
         "{}",
         dry.stdout
     );

@@ -52,8 +52,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Install the CRD, namespace, RBAC and hkd's ServiceAccount; write hkd's kubeconfig
+    /// Install the CRD, namespace and RBAC; issue the coordinator's and each node's credential
     Install(InstallArgs),
+    /// Revoke one node's credential (its ServiceAccount and role); other nodes keep theirs
+    Revoke(RevokeArgs),
     /// Remove what install applied (refused while a rollout is in progress)
     Uninstall(UninstallArgs),
     /// Start a rollout to an image, or change the running one
@@ -80,21 +82,31 @@ pub struct InstallArgs {
     /// The format of --dry-run's manifests
     #[arg(short, long, value_enum, default_value_t = install::Format::Yaml)]
     pub output: install::Format,
-    /// Where to write the kubeconfig for hkd on the nodes
-    #[arg(long, value_name = "FILE", default_value = "hkd.kubeconfig")]
-    pub node_kubeconfig: PathBuf,
-    /// Do not write a kubeconfig for hkd
-    #[arg(long, conflicts_with = "node_kubeconfig")]
-    pub no_node_kubeconfig: bool,
+    /// Where to write the kubeconfigs (nodes/NODE.kubeconfig, coordinator.kubeconfig)
+    #[arg(long, value_name = "DIR", default_value = "hkd-credentials")]
+    pub credentials_dir: PathBuf,
+    /// Write no kubeconfig (the objects are still applied)
+    #[arg(long, conflicts_with = "credentials_dir")]
+    pub no_credentials: bool,
+    /// Issue a credential for this Node only, repeatable (default: every Node)
+    #[arg(long = "node", value_name = "NAME", value_parser = parse_node_name)]
+    pub nodes: Vec<String>,
     /// The API server URL as the nodes reach it (default: this kubeconfig's)
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// How long hkd's token is valid
+    /// How long each token is valid
     #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = humantime::parse_duration)]
     pub token_ttl: Duration,
     /// Issue a new token even if the kubeconfig's is still good
     #[arg(long)]
     pub rotate_token: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The Node whose credential is revoked
+    #[arg(value_parser = parse_node_name)]
+    pub node: String,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +190,10 @@ pub struct NodeArgs {
     pub name: String,
 }
 
+fn parse_node_name(s: &str) -> Result<String, String> {
+    crate::cluster::rbac::check_node_name(s).map(|()| s.to_owned())
+}
+
 fn parse_selector(
     s: &str,
 ) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, String> {
@@ -228,31 +244,37 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Command::Doc(doc) = cli.command {
         return doc.run::<Cli>(out);
     }
-    if let Command::Install(a) = &cli.command {
-        if a.dry_run {
-            return install::print_manifests(a.output, out);
-        }
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Command::Install(a) = &cli.command {
+        if a.dry_run {
+            // Works without a cluster: the per-node objects then say they are left out.
+            let nodes = rt.block_on(install::dry_run_nodes(&target(&cli), &a.nodes));
+            return install::print_manifests(a.output, &nodes, out);
+        }
+    }
     rt.block_on(dispatch(cli, out))
 }
 
-async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
-    let target = ctl::ClusterTarget {
+fn target(cli: &Cli) -> ctl::ClusterTarget {
+    ctl::ClusterTarget {
         kubeconfig: cli.kubeconfig.clone(),
         context: cli.context.clone(),
         namespace: cli.namespace.clone(),
-    };
-    let ctx = ctl::connect(&target).await?;
+    }
+}
+
+async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let ctx = ctl::connect(&target(&cli)).await?;
     let name = cli.update.as_deref();
     let term = ctl::stdout_term();
     match cli.command {
         Command::Install(a) => {
             let opts = install::InstallOptions {
-                kubeconfig_out: (!a.no_node_kubeconfig).then_some(a.node_kubeconfig),
+                credentials_dir: (!a.no_credentials).then_some(a.credentials_dir),
+                nodes: a.nodes,
                 server: a.server,
                 token_ttl: a.token_ttl,
                 rotate_token: a.rotate_token,
@@ -260,6 +282,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             install::install(&ctx, &opts, out).await
         }
+        Command::Revoke(a) => install::revoke(&ctx, &a.node, out).await,
         Command::Uninstall(a) => {
             let opts = install::UninstallOptions {
                 force: a.force,
@@ -359,6 +382,8 @@ mod tests {
             &["status", "--frobnicate"][..],
             &["upgrade", "--selector", "a in (b"][..],
             &["status", "-o", "xml"][..],
+            &["revoke", "../etc"][..],
+            &["install", "--node", "a/b"][..],
         ] {
             let e = parse(args).unwrap_err();
             let line = usage_line(&e.to_string());

@@ -300,7 +300,10 @@ async fn start(bins: &Binaries, dir: &Path, pgid: u32) -> Result<LocalCluster> {
         format!("--tls-private-key-file={}", p(&certs.serving_key)),
         format!("--client-ca-file={}", p(&certs.ca_cert)),
         format!("--token-auth-file={}", p(&tokens_file)),
-        "--authorization-mode=RBAC".into(),
+        "--authorization-mode=Node,RBAC".into(),
+        // What per-node identities rely on: a node may change only its own Node (not its
+        // taints) and evict or delete only its own pods.
+        "--enable-admission-plugins=NodeRestriction".into(),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
         format!("--service-account-key-file={}", p(&certs.sa_pub)),
         format!("--service-account-signing-key-file={}", p(&certs.sa_key)),

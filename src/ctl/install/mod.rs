@@ -1,8 +1,15 @@
 //! `hkctl install` and `hkctl uninstall`.
 //!
-//! Install applies, in order, the Update CRD and the manifests of [`crate::cluster::rbac`]
-//! (namespace, ServiceAccount, roles, bindings), then writes the kubeconfig every node's hkd
-//! reads (`/etc/hkd/kubeconfig`). `--dry-run` prints the manifests instead, for GitOps.
+//! Install applies, in order, the Update CRD and the cluster-wide manifests of
+//! [`crate::cluster::rbac`] (namespace, the coordinator's ServiceAccount and roles, the
+//! read-only Role of every node), then for every Node (or those named by `--node`) that
+//! node's own ServiceAccount, ClusterRole and binding, and writes the kubeconfigs into the
+//! credentials directory ([`credentials`]): `nodes/<node>.kubeconfig` for each node's hkd
+//! (`/etc/hkd/kubeconfig` there) and `coordinator.kubeconfig` for the control-plane nodes'
+//! (`/etc/hkd/coordinator.kubeconfig`). Last it removes the one ServiceAccount every node
+//! shared before (`hkd`) and its roles, so that an old shared token loses its power.
+//! `--dry-run` prints the manifests instead, for GitOps, with the per-node objects of the
+//! Nodes it can list.
 //!
 //! Guarantees:
 //! - idempotent: an object already as desired (every field the manifest sets has that value
@@ -12,14 +19,17 @@
 //!   before the first write: a user who may not do all of it is told what is missing, and
 //!   nothing is written;
 //! - a changed object is replaced whole with the resourceVersion read (a concurrent change is
-//!   a 409, and re-running install converges).
+//!   a 409, and re-running install converges);
+//! - a kubeconfig is written only after its token was issued, whole or not at all (see
+//!   [`credentials`]); the shared account is removed only after every credential was written.
 //!
-//! The kubeconfig's token (minted and kept in `kubeconfig`): a TokenRequest for the ServiceAccount, valid for `--token-ttl` (a
-//! year by default). Long-lived ServiceAccount token Secrets need the token controller and
-//! are no longer made by Kubernetes since 1.24; a requested token expires on its own, is
-//! bound to the ServiceAccount's uid (deleting the ServiceAccount revokes every token at
-//! once), and is re-issued by re-running install (`--rotate-token` forces it; install renews a
-//! token with less than a tenth of its time left, or one the API server no longer accepts).
+//! The kubeconfigs' tokens (minted and kept in `kubeconfig`): a TokenRequest for the
+//! ServiceAccount, valid for `--token-ttl` (a year by default). Long-lived ServiceAccount
+//! token Secrets need the token controller and are no longer made by Kubernetes since 1.24; a
+//! requested token expires on its own, is bound to the ServiceAccount's uid (deleting the
+//! ServiceAccount revokes every token at once: `hkctl revoke NODE`), and is re-issued by
+//! re-running install (`--rotate-token` forces it; install renews a token with less than a
+//! tenth of its time left, or one the API server no longer accepts).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,13 +45,22 @@ use super::{Check, Ctx};
 use crate::cluster::rbac;
 use crate::cluster::update;
 
+mod credentials;
 mod kubeconfig;
 
-use kubeconfig::node_kubeconfig;
-pub use kubeconfig::{kubeconfig_text, token_claims, TokenClaims};
+pub use credentials::{revoke, CredentialsDir};
+use kubeconfig::write_kubeconfig;
+pub use kubeconfig::{kubeconfig_text, token_claims, Identity, TokenClaims};
 
-/// Where hkd reads its kubeconfig on a node (its configuration's `kubernetes.kubeconfig`).
+/// Where hkd reads its node's kubeconfig (its configuration's `kubernetes.kubeconfig`).
 pub const NODE_KUBECONFIG: &str = "/etc/hkd/kubeconfig";
+
+/// Where hkd on a control-plane node reads the coordinator's kubeconfig
+/// (`kubernetes.coordinator_kubeconfig`).
+pub const COORDINATOR_KUBECONFIG: &str = "/etc/hkd/coordinator.kubeconfig";
+
+/// How long `--dry-run` waits for the list of Nodes before printing without them.
+const DRY_RUN_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the CRD may take to be Established after its creation.
 const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,15 +83,97 @@ pub fn manifests() -> Vec<Value> {
     all
 }
 
-/// The manifests as YAML documents, or as one JSON `List`.
-pub fn print_manifests(format: Format, out: &mut dyn Write) -> Result<()> {
-    let all = manifests();
+/// The Nodes whose credentials install issues: `named` when given, else every Node.
+async fn target_nodes(ctx: &Ctx, named: &[String]) -> Result<Vec<String>> {
+    if !named.is_empty() {
+        for n in named {
+            rbac::check_node_name(n).map_err(anyhow::Error::msg)?;
+        }
+        return Ok(named.to_vec());
+    }
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    let mut names = Vec::new();
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| ctx.fail("listing Nodes", e))?;
+        names.extend(page.items.iter().map(|n| n.name_any()));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    for n in &names {
+        // The API server checked it; a file name is made of it, so once more.
+        rbac::check_node_name(n).map_err(|e| anyhow::anyhow!("a Node in the cluster: {e}"))?;
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The Nodes `--dry-run` prints objects for: the named ones, or those the cluster lists, or
+/// why it could not list them.
+pub async fn dry_run_nodes(
+    target: &super::ClusterTarget,
+    named: &[String],
+) -> std::result::Result<Vec<String>, String> {
+    if !named.is_empty() {
+        for n in named {
+            rbac::check_node_name(n)?;
+        }
+        return Ok(named.to_vec());
+    }
+    let listed = async {
+        let ctx = super::connect(target).await?;
+        target_nodes(&ctx, &[]).await
+    };
+    match tokio::time::timeout(DRY_RUN_LIST_TIMEOUT, listed).await {
+        Ok(Ok(nodes)) => Ok(nodes),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!(
+            "the API server did not answer within {DRY_RUN_LIST_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The manifests as YAML documents, or as one JSON `List`: the cluster-wide ones, then each
+/// of `nodes`' own; when the Nodes could not be listed, the YAML says so in a comment (and
+/// the log in either format).
+pub fn print_manifests(
+    format: Format,
+    nodes: &std::result::Result<Vec<String>, String>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut all = manifests();
+    let note = match nodes {
+        Ok(nodes) => {
+            for n in nodes {
+                all.extend(rbac::node_manifests(n));
+            }
+            format!(
+                "# Per-node objects for {} Node(s); each node also needs its kubeconfig: hkctl install writes them.\n",
+                nodes.len()
+            )
+        }
+        Err(why) => {
+            tracing::warn!(
+                "the per-node objects are left out: the Nodes could not be listed ({why}); \
+                 pass --node NAME for each node"
+            );
+            format!(
+                "# Per-node objects are NOT included: the Nodes could not be listed ({}); pass --node NAME for each node.\n",
+                why.replace('\n', " ")
+            )
+        }
+    };
     match format {
         Format::Yaml => {
             let mut text = String::from(
-                "# Housekeeper's cluster side: the Update CRD, hkd's namespace, ServiceAccount and RBAC.\n\
-                 # hkd on each node also needs a kubeconfig for the ServiceAccount: hkctl install writes one.\n",
+                "# Housekeeper's cluster side: the Update CRD, hkd's namespace, the coordinator's and the nodes' identities.\n",
             );
+            text.push_str(&note);
             for m in &all {
                 text.push_str("---\n");
                 crate::cluster::yaml::emit(m, &mut text);
@@ -232,7 +333,7 @@ async fn apply(ctx: &Ctx, want: &Value) -> Result<(String, ApplyOutcome)> {
 }
 
 /// The permissions install needs, asked before anything is written.
-fn install_checks(all: &[Value], kubeconfig: bool) -> Result<Vec<Check>> {
+fn install_checks(all: &[Value], tokens: bool, list_nodes: bool) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     for m in all {
         let (_, plural, namespaced) = resource_of(m)?;
@@ -245,7 +346,10 @@ fn install_checks(all: &[Value], kubeconfig: bool) -> Result<Vec<Check>> {
             });
         }
     }
-    if kubeconfig {
+    if list_nodes {
+        checks.push(Check::new("list", "", "nodes"));
+    }
+    if tokens {
         checks.push(
             Check::new("create", "", "serviceaccounts")
                 .subresource("token")
@@ -257,14 +361,29 @@ fn install_checks(all: &[Value], kubeconfig: bool) -> Result<Vec<Check>> {
             "tokenreviews",
         ));
     }
+    for (kind, ns, _) in rbac::legacy_objects() {
+        let (_, plural, _) = resource_of(&json!({"kind": kind}))?;
+        let group = if kind == "ServiceAccount" {
+            ""
+        } else {
+            "rbac.authorization.k8s.io"
+        };
+        let c = Check::new("delete", group, plural);
+        checks.push(match ns {
+            Some(ns) => c.in_ns(ns),
+            None => c,
+        });
+    }
     Ok(checks)
 }
 
 /// Options of `hkctl install`.
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
-    /// Where to write hkd's kubeconfig; `None`: do not write one.
-    pub kubeconfig_out: Option<PathBuf>,
+    /// Where to write the kubeconfigs; `None`: write none (the objects are still applied).
+    pub credentials_dir: Option<PathBuf>,
+    /// The Nodes to issue credentials for; empty: every Node in the cluster.
+    pub nodes: Vec<String>,
     /// The API server URL the nodes use; default: the admin kubeconfig's.
     pub server: Option<String>,
     pub token_ttl: Duration,
@@ -275,11 +394,24 @@ pub struct InstallOptions {
 /// `hkctl install`.
 pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> Result<()> {
     let all = manifests();
+    let mut kinds = all.clone();
+    kinds.extend(rbac::node_manifests("n"));
     ctx.require(
         "hkctl install",
-        &install_checks(&all, opts.kubeconfig_out.is_some())?,
+        &install_checks(
+            &kinds,
+            opts.credentials_dir.is_some(),
+            opts.nodes.is_empty(),
+        )?,
     )
     .await?;
+    // The directory before the first write to the cluster: a bad one stops install early.
+    let dir = opts
+        .credentials_dir
+        .as_deref()
+        .map(CredentialsDir::prepare)
+        .transpose()?;
+    let nodes = target_nodes(ctx, &opts.nodes).await?;
     let mut changed = 0;
     for m in &all {
         let (what, outcome) = apply(ctx, m).await?;
@@ -289,17 +421,40 @@ pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> R
             wait_established(ctx, m["metadata"]["name"].as_str().unwrap_or_default()).await?;
         }
     }
-    if let Some(path) = &opts.kubeconfig_out {
-        let (line, wrote) = node_kubeconfig(ctx, opts, path).await?;
-        writeln!(out, "{line}")?;
-        changed += usize::from(wrote);
-        if wrote {
-            writeln!(
-                out,
-                "copy {} to {NODE_KUBECONFIG} (mode 0600) on every node; hkd reads it at start",
-                path.display()
-            )?;
+    if nodes.is_empty() {
+        writeln!(out, "no Nodes in the cluster: no node credentials issued (run install again once they joined, or pass --node NAME)")?;
+    }
+    let mut written = 0;
+    for node in &nodes {
+        for m in rbac::node_manifests(node) {
+            let (what, outcome) = apply(ctx, &m).await?;
+            writeln!(out, "{:<58} {}", what, outcome.word())?;
+            changed += usize::from(outcome != ApplyOutcome::Unchanged);
         }
+        if let Some(dir) = &dir {
+            let path = dir.node(node)?;
+            let (line, wrote) = write_kubeconfig(ctx, opts, &Identity::node(node), &path).await?;
+            writeln!(out, "{line}")?;
+            written += usize::from(wrote);
+        }
+    }
+    if let Some(dir) = &dir {
+        let path = dir.coordinator();
+        let (line, wrote) = write_kubeconfig(ctx, opts, &Identity::coordinator(), &path).await?;
+        writeln!(out, "{line}")?;
+        written += usize::from(wrote);
+    }
+    changed += written + remove_shared_account(ctx, out).await?;
+    if let (Some(dir), true) = (&dir, written > 0) {
+        writeln!(
+            out,
+            "copy {}/{}/NODE.kubeconfig to {NODE_KUBECONFIG} (mode 0600) on each node, and {} to \
+             {COORDINATOR_KUBECONFIG} on the control-plane nodes (kubernetes.coordinate = true); \
+             hkd reads them at start",
+            dir.root().display(),
+            credentials::NODES_DIR,
+            dir.coordinator().display(),
+        )?;
     }
     if changed == 0 {
         writeln!(
@@ -310,6 +465,38 @@ pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> R
         writeln!(out, "installed: {changed} change(s)")?;
     }
     Ok(())
+}
+
+/// Delete the ServiceAccount every node shared before, and its roles; returns how many
+/// objects were there.
+async fn remove_shared_account(ctx: &Ctx, out: &mut dyn Write) -> Result<usize> {
+    let mut removed = 0;
+    for (kind, ns, name) in rbac::legacy_objects() {
+        let m = json!({
+            "apiVersion": if kind == "ServiceAccount" { "v1" } else { "rbac.authorization.k8s.io/v1" },
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns},
+        });
+        let (api, what) = api_for(ctx, &m)?;
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                writeln!(out, "{what:<58} deleted")?;
+                removed += 1;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(ctx.fail(&format!("deleting {what}"), e)),
+        }
+    }
+    if removed > 0 {
+        writeln!(
+            out,
+            "removed the ServiceAccount {}/{} that every node shared: its tokens are refused from \
+             now on, so nodes still using it stop until they have their own kubeconfig",
+            update::NAMESPACE,
+            rbac::LEGACY_SERVICE_ACCOUNT
+        )?;
+    }
+    Ok(removed)
 }
 
 async fn wait_established(ctx: &Ctx, name: &str) -> Result<()> {
@@ -368,8 +555,32 @@ async fn rollouts_in_progress(ctx: &Ctx) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The per-node objects on the server (found by their [`rbac::NODE_LABEL`] label), as
+/// manifests naming them, ServiceAccounts first.
+async fn node_objects(ctx: &Ctx) -> Result<Vec<Value>> {
+    let lp = ListParams::default().labels(rbac::NODE_LABEL);
+    let mut out = Vec::new();
+    for m in rbac::node_manifests("n") {
+        let (api, _) = api_for(ctx, &m)?;
+        let kind = m["kind"].as_str().unwrap_or_default();
+        let listed = api
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| ctx.fail(&format!("listing the nodes' {kind}s"), e))?;
+        for o in listed.items {
+            out.push(json!({
+                "apiVersion": m["apiVersion"],
+                "kind": kind,
+                "metadata": {"name": o.name_any(), "namespace": o.metadata.namespace},
+            }));
+        }
+    }
+    Ok(out)
+}
+
 /// `hkctl uninstall`: refuses while a rollout is in progress unless forced; deletes in the
-/// reverse order of install (the CRD last: deleting it deletes every Update).
+/// reverse order of install (the CRD last: deleting it deletes every Update), the nodes' own
+/// objects first.
 pub async fn uninstall(ctx: &Ctx, opts: UninstallOptions, out: &mut dyn Write) -> Result<()> {
     let all = manifests();
     let busy = rollouts_in_progress(ctx).await?;
@@ -381,7 +592,7 @@ pub async fn uninstall(ctx: &Ctx, opts: UninstallOptions, out: &mut dyn Write) -
         );
     }
     let mut checks = Vec::new();
-    for m in &all {
+    for m in all.iter().chain(&rbac::node_manifests("n")) {
         let (_, plural, namespaced) = resource_of(m)?;
         let c = Check::new("delete", group_of(m), plural);
         checks.push(
@@ -394,7 +605,9 @@ pub async fn uninstall(ctx: &Ctx, opts: UninstallOptions, out: &mut dyn Write) -
     if !opts.dry_run {
         ctx.require("hkctl uninstall", &checks).await?;
     }
-    let mut order: Vec<&Value> = all.iter().skip(1).rev().collect();
+    let nodes = node_objects(ctx).await?;
+    let mut order: Vec<&Value> = nodes.iter().collect();
+    order.extend(all.iter().skip(1).rev());
     order.push(&all[0]);
     for m in order {
         let (api, what) = api_for(ctx, m)?;
@@ -439,8 +652,17 @@ mod tests {
             resource_of(m).unwrap();
         }
         let mut yaml = Vec::new();
-        print_manifests(Format::Yaml, &mut yaml).unwrap();
+        let nodes = Ok(vec!["a".to_owned(), "b".to_owned()]);
+        print_manifests(Format::Yaml, &nodes, &mut yaml).unwrap();
+        let yaml = String::from_utf8(yaml).unwrap();
+        assert_eq!(yaml.matches("\n---\n").count(), all.len() + 6);
+        assert!(yaml.contains("name: \"hkd-node-b\""));
+        let mut yaml = Vec::new();
+        print_manifests(Format::Yaml, &Err("no cluster".into()), &mut yaml).unwrap();
         let yaml = String::from_utf8(yaml).unwrap();
         assert_eq!(yaml.matches("\n---\n").count(), all.len());
+        assert!(yaml.contains(
+            "Per-node objects are NOT included: the Nodes could not be listed (no cluster)"
+        ));
     }
 }
