@@ -77,13 +77,18 @@ impl Default for State {
     }
 }
 
-/// How the agent reaches its cluster. hkd runs on the host, not in a pod, so it reads a
-/// kubeconfig written by `hkctl install`.
+/// How the agent reaches its cluster. hkd runs on the host, not in a pod, so it reads the
+/// kubeconfigs written by `hkctl install`: the node's own credential, and on control-plane
+/// nodes that coordinate, the coordinator's.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kubernetes {
-    /// Without this file the node runs standalone (no grants, no drain, no coordinator).
+    /// This node's credential (it acts as the node's kubelet does). Without this file the node
+    /// runs standalone (no grants, no drain, no coordinator).
     pub kubeconfig: PathBuf,
+    /// The coordinator's credential, used by the coordinator candidate only; required when
+    /// `coordinate` is on.
+    pub coordinator_kubeconfig: PathBuf,
     /// This node's Node name; empty: the host name, as the kubelet registers it.
     pub node_name: String,
     /// Where the Updates and the coordinator's Lease live.
@@ -92,7 +97,8 @@ pub struct Kubernetes {
     /// how long a rollout stands still when its coordinator dies without stepping down.
     #[serde(with = "humantime_serde")]
     pub lease_duration: Duration,
-    /// Stand as a candidate for the rollout's coordinator.
+    /// Stand as a candidate for the rollout's coordinator. Off by default: only control-plane
+    /// nodes coordinate, and only they are given the coordinator's credential.
     pub coordinate: bool,
     /// The kubeadm program run when an Update sets `kubeVersion`.
     pub kubeadm: PathBuf,
@@ -107,10 +113,11 @@ impl Default for Kubernetes {
     fn default() -> Self {
         Kubernetes {
             kubeconfig: PathBuf::from("/etc/hkd/kubeconfig"),
+            coordinator_kubeconfig: PathBuf::from("/etc/hkd/coordinator.kubeconfig"),
             node_name: String::new(),
             namespace: NAMESPACE.to_owned(),
             lease_duration: Duration::from_secs(15),
-            coordinate: true,
+            coordinate: false,
             kubeadm: PathBuf::from("/usr/bin/kubeadm"),
             kubelet_restart: ["systemctl", "restart", "kubelet.service"]
                 .map(String::from)

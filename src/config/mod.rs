@@ -56,6 +56,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Settings that are each valid but cannot work together with what is on disk.
+    #[error("{key}: {message}")]
+    Unusable { key: String, message: String },
 }
 
 /// A loaded configuration: the validated settings and where each value came from.

@@ -170,6 +170,29 @@ fn cluster_side(
         .name("cluster".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
     let client = handle.block_on(client_from_kubeconfig(&kubeconfig))?;
+    let coordinator_client = if k.coordinate {
+        let path = root.join(
+            k.coordinator_kubeconfig
+                .strip_prefix("/")
+                .unwrap_or(&k.coordinator_kubeconfig),
+        );
+        if !path.exists() {
+            return Err(crate::config::ConfigError::Unusable {
+                key: "kubernetes.coordinate".into(),
+                message: format!(
+                    "this node stands as coordinator, but the coordinator's credential {} \
+                     (kubernetes.coordinator_kubeconfig) does not exist: copy the \
+                     coordinator.kubeconfig `hkctl install` wrote there (control-plane nodes \
+                     only), or set coordinate = false",
+                    path.display()
+                ),
+            }
+            .into());
+        }
+        Some(handle.block_on(client_from_kubeconfig(&path))?)
+    } else {
+        None
+    };
     let policy = image_policy(settings);
     let coordinator = k.coordinate.then(|| CoordinatorConfig {
         namespace: k.namespace.clone(),
@@ -189,7 +212,13 @@ fn cluster_side(
         tuning: Tuning::default(),
         coordinator,
     };
-    Ok(Some(KubeNode::new(handle, client, settings, inbox)))
+    Ok(Some(KubeNode::new(
+        handle,
+        client,
+        coordinator_client,
+        settings,
+        inbox,
+    )))
 }
 
 fn start_watchdog() {

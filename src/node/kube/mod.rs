@@ -79,7 +79,10 @@ pub struct Settings {
 
 /// The state the follower, the drain and the coordinator supervisor share.
 struct Inner {
+    /// This node's credential: everything but the coordinator.
     client: Client,
+    /// The coordinator's credential, for the coordinator candidate only.
+    coordinator_client: Option<Client>,
     settings: Settings,
     reporter: Reporter,
     node: watch::Sender<Option<Node>>,
@@ -131,16 +134,20 @@ pub struct KubeNode {
 }
 
 impl KubeNode {
-    /// The cluster half for an agent about to start; `inbox` is the agent's event channel.
-    /// Nothing runs until [`Starter::start`] hands over the agent's state.
+    /// The cluster half for an agent about to start: `client` acts as this node,
+    /// `coordinator_client` (needed when [`Settings::coordinator`] is set) as the coordinator;
+    /// `inbox` is the agent's event channel. Nothing runs until [`Starter::start`] hands over
+    /// the agent's state.
     pub fn new(
         handle: Handle,
         client: Client,
+        coordinator_client: Option<Client>,
         settings: Settings,
         inbox: Sender<Event>,
     ) -> (KubeNode, Starter) {
         let inner = Arc::new(Inner {
             client,
+            coordinator_client,
             reporter: Reporter {
                 component: COMPONENT,
                 instance: settings.node_name.clone(),

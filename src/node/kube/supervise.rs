@@ -1,5 +1,6 @@
 //! The coordinator candidate beside the agent: it runs while this node may lead and is
-//! stopped (stepping down) before the node goes out of service.
+//! stopped (stepping down) before the node goes out of service. It uses the coordinator's
+//! credential (`kubernetes.coordinator_kubeconfig`), the rest of hkd the node's own.
 
 use std::sync::Arc;
 
@@ -13,13 +14,18 @@ pub(super) async fn supervise_coordinator(inner: Arc<Inner>) {
     let Some(config) = inner.settings.coordinator.clone() else {
         return;
     };
+    // The coordinator acts under its own credential, never the node's.
+    let Some(client) = inner.coordinator_client.clone() else {
+        tracing::warn!("no coordinator credential: not standing as coordinator");
+        return;
+    };
     let mut may_lead = inner.may_lead.subscribe();
     loop {
         if may_lead.wait_for(|m| *m).await.is_err() {
             return;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let coordinator = Coordinator::new(inner.client.clone(), config.clone());
+        let coordinator = Coordinator::new(client.clone(), config.clone());
         inner.coordinating.send_replace(true);
         let mut task = tokio::spawn(coordinator.run(stop_rx));
         let ended = tokio::select! {
