@@ -18,9 +18,11 @@
 //!
 //! So a node's credential holds no power beyond its own kubelet's (which a root on that node
 //! has anyway): it cannot write another Node, evict or delete another node's pods, write an
-//! Update or its status, or touch the Lease. Revoking one node is deleting its ServiceAccount
-//! (`hkctl revoke N`): the API server looks the ServiceAccount up for every token it was
-//! issued, so they fail at once, and no other node is affected.
+//! Update or its status, or touch the Lease. Revoking one node (`hkctl revoke N`) deletes its
+//! ServiceAccount, ClusterRole and binding: its requests are refused at once (403: the right to
+//! act as the node is gone), and its token itself within 10 s (401: the API server looks the
+//! ServiceAccount up for every token, after its 10 s cache of accepted tokens); no other node
+//! is affected.
 //!
 //! The coordinator runs inside hkd on control-plane nodes only (`kubernetes.coordinate`). Those
 //! nodes already hold cluster-admin power on disk (`/etc/kubernetes/admin.conf`, etcd's client
@@ -34,7 +36,9 @@
 //!
 //! Checked against kube-apiserver v1.20.2 with `--authorization-mode=Node,RBAC` and
 //! `--enable-admission-plugins=NodeRestriction` (tests/cluster_trust.rs): every "may" above
-//! answered, every other write by a node identity was refused with 403.
+//! answered (eviction as `policy/v1beta1`, the version 1.20 serves), every other write by a
+//! node identity was refused with 403. Nothing had to be adapted. A node may still read every
+//! Node and pod, as its kubelet may.
 //!
 //! Per-node object names: `hkd-node-<node>` (ServiceAccount, ClusterRole and
 //! ClusterRoleBinding), labelled `housekeeper.io/node=<node>`. A name that would pass the 253

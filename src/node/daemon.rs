@@ -233,3 +233,40 @@ fn start_watchdog() {
             thread::sleep(period);
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinating_without_the_coordinator_credential_is_a_configuration_error() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc/hkd");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("kubeconfig"),
+            "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+             users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+             current-context: x\n",
+        )
+        .unwrap();
+        let mut settings = Settings::default();
+        settings.kubernetes.node_name = "n1".into();
+        settings.kubernetes.coordinate = true;
+        let (tx, _rx) = mpsc::channel();
+        let err = cluster_side(&settings, root.path(), tx.clone())
+            .err()
+            .expect("refused");
+        assert!(err.chain().any(|c| c.is::<crate::config::ConfigError>()));
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("kubernetes.coordinate: ")
+                && text.contains("etc/hkd/coordinator.kubeconfig")
+                && text.contains("hkctl install"),
+            "{text}"
+        );
+        // A node that does not coordinate needs no coordinator credential.
+        settings.kubernetes.coordinate = false;
+        assert!(cluster_side(&settings, root.path(), tx).unwrap().is_some());
+    }
+}
