@@ -2,8 +2,9 @@
 //! service, in cluster mode because a kubeconfig is there — follow the host's kube-apiserver
 //! (the integration tests' local cluster, which a guest reaches at `https://10.0.2.2:<port>`
 //! through QEMU's user-mode network). The admin's part is done with the real `hkctl`:
-//! `install` (CRD, namespace, hkd's ServiceAccount and RBAC, and the kubeconfig for the nodes,
-//! whose token is the ServiceAccount's), then `upgrade` to v2 with `maxUnavailable` 1.
+//! `install` (CRD, namespace, RBAC, each node's own kubeconfig — acting as its node — and the
+//! coordinator's), then `upgrade` to v2 with `maxUnavailable` 1. Both nodes coordinate (they
+//! stand in for control-plane nodes, the only ones that hold the coordinator's credential).
 //!
 //! Expected flow: both nodes pre-stage v2; the elected coordinator grants one node; its hkd
 //! cordons it, drains its pod, reboots it through logind (QEMU exits and the bench boots the
@@ -72,6 +73,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// repository is unsigned (this also lets the coordinator accept the Update's image), and the
 /// health gate — which in cluster mode includes the Node's Ready condition — has minutes.
 const HKD_CONFIG: &str = "[os]\nallow_unverified_images = true\n\n\
+[kubernetes]\ncoordinate = true\n\n\
 [health]\ntimeout = \"5m\"\ninterval = \"5s\"\n\n\
 [reboot]\nretry = \"30s\"\n";
 
@@ -88,8 +90,8 @@ fn data_url(bytes: &[u8]) -> String {
 }
 
 /// First-boot configuration of one node: root's key, its host name (the Node's name, as a
-/// kubelet would register it), hkd's configuration and its kubeconfig.
-fn ignition(t: &Testos, hostname: &str, kubeconfig: &[u8]) -> Result<String> {
+/// kubelet would register it), hkd's configuration, its own kubeconfig and the coordinator's.
+fn ignition(t: &Testos, hostname: &str, kubeconfig: &[u8], coordinator: &[u8]) -> Result<String> {
     let key = std::fs::read_to_string(t.keys_dir.join("root.pub"))?;
     let file = |path: &str, mode: u32, contents: &[u8]| {
         serde_json::json!({
@@ -104,6 +106,7 @@ fn ignition(t: &Testos, hostname: &str, kubeconfig: &[u8]) -> Result<String> {
             file("/etc/hostname", 0o644, format!("{hostname}\n").as_bytes()),
             file("/etc/hkd/config.d/50-vm.toml", 0o644, HKD_CONFIG.as_bytes()),
             file("/etc/hkd/kubeconfig", 0o600, kubeconfig),
+            file("/etc/hkd/coordinator.kubeconfig", 0o600, coordinator),
         ] }
     });
     Ok(serde_json::to_string_pretty(&cfg)?)
@@ -135,8 +138,9 @@ fn hkctl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
 struct Rig {
     env: TestEnv,
     admin_kubeconfig: PathBuf,
-    /// The kubeconfig `hkctl install` wrote for the nodes.
-    node_kubeconfig: PathBuf,
+    /// Where `hkctl install` wrote the kubeconfigs (`nodes/NAME.kubeconfig`,
+    /// `coordinator.kubeconfig`).
+    credentials: PathBuf,
     nodes: Vec<String>,
 }
 
@@ -156,23 +160,8 @@ impl Rig {
             local.server_for_qemu_guest()
         ));
         let admin_kubeconfig = local.admin_kubeconfig.clone();
-        let node_kubeconfig = s.dir.join("hkd.kubeconfig");
+        let credentials = s.dir.join("hkd-credentials");
         let guest_server = local.server_for_qemu_guest();
-        let (admin, node_kc) = (admin_kubeconfig.clone(), node_kubeconfig.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            hkctl(
-                &admin,
-                &[
-                    "install",
-                    "--server",
-                    &guest_server,
-                    "--node-kubeconfig",
-                    &node_kc.to_string_lossy(),
-                ],
-            )
-        })
-        .await??;
-        s.progress(&format!("hkctl install:\n{}", out.trim_end()));
         let kubelet = KubeletStandIn::new(env.admin.clone());
         let mut nodes = Vec::new();
         for short in NODES {
@@ -184,10 +173,24 @@ impl Rig {
                 .await?;
             nodes.push(name);
         }
+        let mut args: Vec<String> = ["install", "--server", &guest_server, "--credentials-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(credentials.to_string_lossy().into_owned());
+        for n in &nodes {
+            args.extend(["--node".to_owned(), n.clone()]);
+        }
+        let admin = admin_kubeconfig.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            hkctl(&admin, &args)
+        })
+        .await??;
+        s.progress(&format!("hkctl install:\n{}", out.trim_end()));
         Ok(Rig {
             env,
             admin_kubeconfig,
-            node_kubeconfig,
+            credentials,
             nodes,
         })
     }
@@ -556,8 +559,10 @@ fn testos_cluster_rolls_two_nodes_to_v2_one_at_a_time() -> Result<()> {
         let t = images::testos()?;
         let server = HttpServer::serve(&t.dir)?;
         let rig = rt.block_on(Rig::start(s))?;
-        let kubeconfig = std::fs::read(&rig.node_kubeconfig)
-            .with_context(|| format!("reading {}", rig.node_kubeconfig.display()))?;
+        let read = |path: PathBuf| {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let coordinator = read(rig.credentials.join("coordinator.kubeconfig"))?;
         let kubelet = KubeletStandIn::new(rig.env.admin.clone());
         let _finisher = rt.block_on(async { kubelet.spawn_finisher(&rig.env.ns) });
         let seen = record_nodes(&rt, rig.env.admin.clone(), rig.nodes.clone());
@@ -565,7 +570,8 @@ fn testos_cluster_rolls_two_nodes_to_v2_one_at_a_time() -> Result<()> {
             .nodes
             .iter()
             .map(|name| {
-                let cfg = ignition(t, name, &kubeconfig)?;
+                let kubeconfig = read(rig.credentials.join(format!("nodes/{name}.kubeconfig")))?;
+                let cfg = ignition(t, name, &kubeconfig, &coordinator)?;
                 Ok(Vm {
                     s,
                     t,
