@@ -815,3 +815,54 @@ fn an_admins_upgrade_in_between_is_named_and_not_finalized() {
     assert_eq!(lab.standin.model().reboots, 0);
     assert_eq!(backend.status().unwrap().booted().unwrap().checksum, V1);
 }
+
+// --- 7. progress in the status --------------------------------------------------------------
+
+#[test]
+fn staging_progress_shows_in_the_status_while_it_runs() {
+    use housekeeper::node::machine::{Machine, State};
+    use housekeeper::node::status::{render, NodeStatus, ProgressSink};
+
+    let lab = Lab::new();
+    let mut machine = Machine::new("boot-0");
+    machine.state = State::Staging {
+        target: signed(SIGNED_V2),
+    };
+    let status = Arc::new(Mutex::new(NodeStatus::new(
+        "rpm-ostree",
+        &machine,
+        vec![],
+        None,
+    )));
+    let sink = ProgressSink::default();
+    sink.attach(status.clone());
+    let backend = lab.backend().with_observer(sink.observer());
+    lab.standin.model().pull_pause = Some(Duration::from_secs(2));
+    let staging = std::thread::spawn(move || backend.stage(&signed(SIGNED_V2)));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let now = status.lock().unwrap().clone();
+        if now.progress.as_ref().is_some_and(|p| p.bytes > 0) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!staging.is_finished(), "seen while the pull runs");
+    let json = serde_json::to_value(&seen).unwrap();
+    assert_eq!(json["progress"]["task"], "Receiving objects");
+    assert_eq!(json["progress"]["percent"], 50);
+    assert_eq!(json["progress"]["bytes"], 4_096_000);
+    assert_eq!(json["progress"]["objectsRequested"], 180);
+    let mut text = Vec::new();
+    render(&seen, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "  progress: Receiving objects 50 %, 3.9 MiB at 2.0 MiB/s, 90 of 180 objects\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(staging.join().unwrap().unwrap(), V2);
+}

@@ -137,11 +137,11 @@ impl RpmOstree {
             transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             observer: None,
             registered_with: Mutex::new(None),
-            unit: None,
+            unit: caller::own_service_unit(Path::new("/proc")),
             skip_branch_check: false,
         };
         backend.ensure_client("registering with rpm-ostreed")?;
-        Ok(backend.with_proc_root(Path::new("/proc")))
+        Ok(backend)
     }
 
     /// Decides from `proc_root` (`/proc` on a host) whether hkd runs in a systemd service, and
