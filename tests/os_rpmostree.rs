@@ -83,7 +83,10 @@ impl Lab {
 
     /// `model` served, with logind and systemd on the bus.
     fn with(model: Model) -> Lab {
-        let bus = PrivateBus::start();
+        Lab::on(PrivateBus::start(), model)
+    }
+
+    fn on(bus: PrivateBus, model: Model) -> Lab {
         let standin = Arc::new(StandIn::start(&bus, model));
         let restarted = standin.clone();
         Lab {
@@ -865,4 +868,27 @@ fn staging_progress_shows_in_the_status_while_it_runs() {
         "{text}"
     );
     assert_eq!(staging.join().unwrap().unwrap(), V2);
+}
+
+// --- idle exit and bus activation ---------------------------------------------------------
+
+#[test]
+fn the_daemon_idle_exiting_between_two_calls_is_started_again_by_the_bus() {
+    let lab = Lab::on(
+        PrivateBus::activating(standin::rpmostreed::BUS_NAME),
+        nestos(),
+    );
+    let backend = lab.backend();
+    assert_eq!(backend.status().unwrap().deployments.len(), 2);
+    lab.standin.exit_idle();
+    // The next call starts it again; hkd registers with the new instance and stages.
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    assert_eq!(lab.standin.model().activations, 1);
+    assert_eq!(lab.standin.model().clients, ["hkd", "hkd"]);
+
+    // Gone again while hkd is between a look and a transaction: the same.
+    lab.standin.exit_idle();
+    backend.unstage().unwrap();
+    assert_eq!(lab.standin.model().activations, 2);
+    assert_eq!(backend.status().unwrap().staged(), None);
 }

@@ -22,9 +22,10 @@
 //!
 //! What it does not: pull anything (images are a table of reference → commit), reboot
 //! (FinalizeDeployment counts reboots; [`StandIn::reboot`] plays one; [`StandIn::restart`]
-//! plays a restart of the daemon, what the systemd stand-in's RestartUnit does), polkit, idle
-//! exit with bus activation (a call racing it is played by a NoReply hook), PropertiesChanged
-//! signals.
+//! plays a restart of the daemon, what the systemd stand-in's RestartUnit does), polkit,
+//! PropertiesChanged signals. Idle exit is played on demand ([`StandIn::exit_idle`]); the bus
+//! then starts the stand-in again through real bus activation (on [`PrivateBus::activating`]);
+//! a call racing the exit is played by a NoReply hook.
 //!
 //! Hooks make the next transaction fail (before or after its work), be cancelled, vanish, run
 //! slowly (so that `Cancel` can reach it), or keep the daemon busy with someone else's.
@@ -35,7 +36,7 @@ mod transaction;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
@@ -67,8 +68,10 @@ impl Shared {
 /// The running stand-in; leaves the bus on drop.
 pub struct StandIn {
     shared: Arc<Shared>,
-    conn: Mutex<Option<Connection>>,
+    conn: Arc<Mutex<Option<Connection>>>,
     address: String,
+    /// Ends the activation watcher.
+    stop: Arc<AtomicBool>,
 }
 
 impl StandIn {
@@ -80,11 +83,48 @@ impl StandIn {
             sockets: tempfile::tempdir().expect("creating a directory for transaction sockets"),
             next: AtomicU32::new(0),
         });
-        let conn = serve(&shared, &bus.address);
+        let conn = Arc::new(Mutex::new(Some(serve(&shared, &bus.address))));
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Some(activation) = bus.activation.clone() {
+            let (shared, conn, stop, address) = (
+                shared.clone(),
+                conn.clone(),
+                stop.clone(),
+                bus.address.clone(),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if std::fs::remove_file(&activation.requested).is_ok() {
+                        // Started by the bus: a fresh daemon over the same deployments.
+                        let mut slot = conn.lock().unwrap_or_else(|p| p.into_inner());
+                        if slot.is_none() {
+                            {
+                                let mut m = shared.model();
+                                m.rebooting = false;
+                                m.activations += 1;
+                            }
+                            *slot = Some(serve(&shared, &address));
+                        }
+                        let _ = std::fs::write(&activation.served, "");
+                    }
+                    thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+        }
         StandIn {
             shared,
-            conn: Mutex::new(Some(conn)),
+            conn,
             address: bus.address.clone(),
+            stop,
+        }
+    }
+
+    /// Plays the daemon's idle exit (`rpmostreed_daemon_check_idle`): it leaves the bus; on a
+    /// bus that activates it ([`PrivateBus::activating`]), the next call starts it again.
+    pub fn exit_idle(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(conn) = conn {
+            let _ = conn.close();
         }
     }
 
@@ -163,6 +203,7 @@ impl StandIn {
 
 impl Drop for StandIn {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(conn) = conn {
             let _ = conn.close();

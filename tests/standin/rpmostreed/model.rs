@@ -146,6 +146,8 @@ pub struct Model {
     /// A finalize started the reboot: every new transaction is refused until the daemon
     /// restarts ([`super::StandIn::restart`]) or the machine reboots.
     pub rebooting: bool,
+    /// How many times the bus started the daemon again after an idle exit.
+    pub activations: u32,
     /// The next pull pauses this long after its first progress signals.
     pub pull_pause: Option<Duration>,
     /// The bus FinalizeDeployment asks logind on (set by [`super::StandIn::start`]).
