@@ -594,3 +594,106 @@ impl Backend for RpmOstree {
         self.transact("cleaning up deployments", "Cleanup", &(vec!["base"],))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::Deployment;
+    use target::Reported;
+
+    const SIGNED: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
+
+    fn entry(checksum: &str, origin: &str, staged: bool, locked: bool) -> (Deployment, Reported) {
+        let d = Deployment {
+            osname: "nestos".into(),
+            checksum: checksum.into(),
+            serial: 0,
+            version: None,
+            origin: Some(origin.into()),
+            booted: !staged,
+            staged,
+            pinned: false,
+            finalization_locked: locked,
+        };
+        let r = Reported {
+            checksum: checksum.into(),
+            origin: Some(origin.into()),
+            ..Reported::default()
+        };
+        (d, r)
+    }
+
+    fn view(entries: Vec<(Deployment, Reported)>) -> View {
+        let (deployments, reported) = entries.into_iter().unzip();
+        View {
+            all: Deployments { deployments },
+            reported,
+        }
+    }
+
+    fn target() -> ImageRef {
+        ImageRef::parse_any(SIGNED).unwrap()
+    }
+
+    fn failure() -> Option<OsError> {
+        Some(OsError::Failed(
+            "staging X: the transaction was cancelled".into(),
+        ))
+    }
+
+    #[test]
+    fn a_stage_is_settled_by_what_is_deployed_not_by_what_the_transaction_said() {
+        let booted = entry("1", "nestos:old", false, false);
+        let ours_locked = view(vec![entry("2", SIGNED, true, true), booted.clone()]);
+        for said in [None, failure()] {
+            assert!(matches!(
+                settle_stage("staging X", &target(), said, &ours_locked),
+                Settled::Staged(c) if c == "2"
+            ));
+        }
+        let ours_unlocked = view(vec![entry("2", SIGNED, true, false), booted.clone()]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), failure(), &ours_unlocked),
+            Settled::Unlocked(c) if c == "2"
+        ));
+        // Someone else's: named, with the failure when there was one.
+        let theirs = view(vec![
+            entry("9", "nestos:testing", true, false),
+            booted.clone(),
+        ]);
+        match settle_stage("staging X", &target(), None, &theirs) {
+            Settled::Failed(OsError::State(m)) => {
+                assert!(
+                    m.contains("9 from nestos:testing is staged, not the target"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match settle_stage("staging X", &target(), failure(), &theirs) {
+            Settled::Failed(OsError::Failed(m)) => {
+                assert!(
+                    m.starts_with("staging X: the transaction was cancelled; 9 from"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing staged: the failure as it was, or "nothing is staged".
+        let nothing = view(vec![booted]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), failure(), &nothing),
+            Settled::Failed(OsError::Failed(m)) if m.contains("cancelled")
+        ));
+        assert!(matches!(
+            settle_stage("staging X", &target(), None, &nothing),
+            Settled::Failed(OsError::State(m)) if m.contains("nothing is staged")
+        ));
+        // The target booted already, and the daemon said nothing was wrong.
+        let booted_target = view(vec![entry("2", SIGNED, false, false)]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), None, &booted_target),
+            Settled::Booted(c) if c == "2"
+        ));
+    }
+}
