@@ -892,3 +892,39 @@ fn the_daemon_idle_exiting_between_two_calls_is_started_again_by_the_bus() {
     assert_eq!(lab.standin.model().activations, 2);
     assert_eq!(backend.status().unwrap().staged(), None);
 }
+
+#[test]
+fn a_finished_transaction_announces_the_changed_deployments() {
+    let lab = Lab::new();
+    let listener = zbus::blocking::connection::Builder::address(lab.bus.address.as_str())
+        .and_then(|b| b.build())
+        .unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .unwrap()
+        .member("PropertiesChanged")
+        .unwrap()
+        .path("/org/projectatomic/rpmostree1/Sysroot")
+        .unwrap()
+        .build();
+    let signals =
+        zbus::blocking::MessageIterator::for_match_rule(rule, &listener, Some(16)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        type Changed = (
+            String,
+            HashMap<String, zbus::zvariant::OwnedValue>,
+            Vec<String>,
+        );
+        for msg in signals.flatten() {
+            if let Ok((iface, changed, _)) = msg.body().deserialize::<Changed>() {
+                let _ = tx.send((iface, changed.keys().cloned().collect::<Vec<_>>()));
+            }
+        }
+    });
+    lab.backend().stage(&signed(SIGNED_V2)).unwrap();
+    let (iface, changed) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(iface, "org.projectatomic.rpmostree1.Sysroot");
+    assert!(changed.contains(&"Deployments".to_owned()), "{changed:?}");
+}

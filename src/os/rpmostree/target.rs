@@ -42,12 +42,6 @@ impl Reported {
     }
 }
 
-/// Prefixes whose image part is a bare `REGISTRY/NAME`, and the prefix they are reported as.
-const REGISTRY_PREFIXES: [(&str, &str); 2] = [
-    ("ostree-unverified-registry:", "ostree-unverified-image:"),
-    ("ostree-remote-registry:", "ostree-remote-image:"),
-];
-
 /// The reference as rpm-ostreed reports it back in a deployment's
 /// `container-image-reference`; OSTree refspecs and checksums are returned unchanged.
 pub fn canonical(target: &ImageRef) -> String {
@@ -55,34 +49,32 @@ pub fn canonical(target: &ImageRef) -> String {
     if target.kind != Kind::Container {
         return raw.to_owned();
     }
-    for (given, reported) in REGISTRY_PREFIXES {
-        if let Some(rest) = raw.strip_prefix(given) {
-            return match given {
-                // REMOTE:IMAGE — the remote stays, the image gains its transport.
-                "ostree-remote-registry:" => match rest.split_once(':') {
-                    Some((remote, image)) => format!("{reported}{remote}:docker://{image}"),
-                    None => raw.to_owned(), // not a reference ImageRef accepts
-                },
-                _ => format!("{reported}docker://{rest}"),
-            };
-        }
+    // A bare REGISTRY/NAME: the prefix is reported as its `-image:` form, with `docker://`.
+    if let Some(image) = raw.strip_prefix("ostree-unverified-registry:") {
+        return format!("ostree-unverified-image:docker://{image}");
+    }
+    if let Some(rest) = raw.strip_prefix("ostree-remote-registry:") {
+        return match rest.split_once(':') {
+            Some((remote, image)) => format!("ostree-remote-image:{remote}:docker://{image}"),
+            None => raw.to_owned(), // not a reference ImageRef accepts
+        };
     }
     // `ostree-image-signed:T`, `ostree-unverified-image:T`, `ostree-remote-image:R:T`: only the
-    // transport may be respelled.
-    let (prefix, image) = if let Some(rest) = raw.strip_prefix("ostree-remote-image:") {
-        match rest.split_once(':') {
-            Some((remote, image)) => (format!("ostree-remote-image:{remote}:"), image),
+    // transport may be respelled, `registry:` as `docker://`.
+    let prefix_len = match raw.strip_prefix("ostree-remote-image:") {
+        Some(rest) => match rest.split_once(':') {
+            Some((remote, _)) => "ostree-remote-image:".len() + remote.len() + 1,
             None => return raw.to_owned(),
-        }
-    } else {
-        match raw.split_once(':') {
-            Some((prefix, image)) => (format!("{prefix}:"), image),
+        },
+        None => match raw.split_once(':') {
+            Some((prefix, _)) => prefix.len() + 1,
             None => return raw.to_owned(),
-        }
+        },
     };
+    let (prefix, image) = raw.split_at(prefix_len);
     match image.strip_prefix("registry:") {
         Some(name) => format!("{prefix}docker://{name}"),
-        None => format!("{prefix}{image}"),
+        None => raw.to_owned(),
     }
 }
 

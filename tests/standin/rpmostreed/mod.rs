@@ -22,8 +22,9 @@
 //!
 //! What it does not: pull anything (images are a table of reference → commit), reboot
 //! (FinalizeDeployment counts reboots; [`StandIn::reboot`] plays one; [`StandIn::restart`]
-//! plays a restart of the daemon, what the systemd stand-in's RestartUnit does), polkit,
-//! PropertiesChanged signals. Idle exit is played on demand ([`StandIn::exit_idle`]); the bus
+//! plays a restart of the daemon, what the systemd stand-in's RestartUnit does), polkit.
+//! PropertiesChanged is sent for Deployments and ActiveTransaction when a transaction ends
+//! (not when one starts). Idle exit is played on demand ([`StandIn::exit_idle`]); the bus
 //! then starts the stand-in again through real bus activation (on [`PrivateBus::activating`]);
 //! a call racing the exit is played by a NoReply hook.
 //!
@@ -55,6 +56,8 @@ const SYSROOT_PATH: &str = "/org/projectatomic/rpmostree1/Sysroot";
 
 pub(super) struct Shared {
     model: Mutex<Model>,
+    /// The instance's bus connection, for PropertiesChanged.
+    bus: Mutex<Option<Connection>>,
     sockets: tempfile::TempDir,
     next: AtomicU32,
 }
@@ -62,6 +65,21 @@ pub(super) struct Shared {
 impl Shared {
     fn model(&self) -> MutexGuard<'_, Model> {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends PropertiesChanged for what a finished transaction changed (Deployments,
+    /// ActiveTransaction), as the daemon does when it reloads the sysroot. Called with the
+    /// model unlocked: the signal carries the new values.
+    pub(super) fn announce(&self) {
+        let bus = self.bus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(bus) = bus else { return };
+        let Ok(iface) = bus.object_server().interface::<_, Sysroot>(SYSROOT_PATH) else {
+            return;
+        };
+        let emitter = iface.signal_emitter();
+        let sysroot = iface.get();
+        let _ = zbus::block_on(sysroot.deployments_changed(emitter));
+        let _ = zbus::block_on(sysroot.active_transaction_changed(emitter));
     }
 }
 
@@ -80,6 +98,7 @@ impl StandIn {
         model.bus_address = bus.address.clone();
         let shared = Arc::new(Shared {
             model: Mutex::new(model),
+            bus: Mutex::new(None),
             sockets: tempfile::tempdir().expect("creating a directory for transaction sockets"),
             next: AtomicU32::new(0),
         });
@@ -144,7 +163,7 @@ impl StandIn {
 /// One instance of the daemon on the bus.
 fn serve(shared: &Arc<Shared>, address: &str) -> Connection {
     let os_path = shared.model().os_path();
-    zbus::blocking::connection::Builder::address(address)
+    let conn = zbus::blocking::connection::Builder::address(address)
         .and_then(|b| {
             b.serve_at(
                 SYSROOT_PATH,
@@ -163,7 +182,9 @@ fn serve(shared: &Arc<Shared>, address: &str) -> Connection {
         })
         .and_then(|b| b.name(BUS_NAME))
         .and_then(|b| b.build())
-        .expect("serving the rpm-ostreed stand-in on the private bus")
+        .expect("serving the rpm-ostreed stand-in on the private bus");
+    *shared.bus.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+    conn
 }
 
 impl StandIn {

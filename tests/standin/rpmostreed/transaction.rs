@@ -115,6 +115,7 @@ fn run(job: Job, conn: &Connection, cancel: &AtomicBool, done: mpsc::Sender<()>)
         }
     };
     job.shared.model().active = None;
+    job.shared.announce();
     match outcome {
         Ok(()) => emit(conn, "Finished", &(true, "")),
         Err(e) => emit(conn, "Finished", &(false, e.as_str())),
