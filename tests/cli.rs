@@ -163,7 +163,8 @@ fn a_bad_configuration_exits_3_with_one_line_naming_file_and_key() {
         stderr,
         format!(
             "hkd: error: loading configuration: {}:2: unknown key `os.bakend` \
-             (expected backend or allow_unverified_images); remove it or correct its spelling\n",
+             (expected one of backend, allow_unverified_images, skip_branch_check); remove it or \
+             correct its spelling\n",
             path.display()
         )
     );

@@ -1,6 +1,8 @@
-//! The rpm-ostree backend against a stand-in for rpm-ostreed (tests/standin/rpmostreed.rs) on a
-//! private dbus-daemon: real D-Bus traffic, the backend exactly as in production, only the bus
-//! address differs. Needs Debian's `dbus` package for `dbus-daemon`.
+//! The rpm-ostree backend against a stand-in for rpm-ostreed (tests/standin/rpmostreed/) on a
+//! private dbus-daemon, with stand-ins for logind (inhibitors) and systemd (restarting the
+//! daemon) beside it: real D-Bus traffic, the backend exactly as in production, only the bus
+//! address (and, for the driver registration, where /proc is) differs. Needs Debian's `dbus`
+//! package for `dbus-daemon`.
 
 mod standin;
 
@@ -12,7 +14,8 @@ use housekeeper::image_ref::{ImagePolicy, ImageRef, ImageRefError};
 use housekeeper::os::rpmostree::{Progress, RpmOstree};
 use housekeeper::os::{Backend, OsError};
 use standin::bus::PrivateBus;
-use standin::rpmostreed::{Dep, Model, Opt, StandIn};
+use standin::rpmostreed::{digest_of, layered_commit, Dep, Model, Opt, StandIn};
+use standin::{logind, systemd};
 
 const V0: &str = "0000000000000000000000000000000000000000000000000000000000000a00";
 const V1: &str = "1111111111111111111111111111111111111111111111111111111111111b11";
@@ -21,6 +24,9 @@ const SIGNED_V1: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nest
 const SIGNED_V2: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:22.03-2";
 const UNVERIFIED_V2: &str = "ostree-unverified-registry:hub.oepkgs.net/nestos/nestos:22.03-2";
 const MISSING: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:99.99";
+/// A commit of another branch than the booted origin's.
+const V3: &str = "3333333333333333333333333333333333333333333333333333333333333d33";
+const TESTING: &str = "nestos:nestos/x86_64/testing";
 
 fn dep(checksum: &str, version: &str, origin: &str, booted: bool) -> Dep {
     Dep {
@@ -33,6 +39,8 @@ fn dep(checksum: &str, version: &str, origin: &str, booted: bool) -> Dep {
         staged: false,
         pinned: false,
         locked: false,
+        base: None,
+        digest: None,
     }
 }
 
@@ -48,26 +56,51 @@ fn nestos() -> Model {
             (SIGNED_V1.to_owned(), (V1.to_owned(), "1".to_owned())),
             (SIGNED_V2.to_owned(), (V2.to_owned(), "2".to_owned())),
             (UNVERIFIED_V2.to_owned(), (V2.to_owned(), "2".to_owned())),
+            (TESTING.to_owned(), (V3.to_owned(), "3".to_owned())),
         ]),
+        // The booted image's history holds v0..v2; v3 is on another branch.
+        history: HashMap::from([(
+            SIGNED_V1.to_owned(),
+            vec![V0.to_owned(), V1.to_owned(), V2.to_owned()],
+        )]),
         ..Model::default()
     }
 }
 
-/// The stand-in is declared first so that it leaves the bus before the bus goes.
+/// The stand-ins are declared first so that they leave the bus before the bus goes.
 struct Lab {
-    standin: StandIn,
+    systemd: systemd::StandIn,
+    logind: Option<logind::StandIn>,
+    standin: Arc<StandIn>,
     bus: PrivateBus,
     progress: Arc<Mutex<Vec<Progress>>>,
 }
 
 impl Lab {
     fn new() -> Lab {
-        let bus = PrivateBus::start();
+        Lab::with(nestos())
+    }
+
+    /// `model` served, with logind and systemd on the bus.
+    fn with(model: Model) -> Lab {
+        Lab::on(PrivateBus::start(), model)
+    }
+
+    fn on(bus: PrivateBus, model: Model) -> Lab {
+        let standin = Arc::new(StandIn::start(&bus, model));
+        let restarted = standin.clone();
         Lab {
-            standin: StandIn::start(&bus, nestos()),
+            systemd: systemd::StandIn::start(&bus, Box::new(move || restarted.restart())),
+            logind: Some(logind::StandIn::start(&bus)),
+            standin,
             bus,
             progress: Arc::default(),
         }
+    }
+
+    fn inhibitors(&self, list: Vec<logind::Inhibitor>) {
+        let logind = self.logind.as_ref().expect("logind on the bus");
+        logind.state.lock().unwrap().inhibitors = list;
     }
 
     fn backend(&self) -> RpmOstree {
@@ -151,11 +184,6 @@ fn stage_locks_finalization_and_passes_the_reference_unchanged() {
     );
     assert_eq!(args["option:lock-finalization"], Opt::Bool(true));
     assert_eq!(args["option:allow-downgrade"], Opt::Bool(true));
-    assert!(matches!(&args["option:register-driver"], Opt::Str(d) if d.contains("hkd")));
-    assert_eq!(
-        lab.standin.model().update_driver.as_deref(),
-        Some("hkd (Housekeeper)")
-    );
 
     let all = backend.status().unwrap();
     let staged = all.staged().unwrap();
@@ -169,6 +197,7 @@ fn stage_locks_finalization_and_passes_the_reference_unchanged() {
         V1,
         "the booted system stays"
     );
+    assert_eq!(all.deployments.len(), 3, "nothing pruned at staging");
     assert_eq!(lab.standin.model().reboots, 0);
 
     // Asking again changes nothing and starts no transaction.
@@ -483,4 +512,419 @@ fn a_checksum_target_is_deployed_by_revision() {
     let args = lab.last_call("UpdateDeployment");
     assert_eq!(args["modifier:set-revision"], Opt::Str(V2.into()));
     assert!(!args.contains_key("modifier:set-refspec"));
+}
+
+// --- 1. driver registration ----------------------------------------------------------------
+
+#[test]
+fn outside_a_systemd_unit_staging_does_not_register_as_driver() {
+    // The tests run outside any unit, and the stand-in (like the daemon) refuses the whole
+    // call when register-driver comes from there.
+    let lab = Lab::new();
+    assert_eq!(lab.backend().stage(&signed(SIGNED_V2)).unwrap(), V2);
+    let args = lab.last_call("UpdateDeployment");
+    assert!(!args.contains_key("option:register-driver"), "{args:?}");
+    assert_eq!(lab.standin.model().update_driver, None);
+}
+
+#[test]
+fn from_a_service_staging_registers_as_the_update_driver() {
+    let lab = Lab::new();
+    lab.standin.model().caller_unit = Some("hkd.service".into());
+    let proc_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(proc_root.path().join("self")).unwrap();
+    std::fs::write(
+        proc_root.path().join("self/cgroup"),
+        "0::/system.slice/hkd.service\n",
+    )
+    .unwrap();
+    let backend = lab.backend().with_proc_root(proc_root.path());
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    let args = lab.last_call("UpdateDeployment");
+    assert!(matches!(&args["option:register-driver"], Opt::Str(d) if d.contains("hkd")));
+    assert_eq!(
+        lab.standin.model().update_driver.as_deref(),
+        Some("hkd (Housekeeper)")
+    );
+}
+
+// --- 2. inhibitors -------------------------------------------------------------------------
+
+#[test]
+fn a_block_inhibitor_holds_finalize_and_says_who_until_released() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    backend.stage(&signed(SIGNED_V2)).unwrap();
+    lab.inhibitors(vec![
+        (
+            "shutdown".into(),
+            "kubelet".into(),
+            "graceful shutdown".into(),
+            "delay".into(),
+            0,
+            10,
+        ),
+        (
+            "sleep:shutdown".into(),
+            "backup".into(),
+            "copying /var".into(),
+            "block".into(),
+            0,
+            42,
+        ),
+    ]);
+    let err = backend.finalize(V2).unwrap_err();
+    assert!(
+        matches!(err, OsError::Blocked(ref m) if m.contains("blocked by backup (copying /var)")),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains('\n'), "{err}");
+    // Nothing happened: still locked, no reboot.
+    assert!(
+        backend
+            .status()
+            .unwrap()
+            .staged()
+            .unwrap()
+            .finalization_locked
+    );
+    assert_eq!(lab.standin.model().reboots, 0);
+
+    // A delay inhibitor alone does not hold it.
+    lab.inhibitors(vec![(
+        "shutdown".into(),
+        "kubelet".into(),
+        "graceful shutdown".into(),
+        "delay".into(),
+        0,
+        10,
+    )]);
+    backend.finalize(V2).unwrap();
+    assert_eq!(lab.standin.model().reboots, 1);
+}
+
+#[test]
+fn finalize_without_logind_on_the_bus_is_a_clear_error() {
+    let mut lab = Lab::new();
+    let backend = lab.backend();
+    backend.stage(&signed(SIGNED_V2)).unwrap();
+    lab.logind = None;
+    let err = backend.finalize(V2).unwrap_err();
+    assert!(
+        matches!(err, OsError::Unavailable(ref m) if m.contains("needs systemd-logind on the system bus")),
+        "{err:?}"
+    );
+    assert!(
+        backend
+            .status()
+            .unwrap()
+            .staged()
+            .unwrap()
+            .finalization_locked
+    );
+}
+
+// --- 3. no transaction after a finalize ---------------------------------------------------
+
+#[test]
+fn giving_a_finalized_target_up_restarts_the_daemon_and_removes_it() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    backend.stage(&signed(SIGNED_V2)).unwrap();
+    backend.finalize(V2).unwrap();
+    // The reboot does not come. Finalizing again asks nothing (the daemon would refuse).
+    backend.finalize(V2).unwrap();
+    let finalizes = lab
+        .methods()
+        .iter()
+        .filter(|m| m.as_str() == "FinalizeDeployment")
+        .count();
+    assert_eq!(finalizes, 1);
+
+    backend.restore_booted().unwrap();
+    assert_eq!(
+        *lab.systemd.restarts.lock().unwrap(),
+        ["rpm-ostreed.service"]
+    );
+    let all = backend.status().unwrap();
+    assert_eq!(all.staged(), None);
+    assert!(all.default_deployment().unwrap().booted);
+    // Registered again with the restarted daemon.
+    assert_eq!(lab.standin.model().clients, ["hkd", "hkd"]);
+}
+
+// --- 4. half-failed stages ----------------------------------------------------------------
+
+#[test]
+fn a_stage_that_failed_after_deploying_reports_the_target_staged() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    lab.standin.model().hooks.fail_after_work_next = Some("Operation was cancelled".into());
+    // The truth: the target is staged and locked, whatever the transaction said.
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    assert!(
+        backend
+            .status()
+            .unwrap()
+            .staged()
+            .unwrap()
+            .finalization_locked
+    );
+    // And the next stage finds it there: no second transaction.
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    assert_eq!(lab.methods(), ["UpdateDeployment"]);
+}
+
+#[test]
+fn a_daemon_gone_in_the_middle_is_named_and_nothing_is_staged() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    lab.standin.model().hooks.vanish_next = true;
+    let err = backend.stage(&signed(SIGNED_V2)).unwrap_err();
+    assert!(
+        matches!(err, OsError::Failed(ref m) if m.contains("closed the transaction before it finished")),
+        "{err:?}"
+    );
+    assert_eq!(backend.status().unwrap().staged(), None);
+    assert_eq!(backend.status().unwrap().booted().unwrap().checksum, V1);
+}
+
+// --- 5. branch check ----------------------------------------------------------------------
+
+#[test]
+fn a_commit_of_another_branch_needs_skip_branch_check() {
+    let lab = Lab::new();
+    let err = lab.backend().stage(&signed(V3)).unwrap_err();
+    assert!(
+        matches!(err, OsError::NotFound(ref m) if m.contains("not found in") && m.contains("os.skip_branch_check")),
+        "{err:?}"
+    );
+    assert!(!lab
+        .last_call("UpdateDeployment")
+        .contains_key("option:skip-branch-check"));
+
+    let backend = lab.backend().with_skip_branch_check(true);
+    assert_eq!(backend.stage(&signed(V3)).unwrap(), V3);
+    let args = lab.last_call("UpdateDeployment");
+    assert_eq!(args["option:skip-branch-check"], Opt::Bool(true));
+    assert_eq!(args["modifier:set-revision"], Opt::Str(V3.into()));
+    // A reference target never carries it.
+    backend.stage(&signed(SIGNED_V2)).unwrap();
+    assert!(!lab
+        .last_call("UpdateDeployment")
+        .contains_key("option:skip-branch-check"));
+}
+
+// --- 6. layered bases, canonical references, digests ---------------------------------------
+
+#[test]
+fn finalize_sends_the_base_commit_of_a_layered_deployment() {
+    let mut model = nestos();
+    // Packages layered on the booted v1: its checksum is a local commit over v1.
+    model.deployments[0].checksum = layered_commit(V1);
+    model.deployments[0].base = Some(V1.into());
+    let lab = Lab::with(model);
+    let backend = lab.backend();
+    let staged = backend.stage(&signed(SIGNED_V2)).unwrap();
+    assert_eq!(staged, layered_commit(V2), "the deployment's own commit");
+    backend.finalize(&staged).unwrap();
+    assert_eq!(
+        lab.last_call("FinalizeDeployment")["option:checksum"],
+        Opt::Str(V2.into()),
+        "the daemon compares the base commit"
+    );
+    assert_eq!(lab.standin.model().reboots, 1);
+    // A checksum target names the base commit too: v2 is already staged.
+    assert_eq!(backend.stage(&signed(V2)).unwrap_or_default(), staged);
+}
+
+#[test]
+fn references_are_matched_in_the_form_the_daemon_reports_them() {
+    let remote = "ostree-remote-registry:nestos:hub.oepkgs.net/nestos/nestos:22.03-2";
+    let mut model = nestos();
+    model
+        .images
+        .insert(remote.into(), (V2.to_owned(), "2".to_owned()));
+    let lab = Lab::with(model);
+    for raw in [remote, UNVERIFIED_V2] {
+        let target = ImageRef::parse(raw, ImagePolicy::ALLOW_UNVERIFIED).unwrap();
+        let backend = lab.backend_allowing_unverified(true);
+        assert_eq!(backend.stage(&target).unwrap(), V2, "{raw}");
+        let staged = backend.status().unwrap().staged().unwrap().clone();
+        assert!(
+            staged
+                .origin
+                .as_deref()
+                .is_some_and(|o| o.contains(":docker://hub.oepkgs.net/")),
+            "reported canonical: {staged:?}"
+        );
+        // Recognised as the target: asking again changes nothing.
+        let before = lab.methods().len();
+        assert_eq!(backend.stage(&target).unwrap(), V2);
+        assert_eq!(lab.methods().len(), before, "{raw}");
+        backend.unstage().unwrap();
+    }
+}
+
+#[test]
+fn an_image_pinned_to_another_digest_is_not_taken_for_the_target() {
+    let pinned_ok = format!(
+        "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos@{}",
+        digest_of(V2)
+    );
+    let pinned_other = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos@sha256:ffff";
+    let mut model = nestos();
+    model
+        .images
+        .insert(pinned_ok.clone(), (V2.to_owned(), "2".to_owned()));
+    // A registry answering the pinned digest with another image.
+    model
+        .images
+        .insert(pinned_other.into(), (V2.to_owned(), "2".to_owned()));
+    let lab = Lab::with(model);
+    let backend = lab.backend();
+    assert_eq!(backend.stage(&signed(&pinned_ok)).unwrap(), V2);
+    backend.unstage().unwrap();
+    let err = backend.stage(&signed(pinned_other)).unwrap_err();
+    assert!(
+        matches!(err, OsError::State(ref m) if m.contains("is staged, not the target")),
+        "{err:?}"
+    );
+    assert_eq!(lab.standin.model().reboots, 0);
+}
+
+// --- bad input ----------------------------------------------------------------------------
+
+#[test]
+fn an_admins_upgrade_in_between_is_named_and_not_finalized() {
+    let lab = Lab::new();
+    let backend = lab.backend();
+    backend.stage(&signed(SIGNED_V2)).unwrap();
+    {
+        // `rpm-ostree upgrade` by an admin: another deployment staged in place of ours.
+        let mut m = lab.standin.model();
+        let theirs = &mut m.deployments[0];
+        theirs.checksum = V3.into();
+        theirs.origin = TESTING.into();
+        theirs.locked = false;
+    }
+    let err = backend.finalize(V2).unwrap_err();
+    assert!(
+        matches!(err, OsError::State(ref m)
+            if m.contains(V3) && m.contains(TESTING) && m.contains("nothing was finalized")),
+        "{err:?}"
+    );
+    assert!(!lab.methods().contains(&"FinalizeDeployment".to_owned()));
+    assert_eq!(lab.standin.model().reboots, 0);
+    assert_eq!(backend.status().unwrap().booted().unwrap().checksum, V1);
+}
+
+// --- 7. progress in the status --------------------------------------------------------------
+
+#[test]
+fn staging_progress_shows_in_the_status_while_it_runs() {
+    use housekeeper::node::machine::{Machine, State};
+    use housekeeper::node::status::{render, NodeStatus, ProgressSink};
+
+    let lab = Lab::new();
+    let mut machine = Machine::new("boot-0");
+    machine.state = State::Staging {
+        target: signed(SIGNED_V2),
+    };
+    let status = Arc::new(Mutex::new(NodeStatus::new(
+        "rpm-ostree",
+        &machine,
+        vec![],
+        None,
+    )));
+    let sink = ProgressSink::default();
+    sink.attach(status.clone());
+    let backend = lab.backend().with_observer(sink.observer());
+    lab.standin.model().pull_pause = Some(Duration::from_secs(2));
+    let staging = std::thread::spawn(move || backend.stage(&signed(SIGNED_V2)));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let now = status.lock().unwrap().clone();
+        if now.progress.as_ref().is_some_and(|p| p.bytes > 0) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!staging.is_finished(), "seen while the pull runs");
+    let json = serde_json::to_value(&seen).unwrap();
+    assert_eq!(json["progress"]["task"], "Receiving objects");
+    assert_eq!(json["progress"]["percent"], 50);
+    assert_eq!(json["progress"]["bytes"], 4_096_000);
+    assert_eq!(json["progress"]["objectsRequested"], 180);
+    let mut text = Vec::new();
+    render(&seen, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "  progress: Receiving objects 50 %, 3.9 MiB at 2.0 MiB/s, 90 of 180 objects\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(staging.join().unwrap().unwrap(), V2);
+}
+
+// --- idle exit and bus activation ---------------------------------------------------------
+
+#[test]
+fn the_daemon_idle_exiting_between_two_calls_is_started_again_by_the_bus() {
+    let lab = Lab::on(
+        PrivateBus::activating(standin::rpmostreed::BUS_NAME),
+        nestos(),
+    );
+    let backend = lab.backend();
+    assert_eq!(backend.status().unwrap().deployments.len(), 2);
+    lab.standin.exit_idle();
+    // The next call starts it again; hkd registers with the new instance and stages.
+    assert_eq!(backend.stage(&signed(SIGNED_V2)).unwrap(), V2);
+    assert_eq!(lab.standin.model().activations, 1);
+    assert_eq!(lab.standin.model().clients, ["hkd", "hkd"]);
+
+    // Gone again while hkd is between a look and a transaction: the same.
+    lab.standin.exit_idle();
+    backend.unstage().unwrap();
+    assert_eq!(lab.standin.model().activations, 2);
+    assert_eq!(backend.status().unwrap().staged(), None);
+}
+
+#[test]
+fn a_finished_transaction_announces_the_changed_deployments() {
+    let lab = Lab::new();
+    let listener = zbus::blocking::connection::Builder::address(lab.bus.address.as_str())
+        .and_then(|b| b.build())
+        .unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .unwrap()
+        .member("PropertiesChanged")
+        .unwrap()
+        .path("/org/projectatomic/rpmostree1/Sysroot")
+        .unwrap()
+        .build();
+    let signals =
+        zbus::blocking::MessageIterator::for_match_rule(rule, &listener, Some(16)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        type Changed = (
+            String,
+            HashMap<String, zbus::zvariant::OwnedValue>,
+            Vec<String>,
+        );
+        for msg in signals.flatten() {
+            if let Ok((iface, changed, _)) = msg.body().deserialize::<Changed>() {
+                let _ = tx.send((iface, changed.keys().cloned().collect::<Vec<_>>()));
+            }
+        }
+    });
+    lab.backend().stage(&signed(SIGNED_V2)).unwrap();
+    let (iface, changed) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(iface, "org.projectatomic.rpmostree1.Sysroot");
+    assert!(changed.contains(&"Deployments".to_owned()), "{changed:?}");
 }

@@ -43,6 +43,11 @@ pub struct Os {
     /// Accept image references that carry no verification (`ostree-unverified-registry:` …).
     /// Off by default: an unverified image is an unauthenticated root filesystem.
     pub allow_unverified_images: bool,
+    /// rpm-ostree: deploy a commit-checksum target even when it is not in the history of the
+    /// booted origin's branch (the daemon's `skip-branch-check`). Off by default, as rpm-ostree
+    /// has it: a commit from another branch is more likely a mistake than a choice. The
+    /// commit is verified all the same (GPG, through its remote).
+    pub skip_branch_check: bool,
 }
 
 impl Default for Os {
@@ -50,6 +55,7 @@ impl Default for Os {
         Os {
             backend: BackendSetting::Auto,
             allow_unverified_images: false,
+            skip_branch_check: false,
         }
     }
 }
@@ -174,10 +180,12 @@ impl Default for Health {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Reboot {
-    /// `wait`: a block inhibitor postpones the reboot; `ignore`: reboot through it.
+    /// `wait`: a block inhibitor postpones the reboot until it is released; `ignore`: reboot
+    /// through it (rpm-ostree's finalize still refuses to).
     pub on_blocked: OnBlocked,
-    /// How long to wait before asking again when a reboot did not happen. After the third
-    /// request the upgrade is given up and the booted deployment stays the default.
+    /// How long to wait before asking again while a block inhibitor holds the reboot, or when
+    /// a reboot asked for did not happen. After the third such request the upgrade is given
+    /// up and the booted deployment stays the default.
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
 }

@@ -155,7 +155,16 @@ pub struct Agent {
     parts: Parts,
     machine: Machine,
     last_error: Option<String>,
+    /// What the agent waits for before it can go on (a block inhibitor), for the status.
+    waiting: Option<String>,
     shared: Shared,
+}
+
+/// Why a reboot (with rpm-ostree: the finalize that starts it) did not start.
+enum NotRebooted {
+    /// A block-mode shutdown inhibitor holds it: not yet, ask again at the configured pace.
+    Blocked(String),
+    Failed(String),
 }
 
 fn unix_now() -> u64 {
@@ -182,6 +191,7 @@ impl Agent {
             parts,
             machine,
             last_error: None,
+            waiting: None,
             shared,
         };
         let first = agent.observe()?;
@@ -219,12 +229,13 @@ impl Agent {
             .status()
             .map(|d| d.deployments)
             .unwrap_or_default();
-        let status = NodeStatus::new(
+        let mut status = NodeStatus::new(
             &self.parts.backend_name,
             &self.machine,
             deployments,
             self.last_error.clone(),
         );
+        status.waiting = self.waiting.clone();
         if let Ok(mut shared) = self.shared.lock() {
             *shared = status;
         }
@@ -310,24 +321,28 @@ impl Agent {
                 ],
             },
             Action::Reboot { checksum } => {
-                let result = self
-                    .parts
-                    .rebooter
-                    .check()
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        self.parts
-                            .backend
-                            .finalize(&checksum)
-                            .map_err(|e| e.to_string())
-                    })
-                    .and_then(|()| {
-                        tracing::info!(message_id = msgid::REBOOTING, "rebooting into {checksum}");
-                        self.parts
-                            .rebooter
-                            .reboot(&format!("hkd: booting {checksum}"))
-                            .map_err(|e| e.to_string())
-                    });
+                // A block inhibitor is "not yet", not a failed attempt: wait for its release at
+                // the configured pace, saying who holds it. Everything else is an attempt.
+                let result = loop {
+                    match self.reboot_into(&checksum) {
+                        Err(NotRebooted::Blocked(why)) => {
+                            if self.waiting.as_deref() != Some(why.as_str()) {
+                                tracing::warn!(
+                                    "{why}; asking again every {}s",
+                                    self.parts.reboot_retry.as_secs()
+                                );
+                                self.waiting = Some(why);
+                                self.publish();
+                            }
+                            std::thread::sleep(self.parts.reboot_retry);
+                        }
+                        Err(NotRebooted::Failed(e)) => break Err(e),
+                        Ok(()) => break Ok(()),
+                    }
+                };
+                if self.waiting.take().is_some() {
+                    tracing::info!("the block inhibitor is released");
+                }
                 self.after_reboot_request(result, "reboot")
             }
             Action::CheckHealth => {
@@ -381,6 +396,23 @@ impl Agent {
                 vec![]
             }
         }
+    }
+
+    /// Checks the reboot may start, finalizes `checksum` and reboots.
+    fn reboot_into(&self, checksum: &str) -> Result<(), NotRebooted> {
+        self.parts.rebooter.check().map_err(|e| match e {
+            RebootError::Blocked(_) => NotRebooted::Blocked(e.to_string()),
+            RebootError::Failed(e) => NotRebooted::Failed(e),
+        })?;
+        self.parts.backend.finalize(checksum).map_err(|e| match e {
+            OsError::Blocked(why) => NotRebooted::Blocked(why),
+            e => NotRebooted::Failed(e.to_string()),
+        })?;
+        tracing::info!(message_id = msgid::REBOOTING, "rebooting into {checksum}");
+        self.parts
+            .rebooter
+            .reboot(&format!("hkd: booting {checksum}"))
+            .map_err(|e| NotRebooted::Failed(e.to_string()))
     }
 
     fn stage(&self, target: &ImageRef) -> Result<String, OsError> {

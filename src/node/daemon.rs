@@ -19,6 +19,7 @@ use super::machine::Limits;
 use super::metrics::{self, Metrics};
 use super::reboot::Logind;
 use super::socket::Server;
+use super::status::ProgressSink;
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
 use crate::cluster::kube_drain::Tuning;
@@ -59,7 +60,10 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
         tracing::warn!("os.allow_unverified_images is on: images nobody verified will be deployed");
     }
     let policy = image_policy(settings);
-    let (backend, backend_name) = detect::open(settings.os.backend, root, policy)?;
+    // Staging progress (rpm-ostree reports it) goes to `hkd status`.
+    let progress = ProgressSink::default();
+    let (backend, backend_name) =
+        detect::open(&settings.os, root, policy, Some(progress.observer()))?;
     let seams = Seams {
         backend,
         backend_name: backend_name.into(),
@@ -68,7 +72,7 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
             proc_root: root.join("proc"),
         }),
     };
-    run_with(settings, root, socket, seams)
+    run_reporting(settings, root, socket, seams, Some(progress))
 }
 
 /// Runs the node agent on `seams` until it fails: everything of `hkd run` but the choice of
@@ -78,6 +82,18 @@ pub fn run_with(
     root: &Path,
     socket: &Path,
     seams: Seams,
+) -> anyhow::Result<()> {
+    run_reporting(settings, root, socket, seams, None)
+}
+
+/// [`run_with`], with the backend's staging progress (reported to `progress`) shown in the
+/// agent's status.
+fn run_reporting(
+    settings: &Settings,
+    root: &Path,
+    socket: &Path,
+    seams: Seams,
+    progress: Option<ProgressSink>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = metrics::bind(settings.metrics.listen)?;
@@ -116,6 +132,9 @@ pub fn run_with(
     };
     let (agent, first) = Agent::start(parts).context("starting the node agent")?;
     let shared = agent.shared();
+    if let Some(progress) = progress {
+        progress.attach(shared.clone());
+    }
     // A node that follows its cluster takes upgrades from its Update only: a local request
     // could otherwise ride a cluster grant.
     let standalone = starter.is_none();

@@ -2,8 +2,10 @@
 //!
 //! logind lets root reboot through a *block* inhibitor (the check is the caller's job, as
 //! `systemctl reboot` does it), so hkd lists the inhibitors first: a block inhibitor on
-//! shutdown postpones the reboot (the agent asks again, a bounded number of times) unless the
-//! configuration says to ignore them. *Delay* inhibitors — the kubelet holds one for graceful
+//! shutdown postpones the reboot — the agent waits, names the holder in `hkd status` and asks
+//! again every `reboot.retry` until it is released — unless the configuration says to ignore
+//! them. On rpm-ostree that setting cannot reach past the daemon: its FinalizeDeployment
+//! refuses while a block inhibitor is held, and the agent waits the same way. *Delay* inhibitors — the kubelet holds one for graceful
 //! node shutdown — are honoured by logind itself during the shutdown. Never by signalling PID 1.
 
 use zbus::blocking::{Connection, Proxy};

@@ -6,11 +6,13 @@
 //! only ever added within v1.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::machine::{short, Machine, Phase, State};
+use crate::os::rpmostree::{Observer, Progress};
 use crate::os::Deployment;
 
 pub const API_VERSION: &str = "hkd.housekeeper.io/v1";
@@ -30,6 +32,128 @@ pub struct NodeStatus {
     pub upgrade: Upgrade,
     /// The last error met, if the last attempt at anything failed.
     pub last_error: Option<String>,
+    /// What the staging transaction reports while it runs (rpm-ostree); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StagingProgress>,
+    /// Why the next step waits, in words: who holds the reboot with a block-mode inhibitor.
+    /// Absent when nothing waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// How far the download of a staging target is, as the backend last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StagingProgress {
+    /// What is being fetched or done ("Receiving objects", "Fetching layer sha256:…").
+    pub task: Option<String>,
+    /// Percent of the current task, when it reports one.
+    pub percent: Option<u32>,
+    /// Bytes transferred so far.
+    pub bytes: u64,
+    pub bytes_per_second: u64,
+    /// Content objects fetched, of those requested.
+    pub objects_fetched: u32,
+    pub objects_requested: u32,
+}
+
+impl StagingProgress {
+    /// Folds one report into what is known.
+    pub fn apply(&mut self, p: &Progress) {
+        match p {
+            Progress::TaskBegin(text) => {
+                self.task = Some(text.clone());
+                self.percent = None;
+            }
+            Progress::Percent { text, percent } => {
+                self.task = Some(text.clone());
+                self.percent = Some(*percent);
+            }
+            Progress::Download {
+                fetched,
+                requested,
+                bytes,
+                bytes_per_second,
+            } => {
+                self.objects_fetched = *fetched;
+                self.objects_requested = *requested;
+                self.bytes = *bytes;
+                self.bytes_per_second = *bytes_per_second;
+            }
+            Progress::Message(_) | Progress::TaskEnd(_) | Progress::End => {}
+        }
+    }
+
+    /// One line for people: "Receiving objects 43 %, 310.0 MiB at 2.0 MiB/s, 90 of 180 objects".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match (&self.task, self.percent) {
+            (Some(task), Some(p)) => parts.push(format!("{task} {p} %")),
+            (Some(task), None) => parts.push(task.clone()),
+            (None, Some(p)) => parts.push(format!("{p} %")),
+            (None, None) => {}
+        }
+        if self.bytes > 0 {
+            parts.push(format!(
+                "{} at {}/s",
+                mebibytes(self.bytes),
+                mebibytes(self.bytes_per_second)
+            ));
+        }
+        if self.objects_requested > 0 {
+            parts.push(format!(
+                "{} of {} objects",
+                self.objects_fetched, self.objects_requested
+            ));
+        }
+        if parts.is_empty() {
+            "started".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Carries a backend's progress reports into the status the agent publishes, while it
+/// stages: the backend is built before the agent, so the status is attached later. Reports
+/// outside staging (a rollback's, a cleanup's) are left out.
+#[derive(Clone, Default)]
+pub struct ProgressSink {
+    status: Arc<Mutex<Option<Arc<Mutex<NodeStatus>>>>>,
+}
+
+impl ProgressSink {
+    /// From now on, reports go to `status`.
+    pub fn attach(&self, status: Arc<Mutex<NodeStatus>>) {
+        if let Ok(mut slot) = self.status.lock() {
+            *slot = Some(status);
+        }
+    }
+
+    /// The observer to give the backend.
+    pub fn observer(&self) -> Arc<Observer> {
+        let sink = self.clone();
+        Arc::new(move |p: &Progress| sink.report(p))
+    }
+
+    fn report(&self, p: &Progress) {
+        let Some(status) = self.status.lock().ok().and_then(|s| s.clone()) else {
+            return;
+        };
+        let Ok(mut status) = status.lock() else {
+            return;
+        };
+        if status.upgrade.phase == Phase::Staging {
+            status
+                .progress
+                .get_or_insert_with(Default::default)
+                .apply(p);
+        }
+    }
 }
 
 /// Where the upgrade state machine stands.
@@ -66,6 +190,8 @@ impl NodeStatus {
             deployments,
             upgrade: Upgrade::of(machine),
             last_error,
+            progress: None,
+            waiting: None,
         }
     }
 }
@@ -128,6 +254,12 @@ pub fn render(status: &NodeStatus, out: &mut dyn Write) -> io::Result<()> {
     }
     if let Some(pending) = &up.pending {
         writeln!(out, "  next: {pending}")?;
+    }
+    if let Some(progress) = &status.progress {
+        writeln!(out, "  progress: {}", progress.describe())?;
+    }
+    if let Some(waiting) = &status.waiting {
+        writeln!(out, "  waiting: {waiting}")?;
     }
     if let Some(failed) = &up.failed_target {
         writeln!(out, "  not retried: {failed} (failed here)")?;
@@ -264,6 +396,71 @@ mod tests {
         );
         assert!(text.contains("not retried: v3"), "{text}");
         assert!(status.upgrade.pending.is_none());
+    }
+
+    #[test]
+    fn staging_progress_is_folded_and_shown() {
+        let mut machine = Machine::new("b");
+        machine.state = State::Staging {
+            target: img("ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:22.03.2"),
+        };
+        let status = Arc::new(Mutex::new(NodeStatus::new(
+            "rpm-ostree",
+            &machine,
+            vec![],
+            None,
+        )));
+        let sink = ProgressSink::default();
+        let observe = sink.observer();
+        observe(&Progress::TaskBegin("early".into()));
+        assert_eq!(status.lock().unwrap().progress, None, "not attached yet");
+        sink.attach(status.clone());
+        for p in [
+            Progress::TaskBegin("Fetching ostree commit".into()),
+            Progress::Percent {
+                text: "Receiving objects".into(),
+                percent: 43,
+            },
+            Progress::Download {
+                fetched: 90,
+                requested: 180,
+                bytes: 325_058_560,
+                bytes_per_second: 2_097_152,
+            },
+            Progress::Message("a line".into()),
+        ] {
+            observe(&p);
+        }
+        let shown = status.lock().unwrap().clone();
+        let progress = shown.progress.clone().unwrap();
+        assert_eq!(
+            progress.describe(),
+            "Receiving objects 43 %, 310.0 MiB at 2.0 MiB/s, 90 of 180 objects"
+        );
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(json["progress"]["percent"], 43);
+        assert_eq!(json["progress"]["bytes"], 325_058_560u64);
+        assert_eq!(json["progress"]["task"], "Receiving objects");
+        let mut text = Vec::new();
+        render(&shown, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("  progress: Receiving objects 43 %, 310.0 MiB"),
+            "{text}"
+        );
+
+        // Outside staging (a rollback's transaction), nothing is shown.
+        let mut idle = NodeStatus::new("rpm-ostree", &Machine::new("b"), vec![], None);
+        idle.waiting = Some("the reboot is blocked by backup (copying)".into());
+        *status.lock().unwrap() = idle;
+        observe(&Progress::TaskBegin("Rolling back".into()));
+        let shown = status.lock().unwrap().clone();
+        assert_eq!(shown.progress, None);
+        let mut text = Vec::new();
+        render(&shown, &mut text).unwrap();
+        assert!(String::from_utf8(text)
+            .unwrap()
+            .contains("  waiting: the reboot is blocked by backup (copying)\n"));
     }
 
     #[test]

@@ -3,15 +3,16 @@
 //! thin beside it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use zbus::blocking::fdo::DBusProxy;
 use zbus::blocking::Connection;
 use zbus::names::BusName;
 
 use super::ostree::Ostree;
-use super::rpmostree::{RpmOstree, BUS_NAME};
+use super::rpmostree::{Observer, RpmOstree, BUS_NAME};
 use super::{Backend, OsError};
-use crate::config::hkd::BackendSetting as Setting;
+use crate::config::hkd::{BackendSetting as Setting, Os as Settings};
 use crate::image_ref::ImagePolicy;
 
 /// The backend to construct.
@@ -59,17 +60,28 @@ pub fn rpm_ostreed_on_system_bus() -> bool {
     }
 }
 
-/// The backend `setting` names for the host at `root` (`/` on a host), and its name for
-/// status and logs.
+/// The backend `settings.backend` names for the host at `root` (`/` on a host), and its name
+/// for status and logs. `progress` receives what a staging transaction reports, where the
+/// backend reports any (rpm-ostree).
 pub fn open(
-    setting: Setting,
+    settings: &Settings,
     root: &Path,
     policy: ImagePolicy,
+    progress: Option<Arc<Observer>>,
 ) -> Result<(Box<dyn Backend>, &'static str), OsError> {
+    let setting = settings.backend;
     // Only `auto` needs the fact; looking it up starts nothing.
     let on_bus = setting == Setting::Auto && rpm_ostreed_on_system_bus();
     Ok(match choose(setting, on_bus) {
-        Choice::RpmOstree => (Box::new(RpmOstree::system(policy)?), "rpm-ostree"),
+        Choice::RpmOstree => {
+            let mut backend = RpmOstree::system(policy)?
+                .with_proc_root(&root.join("proc"))
+                .with_skip_branch_check(settings.skip_branch_check);
+            if let Some(progress) = progress {
+                backend = backend.with_observer(progress);
+            }
+            (Box::new(backend), "rpm-ostree")
+        }
         Choice::Ostree => (Box::new(Ostree::booted_in(root, policy)?), "ostree"),
     })
 }

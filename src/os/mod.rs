@@ -75,6 +75,11 @@ pub enum OsError {
     /// Another operation holds the system (an rpm-ostree transaction, a concurrent deploy).
     #[error("the OS is busy: {0}; hkd retries later")]
     Busy(String),
+    /// Not yet: a block-mode shutdown inhibitor holds the reboot that finalizing starts
+    /// (rpm-ostree checks them itself); the text names who holds it. Asking again once it is
+    /// released succeeds.
+    #[error("{0}")]
+    Blocked(String),
     /// The target does not exist where it was looked for.
     #[error("{0}")]
     NotFound(String),
@@ -104,17 +109,21 @@ pub trait Backend: Send + Sync {
     /// Makes the staged `checksum` what the next boot starts.
     ///
     /// Plain OSTree only changes the boot order; the caller reboots. rpm-ostree cannot finalize
-    /// without rebooting: its `FinalizeDeployment` unlocks the staged deployment and then runs
-    /// `systemctl reboot` itself (logind honours delay inhibitors such as the kubelet's; root's
-    /// reboot is not held by block inhibitors). So callers call this only where they would
-    /// reboot, after their own reboot checks, and treat success as "the reboot may have begun".
+    /// without rebooting: its `FinalizeDeployment` first lists logind's inhibitors and refuses
+    /// while a `block`-mode shutdown inhibitor is held ([`OsError::Blocked`], whatever hkd's
+    /// own `reboot.on_blocked` says), then unlocks the staged deployment and runs
+    /// `systemctl reboot` itself (logind honours delay inhibitors such as the kubelet's). So
+    /// callers call this only where they would reboot, after their own reboot checks, and treat
+    /// success as "the reboot may have begun".
     fn finalize(&self, checksum: &str) -> Result<(), OsError>;
 
     /// Makes the rollback deployment what the next boot starts. Does not reboot.
     fn rollback(&self) -> Result<(), OsError>;
 
     /// Makes the booted deployment what the next boot starts again (after a finalized target
-    /// was given up without its reboot). Nothing to do when it already is.
+    /// was given up without its reboot). Nothing to do when it already is. On rpm-ostree the
+    /// daemon refuses transactions after a finalize until it restarts; the backend restarts it
+    /// through systemd first (see `rpmostree`'s module documentation).
     fn restore_booted(&self) -> Result<(), OsError>;
 
     /// Removes deployments that are neither booted, default, rollback nor pinned, and prunes.

@@ -5,3 +5,4 @@
 pub mod bus;
 pub mod logind;
 pub mod rpmostreed;
+pub mod systemd;

@@ -1,16 +1,33 @@
 //! rpm-ostree hosts (NestOS), through rpm-ostreed's D-Bus API (`org.projectatomic.rpmostree1`).
 //!
 //! The OS object is found through `Sysroot.Booted` (or `GetOS("")`), never by a fixed path. hkd
-//! registers as a client (so the daemon does not idle-exit under it) and, when staging, as the
-//! update driver. Every change is a transaction followed on its own peer-to-peer connection
-//! ([`transaction`]); only one runs at a time, and a daemon busy with someone else's is
-//! [`OsError::Busy`] before anything is asked of it.
+//! registers as a client (so the daemon does not idle-exit under it) and, when staging from a
+//! systemd service, as the update driver ([`caller`]: the daemon refuses the whole call
+//! otherwise, so outside a unit hkd stages without it and says so in the log). Every change is
+//! a transaction followed on its own peer-to-peer connection ([`transaction`], whose socket
+//! lives under `/run`: a containerised hkd needs the host's `/run`); only one runs at a time,
+//! and a daemon busy with someone else's is [`OsError::Busy`] before anything is asked of it.
 //!
 //! How the trait's promises are kept here:
 //! - stage: `UpdateDeployment` with `set-refspec` (the image reference's raw text, unchanged) or
-//!   `set-revision` (a checksum), `lock-finalization` so that shutdown does not finalize it.
-//! - finalize: `FinalizeDeployment({checksum})`. rpm-ostreed *reboots* at its end (see the
-//!   trait's documentation of [`Backend::finalize`]).
+//!   `set-revision` (a checksum; with `skip-branch-check` when `os.skip_branch_check` allows a
+//!   commit outside the booted origin's branch), `lock-finalization` so that shutdown does not
+//!   finalize it. Whatever the transaction says, the deployments are read again after it: a
+//!   failed or cancelled transaction can still leave the target staged, and that is reported
+//!   as it is. "Is the staged deployment our target" is [`target::is_target`], on the
+//!   reference as the daemon reports it back (canonical) and the digest when it reports one.
+//! - finalize: `FinalizeDeployment({checksum})` with the checksum the daemon compares: the
+//!   staged deployment's base commit when packages are layered on it. rpm-ostreed first
+//!   refuses while a block-mode shutdown inhibitor is held ([`OsError::Blocked`]), and
+//!   *reboots* at its end (see the trait's documentation of [`Backend::finalize`]). A staged
+//!   target already unlocked is finalized: nothing is asked again (the daemon would refuse).
+//! - after a finalize the daemon refuses every new transaction ("Reboot initiated") until it
+//!   restarts. When the reboot did not come and hkd needs one more transaction (giving the
+//!   target up: `restore_booted`), it restarts `rpm-ostreed.service` through systemd's D-Bus
+//!   API and asks the new instance. Chosen over a sequence without transactions because
+//!   removing the unlocked target is the only way to keep it from booting unverified later;
+//!   and a restart is harmless: a shutdown under way refuses the restart job, and the error
+//!   says so.
 //! - rollback: `Rollback`, only when the booted deployment is still the default (rpm-ostree's
 //!   rollback flips back when repeated).
 //! - unstage: `Cleanup(["pending-deploy"])`, only when something is staged (it would also
@@ -22,13 +39,16 @@
 //! their remote's keys; this side refuses unverified references unless configured, before any
 //! D-Bus call.
 
+pub mod caller;
 pub mod errors;
 pub mod status;
+pub mod target;
 pub mod transaction;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zbus::blocking::fdo::DBusProxy;
 use zbus::blocking::{Connection, Proxy};
@@ -36,15 +56,24 @@ use zbus::names::BusName;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use super::{Backend, Deployment, Deployments, OsError};
+use super::{Backend, Deployments, OsError};
 use crate::image_ref::{ImagePolicy, ImageRef, Kind, Verification};
-use status::{ActiveTransaction, DeploymentDict};
+use status::{ActiveTransaction, DeploymentDict, View};
+use target::is_target;
 pub use transaction::{Observer, Progress};
 
 pub const BUS_NAME: &str = "org.projectatomic.rpmostree1";
 const SYSROOT_PATH: &str = "/org/projectatomic/rpmostree1/Sysroot";
 const SYSROOT_INTERFACE: &str = "org.projectatomic.rpmostree1.Sysroot";
 const OS_INTERFACE: &str = "org.projectatomic.rpmostree1.OS";
+
+/// systemd's manager, to restart the daemon after a finalize whose reboot did not come.
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const DAEMON_UNIT: &str = "rpm-ostreed.service";
+/// How long a restarted daemon may take to be back on the bus (it loads the sysroot).
+const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How hkd names itself to the daemon (`rpm-ostree status` shows the update driver).
 const CLIENT_ID: &str = "hkd";
@@ -69,6 +98,10 @@ pub struct RpmOstree {
     /// The daemon instance (unique bus name) hkd registered with; a new instance after an
     /// idle exit or restart needs registering again.
     registered_with: Mutex<Option<String>>,
+    /// The systemd service hkd runs in; None: register-driver is not sent.
+    unit: Option<String>,
+    /// Whether a checksum target may lie outside the booted origin's branch.
+    skip_branch_check: bool,
 }
 
 impl RpmOstree {
@@ -104,9 +137,35 @@ impl RpmOstree {
             transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             observer: None,
             registered_with: Mutex::new(None),
+            unit: caller::own_service_unit(Path::new("/proc")),
+            skip_branch_check: false,
         };
         backend.ensure_client("registering with rpm-ostreed")?;
         Ok(backend)
+    }
+
+    /// Decides from `proc_root` (`/proc` on a host) whether hkd runs in a systemd service, and
+    /// so whether it registers as the update driver when staging.
+    pub fn with_proc_root(mut self, proc_root: &Path) -> RpmOstree {
+        self.unit = caller::own_service_unit(proc_root);
+        match &self.unit {
+            Some(unit) => tracing::info!(
+                "hkd runs in {unit}: it registers as rpm-ostree's update driver when staging"
+            ),
+            None => tracing::info!(
+                "hkd runs outside a systemd service (a shell, a container): it stages without \
+                 registering as rpm-ostree's update driver, which rpm-ostreed accepts only from \
+                 a unit"
+            ),
+        }
+        self
+    }
+
+    /// Lets a checksum target be deployed although it is not in the history of the booted
+    /// origin's branch (`os.skip_branch_check`).
+    pub fn with_skip_branch_check(mut self, skip: bool) -> RpmOstree {
+        self.skip_branch_check = skip;
+        self
     }
 
     pub fn with_transaction_timeout(mut self, timeout: Duration) -> RpmOstree {
@@ -136,11 +195,7 @@ impl RpmOstree {
 
     /// Registers with the daemon unless this instance of it already knows hkd.
     fn ensure_client(&self, action: &str) -> Result<(), OsError> {
-        let owner = || -> Option<String> {
-            let dbus = DBusProxy::new(&self.bus).ok()?;
-            let name = BusName::try_from(BUS_NAME).ok()?;
-            dbus.get_name_owner(name).ok().map(|o| o.to_string())
-        };
+        let owner = || self.owner();
         let mut registered = self
             .registered_with
             .lock()
@@ -160,13 +215,60 @@ impl RpmOstree {
     }
 
     fn deployments(&self, action: &str) -> Result<Deployments, OsError> {
+        self.view(action).map(|v| v.all)
+    }
+
+    /// The deployments with what only this backend reads of them.
+    fn view(&self, action: &str) -> Result<View, OsError> {
         let sysroot = self.sysroot()?;
         let dicts = retry_once(action, || {
             sysroot.get_property::<Vec<DeploymentDict>>("Deployments")
         })?;
-        status::parse_deployments(&dicts).map_err(|e| {
+        status::parse_view(&dicts).map_err(|e| {
             OsError::Failed(format!("{action}: reading rpm-ostree's deployments: {e}"))
         })
+    }
+
+    /// The daemon's unique bus name now, if it runs.
+    fn owner(&self) -> Option<String> {
+        let dbus = DBusProxy::new(&self.bus).ok()?;
+        let name = BusName::try_from(BUS_NAME).ok()?;
+        dbus.get_name_owner(name).ok().map(|o| o.to_string())
+    }
+
+    /// Restarts rpm-ostreed through systemd and waits for the new instance on the bus: the only
+    /// way out of the daemon's "Reboot initiated" state when the reboot did not come.
+    fn restart_daemon(&self, action: &str) -> Result<(), OsError> {
+        let before = self.owner();
+        tracing::warn!(
+            "{action}: rpm-ostreed refuses transactions after a finalize whose reboot did not \
+             come; restarting {DAEMON_UNIT}"
+        );
+        let manager = zbus::blocking::Proxy::new(&self.bus, SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER)
+            .map_err(|e| OsError::Failed(format!("{action}: reaching systemd: {e}")))?;
+        manager
+            .call::<_, _, OwnedObjectPath>("RestartUnit", &(DAEMON_UNIT, "replace"))
+            .map_err(|e| {
+                OsError::Failed(format!(
+                    "{action}: rpm-ostreed refuses new transactions until it restarts, and \
+                     restarting {DAEMON_UNIT} through systemd failed: {e}"
+                ))
+            })?;
+        let deadline = Instant::now() + RESTART_TIMEOUT;
+        loop {
+            match self.owner() {
+                Some(now) if Some(&now) != before.as_ref() => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err(OsError::Unavailable(format!(
+                        "{action}: {DAEMON_UNIT} was restarted but is not back on the bus after \
+                         {}s; {}",
+                        RESTART_TIMEOUT.as_secs(),
+                        errors::CHECK_DAEMON
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// The booted OS object.
@@ -207,7 +309,23 @@ impl RpmOstree {
             )));
         }
         let os = self.os(action)?;
-        let address = retry_once(action, || os.call::<_, _, String>(method, body))?;
+        let address = match os.call::<_, _, String>(method, body) {
+            Ok(address) => address,
+            Err(e) if errors::is_reboot_initiated(&e) => {
+                self.restart_daemon(action)?;
+                self.ensure_client(action)?;
+                let os = self.os(action)?;
+                retry_once(action, || os.call::<_, _, String>(method, body))?
+            }
+            Err(e) if errors::is_no_reply(&e) => {
+                tracing::info!("{action}: rpm-ostreed exited without answering; asking again");
+                self.ensure_client(action)?;
+                let os = self.os(action)?;
+                os.call::<_, _, String>(method, body)
+                    .map_err(|e| errors::from_call(action, e))?
+            }
+            Err(e) => return Err(errors::from_call(action, e)),
+        };
         tracing::debug!("{action}: {method} runs at {address}");
         transaction::follow(
             &address,
@@ -229,11 +347,60 @@ fn retry_once<T>(action: &str, f: impl Fn() -> zbus::Result<T>) -> Result<T, OsE
     }
 }
 
-/// Whether `d` is what `target` names.
-fn is_target(target: &ImageRef, d: &Deployment) -> bool {
-    match target.kind {
-        Kind::Checksum => d.checksum == target.raw,
-        Kind::Container | Kind::OstreeRef { .. } => d.origin.as_deref() == Some(&target.raw),
+/// What a stage came to, read from the deployments after the transaction.
+#[derive(Debug)]
+enum Settled {
+    /// The target is staged and locked.
+    Staged(String),
+    /// The target is staged but unlocked: shutdown would finalize it.
+    Unlocked(String),
+    /// The target is booted already: nothing to stage.
+    Booted(String),
+    Failed(OsError),
+}
+
+/// Decides what a stage came to from the deployments read after it, whatever the transaction
+/// said (`failure`): the daemon can fail or be cancelled after the target was deployed.
+fn settle_stage(
+    action: &str,
+    target: &ImageRef,
+    failure: Option<OsError>,
+    after: &View,
+) -> Settled {
+    match (after.staged(), after.booted()) {
+        (Some((staged, reported)), _) if is_target(target, reported) => {
+            if let Some(e) = &failure {
+                tracing::warn!(
+                    "{action}: rpm-ostreed reported a failure ({e}), but the target is staged \
+                     as {}",
+                    staged.checksum
+                );
+            }
+            if staged.finalization_locked {
+                Settled::Staged(staged.checksum.clone())
+            } else {
+                Settled::Unlocked(staged.checksum.clone())
+            }
+        }
+        (Some((staged, _)), _) => {
+            let what = format!(
+                "{} from {} is staged, not the target",
+                staged.checksum,
+                staged.origin.as_deref().unwrap_or("an unknown origin")
+            );
+            Settled::Failed(match failure {
+                Some(e) => OsError::Failed(format!("{e}; {what}")),
+                None => OsError::State(format!("{action}: rpm-ostreed finished, but {what}")),
+            })
+        }
+        (None, Some((booted, reported))) if failure.is_none() && is_target(target, reported) => {
+            Settled::Booted(booted.checksum.clone())
+        }
+        (None, _) => Settled::Failed(failure.unwrap_or_else(|| {
+            OsError::State(format!(
+                "{action}: rpm-ostreed finished, but nothing is staged"
+            ))
+        })),
     }
 }
 
@@ -253,8 +420,8 @@ impl Backend for RpmOstree {
         }
         let action = format!("staging {target}");
         self.ensure_client(&action)?;
-        if let Some(staged) = self.deployments(&action)?.staged() {
-            if is_target(target, staged) {
+        if let Some((staged, reported)) = self.view(&action)?.staged() {
+            if is_target(target, reported) {
                 if staged.finalization_locked {
                     return Ok(staged.checksum.clone()); // already staged: nothing to do
                 }
@@ -273,43 +440,56 @@ impl Backend for RpmOstree {
                 HashMap::from([("set-refspec", Value::from(target.raw.as_str()))])
             }
         };
-        let options = HashMap::from([
+        let mut options = HashMap::from([
             ("lock-finalization", Value::from(true)),
             // The target is chosen by the cluster, which may roll back to an older version.
             ("allow-downgrade", Value::from(true)),
-            ("register-driver", Value::from(DRIVER_NAME)),
             (
                 "initiating-command-line",
                 Value::from(format!("hkd stage {}", target.raw)),
             ),
         ]);
-        self.transact(&action, "UpdateDeployment", &(&modifiers, &options))?;
+        if self.unit.is_some() {
+            options.insert("register-driver", Value::from(DRIVER_NAME));
+        }
+        if target.kind == Kind::Checksum && self.skip_branch_check {
+            options.insert("skip-branch-check", Value::from(true));
+        }
+        let failure = self
+            .transact(&action, "UpdateDeployment", &(&modifiers, &options))
+            .err();
 
-        let after = self.deployments(&action)?;
-        match (after.staged(), after.booted()) {
-            (Some(staged), _) if is_target(target, staged) => {
-                if staged.finalization_locked {
-                    Ok(staged.checksum.clone())
-                } else {
-                    Err(OsError::State(format!(
-                        "{action}: {} is staged but not finalization-locked; something else \
-                         unlocked it",
-                        staged.checksum
-                    )))
-                }
+        // Read again whatever the transaction said: it may have staged the target and failed
+        // after, or have been cut off (the daemon gone) with the work done.
+        let after = match self.view(&action) {
+            Ok(after) => after,
+            Err(read) => {
+                return Err(match failure {
+                    Some(e) => OsError::Failed(format!(
+                        "{e}; reading the deployments again failed too: {read}"
+                    )),
+                    None => read,
+                })
             }
-            (Some(staged), _) => Err(OsError::State(format!(
-                "{action}: rpm-ostreed staged {} from {}, not the target",
-                staged.checksum,
-                staged.origin.as_deref().unwrap_or("an unknown origin")
-            ))),
-            (None, Some(booted)) if is_target(target, booted) => {
+        };
+        match settle_stage(&action, target, failure, &after) {
+            Settled::Staged(checksum) => Ok(checksum),
+            Settled::Booted(checksum) => {
                 tracing::info!("{action}: the booted deployment already is the target");
-                Ok(booted.checksum.clone())
+                Ok(checksum)
             }
-            (None, _) => Err(OsError::State(format!(
-                "{action}: rpm-ostreed finished, but nothing is staged"
-            ))),
+            Settled::Unlocked(checksum) => {
+                // Unlocked, it would boot at the next shutdown, unverified and undrained.
+                let removed = match self.unstage() {
+                    Ok(()) => "removed it".to_owned(),
+                    Err(e) => format!("removing it failed: {e}"),
+                };
+                Err(OsError::State(format!(
+                    "{action}: {checksum} is staged but not finalization-locked (something else \
+                     unlocked it); {removed}"
+                )))
+            }
+            Settled::Failed(e) => Err(e),
         }
     }
 
@@ -332,10 +512,11 @@ impl Backend for RpmOstree {
     fn finalize(&self, checksum: &str) -> Result<(), OsError> {
         let action = format!("finalizing {checksum}");
         self.ensure_client(&action)?;
-        let all = self.deployments(&action)?;
-        let Some(staged) = all.staged() else {
+        let view = self.view(&action)?;
+        let Some((staged, reported)) = view.staged() else {
             // Already finalized (a repeat after a crash) when the default is the target.
-            return if all
+            return if view
+                .all
                 .default_deployment()
                 .is_some_and(|d| d.checksum == checksum)
             {
@@ -348,19 +529,23 @@ impl Backend for RpmOstree {
         };
         if staged.checksum != checksum {
             return Err(OsError::State(format!(
-                "{action}: the staged deployment is {}: it was replaced by someone else",
-                staged.checksum
+                "{action}: the staged deployment is {} from {}: it was replaced by someone \
+                 else; nothing was finalized",
+                staged.checksum,
+                staged.origin.as_deref().unwrap_or("an unknown origin")
             )));
         }
-        let mut options = HashMap::from([
-            ("checksum", Value::from(checksum)),
+        if !staged.finalization_locked {
+            // Finalized already (by an earlier call whose reboot did not come, or by someone
+            // else): shutdown finalizes it. Asking the daemon again would only be refused.
+            tracing::info!("{action}: the staged deployment is unlocked already");
+            return Ok(());
+        }
+        let options = HashMap::from([
+            // The daemon compares this with the staged deployment's base commit.
+            ("checksum", Value::from(reported.finalize_checksum())),
             ("initiating-command-line", Value::from("hkd finalize")),
         ]);
-        if !staged.finalization_locked {
-            // It is our target all the same; shutdown would finalize it anyway.
-            tracing::warn!("{action}: the staged deployment was unlocked by someone else");
-            options.insert("allow-unlocked", Value::from(true));
-        }
         self.transact(&action, "FinalizeDeployment", &(&options,))
     }
 
@@ -407,5 +592,108 @@ impl Backend for RpmOstree {
 
     fn cleanup(&self) -> Result<(), OsError> {
         self.transact("cleaning up deployments", "Cleanup", &(vec!["base"],))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::Deployment;
+    use target::Reported;
+
+    const SIGNED: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
+
+    fn entry(checksum: &str, origin: &str, staged: bool, locked: bool) -> (Deployment, Reported) {
+        let d = Deployment {
+            osname: "nestos".into(),
+            checksum: checksum.into(),
+            serial: 0,
+            version: None,
+            origin: Some(origin.into()),
+            booted: !staged,
+            staged,
+            pinned: false,
+            finalization_locked: locked,
+        };
+        let r = Reported {
+            checksum: checksum.into(),
+            origin: Some(origin.into()),
+            ..Reported::default()
+        };
+        (d, r)
+    }
+
+    fn view(entries: Vec<(Deployment, Reported)>) -> View {
+        let (deployments, reported) = entries.into_iter().unzip();
+        View {
+            all: Deployments { deployments },
+            reported,
+        }
+    }
+
+    fn target() -> ImageRef {
+        ImageRef::parse_any(SIGNED).unwrap()
+    }
+
+    fn failure() -> Option<OsError> {
+        Some(OsError::Failed(
+            "staging X: the transaction was cancelled".into(),
+        ))
+    }
+
+    #[test]
+    fn a_stage_is_settled_by_what_is_deployed_not_by_what_the_transaction_said() {
+        let booted = entry("1", "nestos:old", false, false);
+        let ours_locked = view(vec![entry("2", SIGNED, true, true), booted.clone()]);
+        for said in [None, failure()] {
+            assert!(matches!(
+                settle_stage("staging X", &target(), said, &ours_locked),
+                Settled::Staged(c) if c == "2"
+            ));
+        }
+        let ours_unlocked = view(vec![entry("2", SIGNED, true, false), booted.clone()]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), failure(), &ours_unlocked),
+            Settled::Unlocked(c) if c == "2"
+        ));
+        // Someone else's: named, with the failure when there was one.
+        let theirs = view(vec![
+            entry("9", "nestos:testing", true, false),
+            booted.clone(),
+        ]);
+        match settle_stage("staging X", &target(), None, &theirs) {
+            Settled::Failed(OsError::State(m)) => {
+                assert!(
+                    m.contains("9 from nestos:testing is staged, not the target"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match settle_stage("staging X", &target(), failure(), &theirs) {
+            Settled::Failed(OsError::Failed(m)) => {
+                assert!(
+                    m.starts_with("staging X: the transaction was cancelled; 9 from"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing staged: the failure as it was, or "nothing is staged".
+        let nothing = view(vec![booted]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), failure(), &nothing),
+            Settled::Failed(OsError::Failed(m)) if m.contains("cancelled")
+        ));
+        assert!(matches!(
+            settle_stage("staging X", &target(), None, &nothing),
+            Settled::Failed(OsError::State(m)) if m.contains("nothing is staged")
+        ));
+        // The target booted already, and the daemon said nothing was wrong.
+        let booted_target = view(vec![entry("2", SIGNED, false, false)]);
+        assert!(matches!(
+            settle_stage("staging X", &target(), None, &booted_target),
+            Settled::Booted(c) if c == "2"
+        ));
     }
 }

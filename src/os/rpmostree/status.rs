@@ -2,11 +2,15 @@
 //!
 //! Only the keys the agent uses are read. A container deployment carries its reference in
 //! `container-image-reference` and has no `origin`; either becomes [`Deployment::origin`].
+//! What the backend alone needs — the base commit under layered packages, the image digest —
+//! is kept beside it as [`Reported`]. Keys the daemon sends only when true
+//! (`finalization-locked`, `pinned`, `staged`) read as false when absent.
 
 use std::collections::HashMap;
 
 use zbus::zvariant::OwnedValue;
 
+use super::target::Reported;
 use crate::os::{Deployment, Deployments};
 
 /// One entry of the property, as it comes off the wire.
@@ -23,6 +27,49 @@ pub fn parse_deployments(dicts: &[DeploymentDict]) -> Result<Deployments, String
         .map(|(i, d)| parse_deployment(d).map_err(|e| format!("deployment {i}: {e}")))
         .collect::<Result<_, _>>()?;
     Ok(Deployments { deployments })
+}
+
+/// Each deployment of the property with what the backend alone reads of it, in boot order.
+pub fn parse_view(dicts: &[DeploymentDict]) -> Result<View, String> {
+    let all = parse_deployments(dicts)?;
+    let reported = dicts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse_reported(d).map_err(|e| format!("deployment {i}: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(View { all, reported })
+}
+
+/// The deployments, and beside each (same index) what only the backend reads.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub all: Deployments,
+    pub reported: Vec<Reported>,
+}
+
+impl View {
+    /// The staged deployment and what the daemon reports of it.
+    pub fn staged(&self) -> Option<(&Deployment, &Reported)> {
+        self.pair(|d| d.staged)
+    }
+
+    pub fn booted(&self) -> Option<(&Deployment, &Reported)> {
+        self.pair(|d| d.booted)
+    }
+
+    fn pair(&self, f: impl Fn(&Deployment) -> bool) -> Option<(&Deployment, &Reported)> {
+        let i = self.all.deployments.iter().position(f)?;
+        Some((&self.all.deployments[i], self.reported.get(i)?))
+    }
+}
+
+fn parse_reported(d: &DeploymentDict) -> Result<Reported, String> {
+    Ok(Reported {
+        checksum: string(d, "checksum")?.ok_or("no checksum")?,
+        base_checksum: string(d, "base-checksum")?,
+        origin: string(d, "container-image-reference")?.or(string(d, "origin")?),
+        digest: string(d, "container-image-reference-digest")?,
+    })
 }
 
 fn parse_deployment(d: &DeploymentDict) -> Result<Deployment, String> {
@@ -119,6 +166,31 @@ mod tests {
         assert_eq!((b.serial, b.pinned, b.staged), (1, true, false));
         assert_eq!(b.origin.as_deref(), Some("nestos:nestos/x86_64/stable"));
         assert_eq!(b.version, None);
+    }
+
+    #[test]
+    fn keeps_the_base_commit_and_the_digest_for_the_backend() {
+        let layered = dict(&[
+            ("osname", Value::from("nestos")),
+            ("checksum", Value::from("1111")),
+            ("base-checksum", Value::from("bbbb")),
+            (
+                "container-image-reference",
+                Value::from("ostree-unverified-image:docker://hub.oepkgs.net/nestos/nestos:2"),
+            ),
+            (
+                "container-image-reference-digest",
+                Value::from("sha256:abcd"),
+            ),
+            ("staged", Value::from(true)),
+        ]);
+        let view = parse_view(&[layered]).unwrap();
+        let (d, r) = view.staged().unwrap();
+        assert_eq!(d.checksum, "1111");
+        assert!(!d.finalization_locked, "absent means false");
+        assert_eq!(r.finalize_checksum(), "bbbb");
+        assert_eq!(r.digest.as_deref(), Some("sha256:abcd"));
+        assert!(view.booted().is_none());
     }
 
     #[test]

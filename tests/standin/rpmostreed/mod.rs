@@ -4,18 +4,32 @@
 //!
 //! What it reproduces: the bus name; `Sysroot` at its fixed path (Booted, Path,
 //! ActiveTransaction `(sss)`, ActiveTransactionPath, Deployments `aa{sv}`, RegisterClient,
-//! UnregisterClient, Reload, GetOS); the OS object under the OS name (UpdateDeployment, Rebase,
-//! Rollback, Cleanup, FinalizeDeployment, each returning a transaction address); transactions
-//! on a peer-to-peer socket (Start → TaskBegin/PercentProgress/DownloadProgress/Message/TaskEnd/
-//! ProgressEnd → Finished, Cancel), ActiveTransaction set while one runs; GDBus's error names
-//! and the daemon's messages for a busy daemon and for the checks FinalizeDeployment makes.
+//! UnregisterClient, Reload, GetOS); the OS object under the OS name (UpdateDeployment, Deploy,
+//! Rebase, Rollback, Cleanup, FinalizeDeployment, each returning a transaction address);
+//! transactions on a peer-to-peer socket (Start → TaskBegin/PercentProgress/DownloadProgress/
+//! Message/TaskEnd/ProgressEnd → Finished, Cancel), ActiveTransaction set while one runs;
+//! GDBus's error names and the daemon's messages.
+//!
+//! Where hkd could get it wrong, it refuses what rpm-ostreed v2023.7 refuses: `register-driver`
+//! from a caller outside a systemd unit; FinalizeDeployment while logind lists a block-mode
+//! shutdown inhibitor, or with no logind on the bus (`check_sd_inhibitor_locks`), or with a
+//! checksum other than the staged deployment's base commit; any transaction after a finalize
+//! until the daemon restarts (`rpmostreed_sysroot_prep_for_txn`); a revision outside the
+//! booted origin's branch without `skip-branch-check`; a busy daemon as G_IO_ERROR_BUSY
+//! (`Code26`). It reports what the daemon reports: container references in their canonical
+//! form with the image digest, a layered deployment's pulled commit as `base-checksum`,
+//! `finalization-locked` only when true, and old deployments kept until a reboot.
 //!
 //! What it does not: pull anything (images are a table of reference → commit), reboot
-//! (FinalizeDeployment counts reboots; [`StandIn::reboot`] plays one), polkit, idle exit,
-//! PropertiesChanged signals, package layering.
+//! (FinalizeDeployment counts reboots; [`StandIn::reboot`] plays one; [`StandIn::restart`]
+//! plays a restart of the daemon, what the systemd stand-in's RestartUnit does), polkit.
+//! PropertiesChanged is sent for Deployments and ActiveTransaction when a transaction ends
+//! (not when one starts). Idle exit is played on demand ([`StandIn::exit_idle`]); the bus
+//! then starts the stand-in again through real bus activation (on [`PrivateBus::activating`]);
+//! a call racing the exit is played by a NoReply hook.
 //!
-//! Hooks make the next transaction fail, be cancelled, run slowly (so that `Cancel` can reach
-//! it), or keep the daemon busy with someone else's transaction.
+//! Hooks make the next transaction fail (before or after its work), be cancelled, vanish, run
+//! slowly (so that `Cancel` can reach it), or keep the daemon busy with someone else's.
 
 mod model;
 mod transaction;
@@ -23,7 +37,7 @@ mod transaction;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
@@ -32,15 +46,18 @@ use zbus::message::Header;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use super::bus::PrivateBus;
-use model::{cleanup, finalize, rollback, stage, Target};
-pub use model::{Call, Dep, Model, Opt};
+use model::{check_inhibitors, cleanup, finalize, rollback, stage, Target};
+#[allow(unused_imports)] // each test binary uses its own part
+pub use model::{digest_of, layered_commit, reported_form, Call, Dep, Model, Opt};
 use transaction::{serve_transaction, Job};
 
 pub const BUS_NAME: &str = "org.projectatomic.rpmostree1";
 const SYSROOT_PATH: &str = "/org/projectatomic/rpmostree1/Sysroot";
 
-struct Shared {
+pub(super) struct Shared {
     model: Mutex<Model>,
+    /// The instance's bus connection, for PropertiesChanged.
+    bus: Mutex<Option<Connection>>,
     sockets: tempfile::TempDir,
     next: AtomicU32,
 }
@@ -49,49 +66,128 @@ impl Shared {
     fn model(&self) -> MutexGuard<'_, Model> {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Sends PropertiesChanged for what a finished transaction changed (Deployments,
+    /// ActiveTransaction), as the daemon does when it reloads the sysroot. Called with the
+    /// model unlocked: the signal carries the new values.
+    pub(super) fn announce(&self) {
+        let bus = self.bus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(bus) = bus else { return };
+        let Ok(iface) = bus.object_server().interface::<_, Sysroot>(SYSROOT_PATH) else {
+            return;
+        };
+        let emitter = iface.signal_emitter();
+        let sysroot = iface.get();
+        let _ = zbus::block_on(sysroot.deployments_changed(emitter));
+        let _ = zbus::block_on(sysroot.active_transaction_changed(emitter));
+    }
 }
 
 /// The running stand-in; leaves the bus on drop.
 pub struct StandIn {
     shared: Arc<Shared>,
-    conn: Option<Connection>,
+    conn: Arc<Mutex<Option<Connection>>>,
+    address: String,
+    /// Ends the activation watcher.
+    stop: Arc<AtomicBool>,
 }
 
 impl StandIn {
     /// Serves `model` on `bus` under rpm-ostreed's name.
-    pub fn start(bus: &PrivateBus, model: Model) -> StandIn {
-        let os_path = model.os_path();
+    pub fn start(bus: &PrivateBus, mut model: Model) -> StandIn {
+        model.bus_address = bus.address.clone();
         let shared = Arc::new(Shared {
             model: Mutex::new(model),
+            bus: Mutex::new(None),
             sockets: tempfile::tempdir().expect("creating a directory for transaction sockets"),
             next: AtomicU32::new(0),
         });
-        let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
-            .and_then(|b| {
-                b.serve_at(
-                    SYSROOT_PATH,
-                    Sysroot {
-                        shared: shared.clone(),
-                    },
-                )
-            })
-            .and_then(|b| {
-                b.serve_at(
-                    os_path.as_str(),
-                    Os {
-                        shared: shared.clone(),
-                    },
-                )
-            })
-            .and_then(|b| b.name(BUS_NAME))
-            .and_then(|b| b.build())
-            .expect("serving the rpm-ostreed stand-in on the private bus");
+        let conn = Arc::new(Mutex::new(Some(serve(&shared, &bus.address))));
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Some(activation) = bus.activation.clone() {
+            let (shared, conn, stop, address) = (
+                shared.clone(),
+                conn.clone(),
+                stop.clone(),
+                bus.address.clone(),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if std::fs::remove_file(&activation.requested).is_ok() {
+                        // Started by the bus: a fresh daemon over the same deployments.
+                        let mut slot = conn.lock().unwrap_or_else(|p| p.into_inner());
+                        if slot.is_none() {
+                            {
+                                let mut m = shared.model();
+                                m.rebooting = false;
+                                m.activations += 1;
+                            }
+                            *slot = Some(serve(&shared, &address));
+                        }
+                        let _ = std::fs::write(&activation.served, "");
+                    }
+                    thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+        }
         StandIn {
             shared,
-            conn: Some(conn),
+            conn,
+            address: bus.address.clone(),
+            stop,
         }
     }
 
+    /// Plays the daemon's idle exit (`rpmostreed_daemon_check_idle`): it leaves the bus; on a
+    /// bus that activates it ([`PrivateBus::activating`]), the next call starts it again.
+    pub fn exit_idle(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(conn) = conn {
+            let _ = conn.close();
+        }
+    }
+
+    /// Plays `systemctl restart rpm-ostreed`: the instance leaves the bus, a new one (a new
+    /// unique name, hkd not registered with it) serves the same deployments, and the refusal
+    /// after a finalize is lifted.
+    pub fn restart(&self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = conn.take() {
+            let _ = old.close();
+        }
+        self.shared.model().rebooting = false;
+        *conn = Some(serve(&self.shared, &self.address));
+    }
+}
+
+/// One instance of the daemon on the bus.
+fn serve(shared: &Arc<Shared>, address: &str) -> Connection {
+    let os_path = shared.model().os_path();
+    let conn = zbus::blocking::connection::Builder::address(address)
+        .and_then(|b| {
+            b.serve_at(
+                SYSROOT_PATH,
+                Sysroot {
+                    shared: shared.clone(),
+                },
+            )
+        })
+        .and_then(|b| {
+            b.serve_at(
+                os_path.as_str(),
+                Os {
+                    shared: shared.clone(),
+                },
+            )
+        })
+        .and_then(|b| b.name(BUS_NAME))
+        .and_then(|b| b.build())
+        .expect("serving the rpm-ostreed stand-in on the private bus");
+    *shared.bus.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+    conn
+}
+
+impl StandIn {
     /// The model, to read what happened or to arrange the next transaction.
     pub fn model(&self) -> MutexGuard<'_, Model> {
         self.shared.model()
@@ -121,12 +217,16 @@ impl StandIn {
             d.staged = false;
             d.locked = false;
         }
+        // A new boot, a new daemon.
+        m.rebooting = false;
     }
 }
 
 impl Drop for StandIn {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        self.stop.store(true, Ordering::SeqCst);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(conn) = conn {
             let _ = conn.close();
         }
     }
@@ -147,6 +247,8 @@ pub enum GioError {
     ZBus(zbus::Error),
     /// G_IO_ERROR_FAILED: what `glnx_throw` raises.
     Code0(String),
+    /// G_IO_ERROR_BUSY: "Transaction in progress" (`rpmostreed_sysroot_prep_for_txn`).
+    Code26(String),
     /// Sent by the bus, not the daemon, when the daemon exits with the call unread.
     NoReply(String),
 }
@@ -162,6 +264,9 @@ impl zbus::DBusError for GioError {
             GioError::Code0(_) => {
                 "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code0"
             }
+            GioError::Code26(_) => {
+                "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code26"
+            }
             GioError::NoReply(_) => "org.freedesktop.DBus.Error.NoReply",
         })
     }
@@ -169,7 +274,7 @@ impl zbus::DBusError for GioError {
     fn description(&self) -> Option<&str> {
         match self {
             GioError::ZBus(_) => None,
-            GioError::Code0(m) | GioError::NoReply(m) => Some(m),
+            GioError::Code0(m) | GioError::Code26(m) | GioError::NoReply(m) => Some(m),
         }
     }
 }
@@ -178,7 +283,7 @@ impl std::fmt::Display for GioError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GioError::ZBus(e) => write!(f, "{e}"),
-            GioError::Code0(m) | GioError::NoReply(m) => f.write_str(m),
+            GioError::Code0(m) | GioError::Code26(m) | GioError::NoReply(m) => f.write_str(m),
         }
     }
 }
@@ -293,6 +398,11 @@ impl Os {
                 "Message recipient disconnected from message bus without replying".into(),
             ));
         }
+        if m.rebooting {
+            return Err(GioError::Code0(
+                "Reboot initiated, cannot start new transaction".into(),
+            ));
+        }
         if let Some((title, ..)) = &m.active {
             return Err(busy(title));
         }
@@ -324,7 +434,7 @@ impl Os {
 }
 
 fn busy(title: &str) -> GioError {
-    GioError::Code0(format!(
+    GioError::Code26(format!(
         "Transaction in progress: {title}\n You can cancel the current transaction with `rpm-ostree cancel`"
     ))
 }
@@ -393,7 +503,10 @@ impl Os {
             args.get("modifier:set-revision"),
         ) {
             (Some(Opt::Str(r)), None) => Target::Refspec(r.clone()),
-            (None, Some(Opt::Str(c))) => Target::Revision(c.clone()),
+            (None, Some(Opt::Str(c))) => Target::Revision {
+                checksum: c.clone(),
+                skip_branch_check: args.get("option:skip-branch-check") == Some(&Opt::Bool(true)),
+            },
             _ => {
                 return Err(GioError::Code0(
                     "This stand-in handles set-refspec or set-revision only".into(),
@@ -405,6 +518,17 @@ impl Os {
             Some(Opt::Str(d)) => Some(d.clone()),
             _ => None,
         };
+        if driver.is_some() && self.shared.model().caller_unit.is_none() {
+            // The daemon resolves the caller's pid to its systemd unit to record the driver,
+            // and fails the whole call when there is none.
+            self.shared.model().calls.push(Call {
+                method: "UpdateDeployment".into(),
+                args,
+            });
+            return Err(GioError::Code0(
+                "Failed to register driver: could not find caller systemd unit".into(),
+            ));
+        }
         self.begin(
             "UpdateDeployment",
             sender(&header),
@@ -414,6 +538,39 @@ impl Os {
                     m.update_driver = driver;
                 }
                 stage(m, conn, target, lock)
+            }),
+        )
+    }
+
+    /// `rpm-ostree deploy REVISION`: a revision of the booted origin.
+    fn deploy(
+        &self,
+        revision: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, GioError> {
+        let mut args = record(&[("option:", &options)]);
+        args.insert("revision".into(), Opt::Str(revision.clone()));
+        let lock = args.get("option:lock-finalization") == Some(&Opt::Bool(true));
+        let skip_branch_check = args.get("option:skip-branch-check") == Some(&Opt::Bool(true));
+        let checksum = revision
+            .strip_prefix("revision=")
+            .unwrap_or(&revision)
+            .to_owned();
+        self.begin(
+            "Deploy",
+            sender(&header),
+            args,
+            Box::new(move |m, conn| {
+                stage(
+                    m,
+                    conn,
+                    Target::Revision {
+                        checksum,
+                        skip_branch_check,
+                    },
+                    lock,
+                )
             }),
         )
     }
@@ -473,11 +630,15 @@ impl Os {
     ) -> Result<String, GioError> {
         let args = record(&[("option:", &options)]);
         let opts = args.clone();
+        let bus = self.shared.model().bus_address.clone();
         self.begin(
             "FinalizeDeployment",
             sender(&header),
             args,
-            Box::new(move |m, conn| finalize(m, conn, &opts)),
+            Box::new(move |m, conn| {
+                check_inhibitors(&bus)?;
+                finalize(m, conn, &opts)
+            }),
         )
     }
 }

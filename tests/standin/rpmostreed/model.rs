@@ -1,4 +1,6 @@
-//! The stand-in's deployment model and what each transaction does to it.
+//! The stand-in's deployment model and what each transaction does to it: a stand-in for
+//! rpm-ostreed's transaction types (`rpmostreed-transaction-types.cxx`), as strict as the
+//! daemon where hkd could get it wrong.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -21,6 +23,11 @@ pub struct Dep {
     pub staged: bool,
     pub pinned: bool,
     pub locked: bool,
+    /// With packages layered on it: the pulled commit, `checksum` being the local one the
+    /// daemon made (reported as `base-checksum`).
+    pub base: Option<String>,
+    /// The pulled image's digest (`container-image-reference-digest`), for container origins.
+    pub digest: Option<String>,
 }
 
 impl Dep {
@@ -46,14 +53,24 @@ impl Dep {
                 "container-image-reference",
                 Value::from(self.origin.as_str()),
             );
+            if let Some(digest) = &self.digest {
+                put(
+                    "container-image-reference-digest",
+                    Value::from(digest.as_str()),
+                );
+            }
         } else {
             put("origin", Value::from(self.origin.as_str()));
+        }
+        if let Some(base) = &self.base {
+            put("base-checksum", Value::from(base.as_str()));
         }
         put("booted", Value::from(self.booted));
         put("staged", Value::from(self.staged));
         put("pinned", Value::from(self.pinned));
-        if self.staged {
-            put("finalization-locked", Value::from(self.locked));
+        // Like the daemon (`rpmostreed_deployment_generate_variant`): only when true.
+        if self.staged && self.locked {
+            put("finalization-locked", Value::from(true));
         }
         d
     }
@@ -103,6 +120,12 @@ pub struct Hooks {
     /// The next this-many method calls get no answer: the bus's NoReply, what a caller sees
     /// when the daemon exits (idle) with its call unread.
     pub no_reply_next: u32,
+    /// Does its work, then finishes unsuccessfully with this message: a transaction that
+    /// failed (or was cancelled) after the deployment was written.
+    pub fail_after_work_next: Option<String>,
+    /// Closes the transaction's connection before the work without sending Finished: the
+    /// daemon gone in the middle (crashed, killed, OOM).
+    pub vanish_next: bool,
 }
 
 /// The daemon's state.
@@ -111,8 +134,24 @@ pub struct Model {
     pub osname: String,
     /// Boot order: the first is what the next boot starts.
     pub deployments: Vec<Dep>,
-    /// What can be pulled: reference (refspec or container image) → (checksum, version).
+    /// What can be pulled: reference (refspec or container image, in any form the daemon
+    /// accepts) → (checksum, version).
     pub images: HashMap<String, (String, String)>,
+    /// The commits in the history of each origin's branch: a revision outside the booted
+    /// origin's is refused unless `skip-branch-check`. An origin's image is in its own history.
+    pub history: HashMap<String, Vec<String>>,
+    /// The systemd unit the daemon finds its callers in (it resolves the caller's pid through
+    /// systemd); None, as for the tests' own processes: `register-driver` is refused.
+    pub caller_unit: Option<String>,
+    /// A finalize started the reboot: every new transaction is refused until the daemon
+    /// restarts ([`super::StandIn::restart`]) or the machine reboots.
+    pub rebooting: bool,
+    /// How many times the bus started the daemon again after an idle exit.
+    pub activations: u32,
+    /// The next pull pauses this long after its first progress signals.
+    pub pull_pause: Option<Duration>,
+    /// The bus FinalizeDeployment asks logind on (set by [`super::StandIn::start`]).
+    pub bus_address: String,
     pub calls: Vec<Call>,
     /// `id`s given to RegisterClient, in order.
     pub clients: Vec<String>,
@@ -132,7 +171,76 @@ impl Model {
 
 pub(super) enum Target {
     Refspec(String),
-    Revision(String),
+    Revision {
+        checksum: String,
+        skip_branch_check: bool,
+    },
+}
+
+/// A reference as the daemon reports it back: ostree-rs-ext parses it into an
+/// `OstreeImageReference` and prints that, so `-registry:` prefixes become `-image:` with the
+/// `docker://` transport and the `registry:` transport is printed `docker://`. The stand-in's
+/// own rendering of that rule, written apart from hkd's so that the tests compare two.
+pub fn reported_form(reference: &str) -> String {
+    if let Some(image) = reference.strip_prefix("ostree-unverified-registry:") {
+        return format!("ostree-unverified-image:docker://{image}");
+    }
+    if let Some(rest) = reference.strip_prefix("ostree-remote-registry:") {
+        if let Some((remote, image)) = rest.split_once(':') {
+            return format!("ostree-remote-image:{remote}:docker://{image}");
+        }
+    }
+    if !reference.starts_with("ostree-") {
+        return reference.to_owned();
+    }
+    reference.replacen(":registry:", ":docker://", 1)
+}
+
+/// The local commit the daemon writes when it layers packages on `base`.
+pub fn layered_commit(base: &str) -> String {
+    base.chars().rev().collect()
+}
+
+/// The digest the stand-in's registry serves for the image of commit `checksum`.
+pub fn digest_of(checksum: &str) -> String {
+    format!("sha256:{}", &checksum.chars().rev().collect::<String>())
+}
+
+/// What a logind on the bus says of the shutdown, as FinalizeDeployment asks it first
+/// (`check_sd_inhibitor_locks`): Err with the daemon's own message when a block-mode
+/// shutdown inhibitor is held or logind cannot be asked.
+pub(super) fn check_inhibitors(bus_address: &str) -> Result<(), String> {
+    type Inhibitor = (String, String, String, String, u32, u32);
+    let listed = zbus::blocking::connection::Builder::address(bus_address)
+        .and_then(|b| b.build())
+        .and_then(|bus| {
+            bus.call_method(
+                Some("org.freedesktop.login1"),
+                "/org/freedesktop/login1",
+                Some("org.freedesktop.login1.Manager"),
+                "ListInhibitors",
+                &(),
+            )
+        })
+        .and_then(|reply| reply.body().deserialize::<Vec<Inhibitor>>());
+    let inhibitors = listed.map_err(|e| format!("Checking systemd inhibitor locks: {e}"))?;
+    let blocking: Vec<_> = inhibitors
+        .iter()
+        .filter(|(what, _, _, mode, _, _)| what.contains("shutdown") && mode == "block")
+        .collect();
+    let Some((_, who, why, ..)) = blocking.first() else {
+        return Ok(());
+    };
+    let mut message = format!(
+        "Reboot blocked by a systemd inhibitor lock in `block` mode\nHeld by: {who}\nReason: {why}"
+    );
+    if blocking.len() > 1 {
+        message.push_str(&format!(
+            "\nand {} other blocking inhibitor lock(s)\nUse `systemd-inhibit --list` to see details",
+            blocking.len() - 1
+        ));
+    }
+    Err(message)
 }
 
 pub(super) fn stage(
@@ -149,20 +257,42 @@ pub(super) fn stage(
         .ok_or("No booted deployment")?;
     let (origin, checksum, version) = match target {
         Target::Refspec(r) => {
-            let Some((c, v)) = m.images.get(&r).cloned() else {
+            let wanted = reported_form(&r);
+            let found = m
+                .images
+                .iter()
+                .find(|(k, _)| reported_form(k) == wanted)
+                .map(|(_, v)| v.clone());
+            let Some((c, v)) = found else {
                 return Err(if r.starts_with("ostree-") {
                     format!("Creating importer: reading manifest of {r}: manifest unknown")
                 } else {
                     format!("Fetching checksum for ref {r}: No such branch")
                 });
             };
-            (r, c, v)
+            (wanted, c, v)
         }
-        Target::Revision(c) => {
+        Target::Revision {
+            checksum: c,
+            skip_branch_check,
+        } => {
             let Some((_, (_, v))) = m.images.iter().find(|(_, (sum, _))| *sum == c) else {
                 return Err(format!("Fetching {c}: No such metadata object {c}.commit"));
             };
-            (booted.origin.clone(), c.clone(), v.clone())
+            let v = v.clone();
+            // Like the upgrader's pull of a revision (`rpmostree_sysroot_upgrader_pull_base`
+            // checks the commit against the origin's history unless told to skip it).
+            let in_branch = m
+                .history
+                .get(&booted.origin)
+                .is_some_and(|h| h.contains(&c))
+                || m.images
+                    .get(&booted.origin)
+                    .is_some_and(|(sum, _)| *sum == c);
+            if !skip_branch_check && !in_branch {
+                return Err(format!("Checksum {c} not found in {}", booted.origin));
+            }
+            (booted.origin.clone(), c.clone(), v)
         }
     };
     emit(conn, "TaskBegin", &("Fetching ostree commit",));
@@ -179,21 +309,31 @@ pub(super) fn stage(
             (4_096_000u64, 2_048_000u64),
         ),
     );
+    if let Some(pause) = m.pull_pause.take() {
+        // The pull "runs" this long: a test looks at the progress meanwhile (without touching
+        // the model, which the transaction holds).
+        std::thread::sleep(pause);
+    }
     emit(conn, "TaskEnd", &("done",));
     emit(conn, "ProgressEnd", &());
-    m.deployments.retain(|d| !d.staged);
-    if checksum == booted.checksum && origin == booted.origin {
+    let booted_base = booted.base.clone().unwrap_or(booted.checksum.clone());
+    if checksum == booted_base && origin == booted.origin {
+        m.deployments.retain(|d| !d.staged);
         message(conn, "No upgrade available.");
         return Ok(());
     }
-    let serial = m
-        .deployments
-        .iter()
-        .filter(|d| d.checksum == checksum)
-        .count() as i32;
+    m.deployments.retain(|d| !d.staged);
+    // Packages layered on the booted deployment are layered on the new one: a local commit
+    // on top of the pulled base.
+    let (own, base) = match booted.base {
+        Some(_) => (layered_commit(&checksum), Some(checksum.clone())),
+        None => (checksum.clone(), None),
+    };
+    let serial = m.deployments.iter().filter(|d| d.checksum == own).count() as i32;
+    let digest = origin.starts_with("ostree-").then(|| digest_of(&checksum));
     let new = Dep {
         osname: m.osname.clone(),
-        checksum: checksum.clone(),
+        checksum: own.clone(),
         serial,
         version,
         origin,
@@ -201,16 +341,13 @@ pub(super) fn stage(
         staged: true,
         pinned: false,
         locked: lock,
+        base,
+        digest,
     };
+    // Nothing is pruned: the daemon keeps the old deployments until the staged one is
+    // finalized at shutdown (`ostree_sysroot_stage_tree` writes the staged deployment only).
     m.deployments.insert(0, new);
-    // Like the daemon: keep the new one, the booted one, one rollback and the pinned ones.
-    let mut kept_rollback = false;
-    m.deployments.retain(|d| {
-        let rollback = !d.staged && !d.booted && !kept_rollback;
-        kept_rollback |= rollback;
-        d.staged || d.booted || d.pinned || rollback
-    });
-    message(conn, &format!("Staging deployment...done ({checksum})"));
+    message(conn, &format!("Staging deployment...done ({own})"));
     Ok(())
 }
 
@@ -225,11 +362,13 @@ pub(super) fn finalize(
     if !first.staged {
         return Err("No pending staged deployment found".into());
     }
+    // `finalize_deployment_transaction_execute` compares with the base commit when
+    // packages are layered.
+    let base = first.base.clone().unwrap_or(first.checksum.clone());
     match opts.get("option:checksum") {
-        Some(Opt::Str(expected)) if *expected != first.checksum => {
+        Some(Opt::Str(expected)) if *expected != base => {
             return Err(format!(
-                "Expected staged base checksum {expected}, but found {}",
-                first.checksum
+                "Expected staged base checksum {expected}, but found {base}"
             ))
         }
         Some(_) => {}
@@ -241,6 +380,8 @@ pub(super) fn finalize(
     }
     first.locked = false;
     let checksum = first.checksum.clone();
+    // `rpmostreed_reboot`: from now on the daemon refuses new transactions.
+    m.rebooting = true;
     m.reboots += 1;
     message(
         conn,

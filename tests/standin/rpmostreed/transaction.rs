@@ -1,4 +1,4 @@
-//! One transaction of the stand-in, served on its own peer-to-peer socket.
+//! One transaction of the rpm-ostreed stand-in, served on its own peer-to-peer socket.
 
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,14 +96,26 @@ fn run(job: Job, conn: &Connection, cancel: &AtomicBool, done: mpsc::Sender<()>)
             thread::sleep(Duration::from_millis(10));
         }
     }
+    if job.hooks.vanish_next {
+        // Gone without a word: no Finished, the connection closed under the client.
+        job.shared.model().active = None;
+        let _ = conn.clone().close();
+        let _ = done.send(());
+        return;
+    }
     let outcome = if job.hooks.cancel_next || cancel.load(Ordering::SeqCst) {
         Err("Operation was cancelled".to_owned())
     } else if let Some(message) = job.hooks.fail_next {
         Err(message)
     } else {
-        (job.work)(&mut job.shared.model(), conn)
+        let done_work = (job.work)(&mut job.shared.model(), conn);
+        match job.hooks.fail_after_work_next {
+            Some(message) if done_work.is_ok() => Err(message),
+            _ => done_work,
+        }
     };
     job.shared.model().active = None;
+    job.shared.announce();
     match outcome {
         Ok(()) => emit(conn, "Finished", &(true, "")),
         Err(e) => emit(conn, "Finished", &(false, e.as_str())),
