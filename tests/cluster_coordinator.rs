@@ -24,13 +24,14 @@ use housekeeper::cluster::annotations::{
 };
 use housekeeper::cluster::coordinator::{Config, Coordinator};
 use housekeeper::cluster::lease::LEASE_NAME;
+use housekeeper::cluster::ledger;
 use housekeeper::cluster::update::{self, Update};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
+use support::rollout_view::{self, RolloutView};
 use support::{wait_for, KubeletStandIn, NodeRole, TestEnv};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -185,17 +186,16 @@ impl Rig {
             .collect())
     }
 
-    /// Which of this test's Nodes carry a grant, and which.
+    /// Which of this test's Nodes hold a grant in the ledgers, and which.
     async fn grants(&self) -> Result<BTreeMap<String, String>> {
-        let api: Api<Node> = Api::all(self.env.admin.clone());
-        let mut out = BTreeMap::new();
-        for n in self.all() {
-            let v = NodeView::from_node(&api.get(&n).await?);
-            if let Some(g) = v.grant {
-                out.insert(n, g.to_string());
-            }
-        }
-        Ok(out)
+        let updates = self.updates().list(&ListParams::default()).await?.items;
+        let (grants, refused) = ledger::grants_by_node(&updates);
+        ensure!(refused.is_empty(), "{refused:?}");
+        Ok(self
+            .all()
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), grants.get(&n)?.to_string())))
+            .collect())
     }
 
     /// A simulated agent for each Node; those in `failing` end Failed.
@@ -205,7 +205,7 @@ impl Rig {
                 .into_iter()
                 .map(|n| {
                     let fail = failing.contains(&n);
-                    tokio::spawn(agent(self.env.admin.clone(), n, fail))
+                    tokio::spawn(agent(self.env.admin.clone(), self.env.ns.clone(), n, fail))
                 })
                 .collect(),
         )
@@ -251,15 +251,21 @@ async fn report(client: &Client, node: &str, phase: AgentPhase, grant: &str, don
 
 /// What an agent does with a grant, minus the work: report each phase under the grant, then
 /// Done (with the target as its booted image) or Failed.
-async fn agent(client: Client, node: String, fail: bool) {
+async fn agent(client: Client, ns: String, node: String, fail: bool) {
     let api: Api<Node> = Api::all(client.clone());
+    let updates: Api<Update> = Api::namespaced(client.clone(), &ns);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(n) = api.get(&node).await else {
+        let (Ok(n), Ok(list)) = (
+            api.get(&node).await,
+            updates.list(&ListParams::default()).await,
+        ) else {
             continue;
         };
         let v = NodeView::from_node(&n);
-        let Some(g) = v.grant.clone() else { continue };
+        let Some(g) = ledger::grant_of(&node, &list.items).0 else {
+            continue;
+        };
         if v.phase_for(&g).is_some_and(AgentPhase::is_terminal) {
             continue;
         }
@@ -300,27 +306,23 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
     let seen = Arc::new(Mutex::new(Seen::default()));
     let ours: BTreeSet<String> = rig.all().into_iter().collect();
     let s = seen.clone();
+    let ns = rig.env.ns.clone();
     let task = tokio::spawn(async move {
+        // Nodes and Updates in the server's order; the grants from the ledgers.
+        let mut view = RolloutView::default();
         let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
         let mut last_finished: Option<Instant> = None;
-        let mut stream = watcher(Api::<Node>::all(client), watcher::Config::default()).boxed();
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
-            let changed: Vec<Node> = match ev {
-                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => vec![n],
-                _ => Vec::new(),
-            };
-            for n in changed {
-                let v = NodeView::from_node(&n);
-                if !ours.contains(&v.name) {
-                    continue;
-                }
+        let mut stream = rollout_view::changes(client, &ns).boxed();
+        let finished = |n: &NodeView| {
+            n.grant
+                .as_ref()
+                .is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal))
+        };
+        while let Some(change) = stream.next().await {
+            view.apply(change);
+            let mut seen = s.lock().unwrap();
+            for v in view.views(|n| ours.contains(n)) {
                 let before = nodes.get(&v.name).and_then(|o| o.grant.clone());
-                let finished = |n: &NodeView| {
-                    n.grant
-                        .as_ref()
-                        .is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal))
-                };
                 if finished(&v) && !nodes.get(&v.name).is_some_and(finished) {
                     last_finished = Some(Instant::now());
                 }
@@ -333,7 +335,6 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                             .is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))
                     })
                     .collect();
-                let mut seen = s.lock().unwrap();
                 seen.max_in_flight = seen.max_in_flight.max(in_flight.len());
                 let names: Vec<&str> = in_flight.iter().map(|n| n.name.as_str()).collect();
                 if in_flight.len() > max_unavailable {
@@ -354,10 +355,7 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                     }
                     if !v.control_plane {
                         for cp in nodes.values().filter(|n| n.control_plane) {
-                            let finished = cp.grant.as_ref().is_some_and(|g| {
-                                cp.phase_for(g).is_some_and(AgentPhase::is_terminal)
-                            });
-                            if !finished {
+                            if !finished(cp) {
                                 seen.violations.push(format!(
                                     "worker {} granted before control-plane node {} finished",
                                     v.name, cp.name

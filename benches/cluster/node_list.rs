@@ -40,7 +40,7 @@ pub fn node_list_process(args: &[String]) -> Result<()> {
                 let nodes = api.list(&ListParams::default()).await?.items;
                 nodes.iter().map(NodeView::from_node).collect::<Vec<_>>()
             }
-            "paged" => coordinator::node_views(&api).await?.0,
+            "paged" => coordinator::node_views(&api).await?,
             other => bail!("unknown mode {other:?}: full or paged"),
         };
         println!("{before} {} {}", hwm_kb()?, views.len());

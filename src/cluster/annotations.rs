@@ -5,7 +5,6 @@
 //!
 //! | key | writer | value |
 //! |---|---|---|
-//! | `housekeeper.io/grant` | coordinator | `<Update uid>/<generation>`: this node may go |
 //! | `housekeeper.io/phase` | agent | `Staging`, `Staged`, `Draining`, `Rebooting`, `Verifying`, `Done`, `Failed` |
 //! | `housekeeper.io/phase-grant` | agent | the grant the phase answers (a phase for an older grant is stale) |
 //! | `housekeeper.io/reason` | agent | one line: why it failed or what it waits for |
@@ -14,10 +13,14 @@
 //! | `housekeeper.io/cordoned-by-hkd` | agent | the grant under which hkd cordoned the node |
 //! | `housekeeper.io/staged` | agent | the image staged ahead of a grant (absent: none) |
 //!
-//! The coordinator writes a grant with a resourceVersion precondition; the agent reports by
-//! copying the grant into `phase-grant`. A grant is never removed while its node is in flight:
-//! the coordinator replaces it only with a newer grant after a terminal phase, so the number of
-//! nodes in flight can be computed from the Nodes alone at any moment.
+//! Grants are not on the Node: the coordinator records them in the Update's status
+//! ([`super::ledger`]), where only its identity can write and every write is fenced by its
+//! term; a view's `grant` is filled from there. The agent reports by copying the grant
+//! (`<Update uid>/<generation>`) into `phase-grant`. A grant is never withdrawn while its node
+//! is in flight: the coordinator replaces it only with a newer grant after a terminal phase,
+//! so the number of nodes in flight can be computed from the ledgers and the Nodes at any
+//! moment. A `housekeeper.io/grant` annotation on a Node (written by older versions, or by
+//! anyone who can write that Node) is ignored and named in the view's `problems`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +29,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 
+/// Where grants once were; now only recognised, to name it as ignored.
 pub const GRANT: &str = "housekeeper.io/grant";
 pub const PHASE: &str = "housekeeper.io/phase";
 pub const PHASE_GRANT: &str = "housekeeper.io/phase-grant";
@@ -127,6 +131,8 @@ impl FromStr for AgentPhase {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeView {
     pub name: String,
+    /// The Node's uid (for Events about it).
+    pub uid: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub control_plane: bool,
     /// The Ready condition is True.
@@ -137,6 +143,8 @@ pub struct NodeView {
     pub cordoned_by_hkd: bool,
     pub os_image: Option<String>,
     pub kubelet_version: Option<String>,
+    /// The node's grant, from the Updates' ledgers ([`super::ledger::attach`]); `None` as
+    /// read from the Node.
     pub grant: Option<Grant>,
     pub phase: Option<AgentPhase>,
     pub phase_grant: Option<Grant>,
@@ -179,8 +187,13 @@ impl NodeView {
                 }
             }
         };
-        let grant = parse(GRANT);
         let phase_grant = parse(PHASE_GRANT);
+        if ann.contains_key(GRANT) {
+            problems.push(format!(
+                "annotation {GRANT} is ignored: a grant counts only in an Update's status \
+                 (who wrote it here can write this Node)"
+            ));
+        }
         let phase = ann.get(PHASE).and_then(|p| match p.parse() {
             Ok(p) => Some(p),
             Err(e) => {
@@ -202,6 +215,7 @@ impl NodeView {
             .is_some_and(|c| c.status == "True");
         NodeView {
             name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
             control_plane: CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l)),
             labels,
             ready,
@@ -216,7 +230,7 @@ impl NodeView {
                 .and_then(|s| s.node_info.as_ref())
                 .map(|i| i.kubelet_version.clone())
                 .filter(|v| !v.is_empty()),
-            grant,
+            grant: None,
             phase,
             phase_grant,
             reason: ann.get(REASON).cloned(),
@@ -249,7 +263,7 @@ mod tests {
                 "name": "cp-1",
                 "labels": {"node-role.kubernetes.io/master": ""},
                 "annotations": {
-                    GRANT: "u/2", PHASE: "Draining", PHASE_GRANT: "u/2",
+                    PHASE: "Draining", PHASE_GRANT: "u/2",
                     SINCE: "2024-03-01T10:00:00Z", CORDONED_BY_HKD: "u/2",
                     OS_IMAGE: "nestos:nestos/x86_64/stable",
                 },
@@ -267,7 +281,7 @@ mod tests {
         assert!(v.control_plane && v.ready && v.unschedulable && v.cordoned_by_hkd);
         assert!(!v.cordoned_by_others());
         let g: Grant = "u/2".parse().unwrap();
-        assert_eq!(v.grant.as_ref(), Some(&g));
+        assert_eq!(v.grant, None, "a grant comes only from the ledger");
         assert_eq!(v.phase_for(&g), Some(AgentPhase::Draining));
         assert_eq!(v.phase_for(&"u/1".parse().unwrap()), None);
         assert_eq!(v.kubelet_version.as_deref(), Some("v1.20.2"));
@@ -285,6 +299,7 @@ mod tests {
         assert_eq!(v.grant, None);
         assert_eq!(v.phase, None);
         assert_eq!(v.problems.len(), 2);
+        assert!(v.problems[0].contains("is ignored"), "{:?}", v.problems);
         assert!(!v.ready);
         assert!(v.cordoned_by_others());
     }

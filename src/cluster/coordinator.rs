@@ -1,35 +1,45 @@
 //! The coordinator's run loop: elected through a Lease ([`super::lease`]), it watches the
-//! Updates and the Nodes, asks the planner ([`super::plan`]) and writes what it decided: grants
-//! as Node annotations, the Update's status, and Events on the Update and its Nodes. It decides
-//! nothing itself.
+//! Updates and the Nodes, asks the planner ([`super::plan`]) and writes what it decided: the
+//! grants into the Update's ledger ([`super::ledger`]) together with its status, and Events
+//! on the Update and its Nodes. It decides nothing itself.
 //!
-//! Expected flow: every hkd runs [`Coordinator::run`]; one wins the Lease and leads: a watch on
-//! the Nodes and one on the Updates of its namespace wake it, the planner's `wake_after` (a
-//! maintenance window opening) and the Lease's renewal are its only timers. On each wake-up it
-//! reads the Updates and Nodes afresh and plans each Update in turn. Stopping (hkd exits, or
-//! its own node is about to drain) releases the Lease so another takes over at once.
+//! Expected flow: every coordinator candidate runs [`Coordinator::run`]; one wins the Lease
+//! and leads: a watch on the Nodes and one on the Updates of its namespace wake it, the
+//! planner's `wake_after` (a maintenance window opening) and the Lease's renewal are its only
+//! timers. On each wake-up it reads the Updates and Nodes afresh, records its term in every
+//! Update it has not claimed yet, and plans each Update in turn. Stopping (hkd exits, or its
+//! own node is about to drain) releases the Lease so another takes over at once.
 //!
 //! Guarantees:
-//! - all rollout state lives in API objects (I7): grants and the agents' answers on the Nodes,
-//!   the target generation and conditions in the Update's status; a successor reads exactly
-//!   what its predecessor wrote, so no grant is lost or made twice;
-//! - a grant is written with the resourceVersion of the Node it was decided on, and the status
-//!   with the Update's; a 409 means the world moved: read again and plan again;
+//! - all rollout state lives in API objects (I7): the grants, the target generation and
+//!   conditions in the Update's status, the agents' answers on the Nodes; a successor reads
+//!   exactly what its predecessor wrote, so no grant is lost or made twice;
+//! - fenced writes (I9): the grants and the status go out in one write, conditional on the
+//!   Update's resourceVersion and made only once this term is recorded in that Update; a
+//!   newer term read there ends this term at once; a 409 means the world moved: read again
+//!   and plan again;
+//! - every request has a time limit shorter than the Lease's renewal interval, and nothing is
+//!   written once the term, counted on this process's monotonic clock from its last renewal,
+//!   is within one renewal of its end;
 //! - plans are made on fresh reads, never on a cache that may not hold the last grants yet, so
 //!   `maxUnavailable` (I1) holds across consecutive wake-ups;
-//! - nothing is written once the Lease's term, as last renewed, is about to end;
 //! - Events: one `Granted` per grant written (on the Update and on the Node); `Halted`,
 //!   `Complete` and `Paused` when the Update's stored state changes to them (read from the
 //!   status, so a successor does not repeat its predecessor's).
 //!
-//! Assumptions: the Update CRD is installed; the client has kube's own retry off.
+//! Assumptions: the Update CRD is installed; the client has kube's own retry off; only the
+//! coordinator's identity may write Update status (the shipped RBAC).
 //!
 //! Caveats: each wake-up lists all Nodes, in pages turned into views as they come, so memory
 //! stays bounded by a page (a reflector store with the coordinator's own writes laid over it
 //! would spare the reads on large clusters); an Event whose write fails after its
-//! status write is logged, not retried.
+//! status write is logged, not retried; a grant is decided on a Node as listed, and the
+//! ledger write is conditional on the Update only, so a node cordoned or gone NotReady in
+//! the moment between is granted once more than its state would allow (the next plan counts
+//! it out of service, and its agent still drains it safely).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -43,9 +53,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::annotations::{NodeView, GRANT};
+use super::annotations::NodeView;
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
+use super::ledger::{self, Standing};
 use super::plan::{plan, RolloutPlan, COMPLETE, HALTED, PAUSED};
 use super::update::{ImagePolicy, Update, NAMESPACE};
 
@@ -74,7 +85,14 @@ pub struct Config {
     pub renew_every: Duration,
     /// Wait after an API error before trying again.
     pub retry_after: Duration,
+    /// The longest any one request may take (at most nine tenths of `renew_every`, the
+    /// margin kept before the term ends), so no request of this term is still awaited when
+    /// it ends.
+    pub request_timeout: Duration,
     pub image_policy: ImagePolicy,
+    /// A seam for tests only: the coordinator's wall clock runs off by this much (the Lease's
+    /// `renewTime`, the planner's `now`), as on a host whose clock is wrong.
+    pub wall_offset: jiff::SignedDuration,
 }
 
 impl Config {
@@ -86,7 +104,9 @@ impl Config {
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
             retry_after: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(4),
             image_policy: ImagePolicy::default(),
+            wall_offset: jiff::SignedDuration::ZERO,
         }
     }
 }
@@ -95,6 +115,32 @@ impl Config {
 enum End {
     Stopped,
     Lost,
+}
+
+/// A newer coordinator term is recorded in an Update: this one's is over.
+#[derive(Debug)]
+struct Superseded {
+    update: String,
+    newer: i64,
+}
+
+impl std::fmt::Display for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Update {} records the newer coordinator term {}",
+            self.update, self.newer
+        )
+    }
+}
+
+impl std::error::Error for Superseded {}
+
+/// One term as leader: its number and when it ends unless renewed (monotonic).
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    number: i64,
+    until: Instant,
 }
 
 pub struct Coordinator {
@@ -112,7 +158,8 @@ impl Coordinator {
             &config.lease_name,
             &config.identity,
             config.lease_duration,
-        );
+        )
+        .with_wall_offset(config.wall_offset);
         Coordinator {
             client,
             config,
@@ -133,33 +180,43 @@ impl Coordinator {
             if *stop.borrow() {
                 return Ok(());
             }
-            let now = Timestamp::now();
-            let wait = match self.elector.try_lead(now).await {
-                Ok(Role::Leader { until }) => {
-                    tracing::info!("coordinator {} leads", self.config.identity);
+            let wait = match self.bounded("the Lease", self.elector.try_lead()).await {
+                Ok(Role::Leader { term, until }) => {
+                    tracing::info!("coordinator {} leads (term {term})", self.config.identity);
                     self.leading.send_replace(true);
-                    let end = self.lead(until, &mut stop).await;
+                    let end = self
+                        .lead(
+                            Term {
+                                number: term,
+                                until,
+                            },
+                            &mut stop,
+                        )
+                        .await;
                     self.leading.send_replace(false);
                     match end {
                         End::Stopped => {
-                            if let Err(e) = self.elector.step_down().await {
+                            if let Err(e) =
+                                self.bounded("the Lease", self.elector.step_down()).await
+                            {
                                 tracing::warn!("{e:#}");
                             }
                             return Ok(());
                         }
                         End::Lost => {
-                            tracing::warn!("coordinator {} lost its Lease", self.config.identity);
+                            tracing::warn!(
+                                "coordinator {} lost its term {term}",
+                                self.config.identity
+                            );
+                            self.elector.forget_term();
                             self.config.renew_every
                         }
                     }
                 }
-                Ok(Role::Follower { until, .. }) => {
-                    let to_expiry = until.map(|u| {
-                        Duration::try_from(now.duration_until(u)).unwrap_or(Duration::ZERO)
-                            + Duration::from_millis(10)
-                    });
-                    to_expiry.map_or(self.config.renew_every, |d| d.min(self.config.renew_every))
-                }
+                Ok(Role::Follower { remaining, .. }) => remaining
+                    .map_or(self.config.renew_every, |d| {
+                        (d + Duration::from_millis(10)).min(self.config.renew_every)
+                    }),
                 Err(e) => {
                     tracing::warn!("{e:#}");
                     self.config.retry_after
@@ -173,7 +230,7 @@ impl Coordinator {
     }
 
     /// One term: watch, plan, write, renew.
-    async fn lead(&self, mut until: Timestamp, stop: &mut watch::Receiver<bool>) -> End {
+    async fn lead(&self, mut term: Term, stop: &mut watch::Receiver<bool>) -> End {
         let nodes = watcher(
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default(),
@@ -201,15 +258,15 @@ impl Coordinator {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             if Instant::now() >= renew_at {
-                match self.elector.try_lead(Timestamp::now()).await {
-                    Ok(Role::Leader { until: u }) => {
-                        until = u;
+                match self.bounded("the Lease", self.elector.try_lead()).await {
+                    Ok(Role::Leader { term: n, until }) if n == term.number => {
+                        term.until = until;
                         renew_at = Instant::now() + self.config.renew_every;
                     }
-                    Ok(Role::Follower { .. }) => return End::Lost,
+                    Ok(_) => return End::Lost,
                     Err(e) => {
                         tracing::warn!("{e:#}");
-                        if !self.holds(until) {
+                        if !self.holds(term) {
                             return End::Lost;
                         }
                         renew_at =
@@ -218,11 +275,15 @@ impl Coordinator {
                 }
             }
             if plan_at.is_some_and(|p| p <= Instant::now()) {
-                plan_at = match self.reconcile(until).await {
+                plan_at = match self.reconcile(term).await {
                     Ok(wake_after) => wake_after.map(|d| Instant::now() + d),
+                    Err(e) if e.downcast_ref::<Superseded>().is_some() => {
+                        tracing::warn!("{e:#}");
+                        return End::Lost;
+                    }
                     Err(e) => {
                         tracing::warn!("{e:#}");
-                        if !self.holds(until) {
+                        if !self.holds(term) {
                             return End::Lost;
                         }
                         Some(Instant::now() + self.config.retry_after)
@@ -236,40 +297,71 @@ impl Coordinator {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
-    /// Whether the Lease, as last renewed, still has more than one renewal interval to run:
-    /// the margin keeps a successor's takeover (at expiry) clear of this one's last write.
-    fn holds(&self, until: Timestamp) -> bool {
-        let margin = jiff::SignedDuration::try_from(self.config.renew_every).unwrap_or_default();
-        until
-            .checked_sub(margin)
-            .is_ok_and(|t| Timestamp::now() < t)
+    /// Whether the term, as last renewed, still has more than one renewal interval to run on
+    /// this process's monotonic clock: the margin keeps a successor's takeover clear of this
+    /// one's last write (and every request ends within it).
+    fn holds(&self, term: Term) -> bool {
+        Instant::now() + self.config.renew_every < term.until
+    }
+
+    /// This coordinator's wall clock (the test seam's offset applied).
+    fn now(&self) -> Timestamp {
+        let now = Timestamp::now();
+        now.checked_add(self.config.wall_offset).unwrap_or(now)
+    }
+
+    /// `request` within the time limit; its own error or the limit's, as one line.
+    async fn bounded<T>(&self, what: &str, request: impl Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.limit();
+        match tokio::time::timeout(limit, request).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!(
+                "{what}: no answer from the API server within {limit:?}"
+            )),
+        }
+    }
+
+    /// The time limit of one request: `request_timeout`, and never more than nine tenths of
+    /// the margin kept before a term ends.
+    fn limit(&self) -> Duration {
+        self.config
+            .request_timeout
+            .min(self.config.renew_every.mul_f32(0.9))
+    }
+
+    /// A kube request within the time limit; the limit's error as one line, kube's as is (so
+    /// callers still tell a 409 from the rest).
+    async fn kube<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>> {
+        let limit = self.limit();
+        tokio::time::timeout(limit, request)
+            .await
+            .map_err(|_| anyhow!("{what}: no answer from the API server within {limit:?}"))
     }
 
     /// Plan every Update of the namespace, oldest first, and write the results. Returns when
     /// to plan again without an event.
-    async fn reconcile(&self, until: Timestamp) -> Result<Option<Duration>> {
-        let ns = &self.config.namespace;
-        let mut updates = self
-            .updates()
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| anyhow!("listing Updates in {ns}: {}", brief(&e)))?
-            .items;
+    async fn reconcile(&self, term: Term) -> Result<Option<Duration>> {
+        let mut updates = self.claim_all(term).await?;
         updates.sort_by(|a, b| {
             (a.metadata.creation_timestamp.as_ref(), a.name_any())
                 .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
         });
         let mut wake: Option<Duration> = None;
         let mut first_error = None;
-        for update in updates {
-            if update.metadata.deletion_timestamp.is_some() {
+        for i in 0..updates.len() {
+            if updates[i].metadata.deletion_timestamp.is_some() {
                 continue;
             }
             // One Update's trouble does not hold up the others; the first error is returned
-            // (and retried) once all were planned.
-            match self.reconcile_one(update, until).await {
+            // (and retried) once all were planned. Losing the term ends the wake-up at once.
+            match self.reconcile_one(&mut updates, i, term).await {
                 Ok(Some(w)) => wake = Some(wake.map_or(w, |x| x.min(w))),
                 Ok(None) => {}
+                Err(e) if e.downcast_ref::<Superseded>().is_some() => return Err(e),
                 Err(e) if first_error.is_none() => first_error = Some(e),
                 Err(e) => tracing::warn!("{e:#}"),
             }
@@ -280,112 +372,195 @@ impl Coordinator {
         }
     }
 
+    /// List the Updates and record this term in each that does not show it yet, before any
+    /// plan: a grant an older term still managed to write is then in what this term plans on,
+    /// and none can land after. Returns the Updates as claimed.
+    async fn claim_all(&self, term: Term) -> Result<Vec<Update>> {
+        let ns = &self.config.namespace;
+        for _ in 0..CONFLICT_RETRIES {
+            let listed = self
+                .kube(
+                    "listing Updates",
+                    self.updates().list(&ListParams::default()),
+                )
+                .await?
+                .map_err(|e| anyhow!("listing Updates in {ns}: {}", brief(&e)))?
+                .items;
+            let mut claimed = Vec::with_capacity(listed.len());
+            let mut conflict = false;
+            for u in listed {
+                let recorded = u.status.as_ref().and_then(|s| s.coordinator_term);
+                match ledger::standing(recorded, term.number) {
+                    Standing::Claimed => claimed.push(u),
+                    Standing::Superseded { newer } => {
+                        return Err(Superseded {
+                            update: format!("{ns}/{}", u.name_any()),
+                            newer,
+                        }
+                        .into())
+                    }
+                    Standing::Claim => match self.claim(&u, term).await? {
+                        Some(u) => claimed.push(u),
+                        None => {
+                            conflict = true;
+                            break;
+                        }
+                    },
+                }
+            }
+            if !conflict {
+                return Ok(claimed);
+            }
+        }
+        Err(anyhow!(
+            "claiming the Updates in {ns} for term {}: they changed under {CONFLICT_RETRIES} \
+             attempts in a row",
+            term.number
+        ))
+    }
+
+    /// Record the term in one Update, conditional on the resourceVersion read. `None` on a
+    /// conflict.
+    async fn claim(&self, update: &Update, term: Term) -> Result<Option<Update>> {
+        let name = update.name_any();
+        let what = format!("claiming Update {}/{name}", self.config.namespace);
+        if !self.holds(term) {
+            return Err(anyhow!("{what}: the term is about to end"));
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": update.metadata.resource_version},
+            "status": {"coordinatorTerm": term.number},
+        });
+        match self
+            .kube(
+                &what,
+                self.updates()
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?
+        {
+            Ok(u) => {
+                tracing::info!("{what}: term {} recorded", term.number);
+                Ok(Some(u))
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+            Err(e) => Err(anyhow!("{what}: {}", brief(&e))),
+        }
+    }
+
     async fn reconcile_one(
         &self,
-        mut update: Update,
-        until: Timestamp,
+        updates: &mut [Update],
+        i: usize,
+        term: Term,
     ) -> Result<Option<Duration>> {
-        let what = format!("Update {}/{}", self.config.namespace, update.name_any());
+        let what = format!("Update {}/{}", self.config.namespace, updates[i].name_any());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
         for attempt in 0..CONFLICT_RETRIES {
             if attempt > 0 {
-                update = self
-                    .updates()
-                    .get(&update.name_any())
-                    .await
+                let fresh = self
+                    .kube(&what, self.updates().get(&updates[i].name_any()))
+                    .await?
                     .map_err(|e| anyhow!("reading {what}: {}", brief(&e)))?;
+                let recorded = fresh.status.as_ref().and_then(|s| s.coordinator_term);
+                if let Standing::Superseded { newer } = ledger::standing(recorded, term.number) {
+                    return Err(Superseded {
+                        update: what.clone(),
+                        newer,
+                    }
+                    .into());
+                }
+                updates[i] = fresh;
             }
-            let (views, versions) = node_views(&nodes_api)
-                .await
+            let mut views = self
+                .kube(&what, node_views(&nodes_api))
+                .await?
                 .map_err(|e| anyhow!("listing Nodes for {what}: {}", brief(&e)))?;
-            let p = plan(&update, &views, Timestamp::now(), self.config.image_policy);
-            if !self.write_grants(&update, &versions, &p, until).await? {
-                continue;
+            for refused in ledger::attach(&mut views, updates) {
+                tracing::warn!("{refused}");
             }
-            if !self.write_status(&update, &p, until).await? {
-                continue;
+            let update = &updates[i];
+            let now = self.now();
+            let mut p = plan(update, &views, now, self.config.image_policy);
+            let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
+            let stored = update.status.clone().unwrap_or_default();
+            let generation = update.metadata.generation.unwrap_or(1);
+            ledger::record(
+                &mut p.status,
+                &stored,
+                &p.grants,
+                generation,
+                term.number,
+                now,
+                |n| names.contains(n),
+            );
+            match self.write_status(update, &p, term).await? {
+                Some(written) => {
+                    updates[i] = written;
+                    self.announce_grants(&updates[i], &p, &views).await;
+                    return Ok(p.wake_after);
+                }
+                None => continue,
             }
-            return Ok(p.wake_after);
         }
         Err(anyhow!(
             "planning {what}: its Nodes or status changed under {CONFLICT_RETRIES} attempts in a row"
         ))
     }
 
-    /// Write the plan's grants, each conditional on the Node's resourceVersion. Returns false
-    /// on a conflict (the plan is stale).
-    async fn write_grants(
-        &self,
-        update: &Update,
-        versions: &HashMap<String, String>,
-        p: &RolloutPlan,
-        until: Timestamp,
-    ) -> Result<bool> {
-        let Some(grant) = &p.grant else {
-            return Ok(true);
-        };
-        let api: Api<Node> = Api::all(self.client.clone());
+    /// The `Granted` Events of grants just recorded (on the Update and on each Node).
+    async fn announce_grants(&self, update: &Update, p: &RolloutPlan, views: &[NodeView]) {
+        let Some(grant) = &p.grant else { return };
         for name in &p.grants {
-            if !self.holds(until) {
-                return Err(anyhow!(
-                    "granting node {name}: Lease {} is about to expire",
-                    self.config.lease_name
-                ));
-            }
-            let rv = versions.get(name);
-            let patch = json!({"metadata": {
-                "resourceVersion": rv,
-                "annotations": {GRANT: grant.to_string()},
-            }});
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(node) => {
-                    tracing::info!("granted node {name} ({grant})");
-                    self.record(
-                        update,
-                        "Normal",
-                        "Granted",
-                        format!("node {name} may upgrade (grant {grant})"),
-                    )
-                    .await;
-                    let u = update.name_any();
-                    self.record_on_node(
-                        &node,
-                        "Normal",
-                        "Granted",
-                        format!(
-                            "may upgrade for Update {}/{u} (grant {grant})",
-                            self.config.namespace
-                        ),
-                    )
-                    .await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
-                Err(e) => return Err(anyhow!("granting node {name} ({grant}): {}", brief(&e))),
-            }
+            tracing::info!("granted node {name} ({grant})");
+            self.record(
+                update,
+                "Normal",
+                "Granted",
+                format!("node {name} may upgrade (grant {grant})"),
+            )
+            .await;
+            let uid = views
+                .iter()
+                .find(|v| &v.name == name)
+                .and_then(|v| v.uid.clone());
+            let about = events::node_ref(name, uid);
+            self.record_on(
+                about,
+                NODE_EVENT_NAMESPACE,
+                "Normal",
+                "Granted",
+                format!(
+                    "may upgrade for Update {}/{} (grant {grant})",
+                    self.config.namespace,
+                    update.name_any()
+                ),
+            )
+            .await;
         }
-        Ok(true)
     }
 
-    /// Write the status when it changed, conditional on the Update's resourceVersion, and the
-    /// Events its change of state calls for. Returns false on a conflict.
+    /// Write the status (with the ledger) when it changed, conditional on the Update's
+    /// resourceVersion, and the Events its change of state calls for. Returns the Update as
+    /// written (or as it was, when nothing changed); `None` on a conflict.
     async fn write_status(
         &self,
         update: &Update,
         p: &RolloutPlan,
-        until: Timestamp,
-    ) -> Result<bool> {
+        term: Term,
+    ) -> Result<Option<Update>> {
         let name = update.name_any();
         let prev = update.status.clone().unwrap_or_default();
         if update.status.as_ref() == Some(&p.status) {
-            return Ok(true);
+            return Ok(Some(update.clone()));
         }
-        if !self.holds(until) {
+        let what = format!(
+            "writing the status of Update {}/{name}",
+            self.config.namespace
+        );
+        if !self.holds(term) {
             return Err(anyhow!(
-                "writing the status of Update {}/{name}: Lease {} is about to expire",
-                self.config.namespace,
+                "{what}: the term of Lease {} is about to end",
                 self.config.lease_name
             ));
         }
@@ -394,21 +569,18 @@ impl Coordinator {
             "metadata": {"resourceVersion": update.metadata.resource_version},
             "status": merge_patch(&stored, &serde_json::to_value(&p.status).unwrap_or_default()),
         });
-        match self
-            .updates()
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
+        let written = match self
+            .kube(
+                &what,
+                self.updates()
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
-            Err(e) => {
-                return Err(anyhow!(
-                    "writing the status of Update {}/{name}: {}",
-                    self.config.namespace,
-                    brief(&e)
-                ))
-            }
-        }
+            Ok(u) => u,
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(None),
+            Err(e) => return Err(anyhow!("{what}: {}", brief(&e))),
+        };
         let state = p.status.state.as_deref();
         if state != prev.state.as_deref() {
             let message = p
@@ -434,7 +606,7 @@ impl Coordinator {
                 _ => {}
             }
         }
-        Ok(true)
+        Ok(Some(written))
     }
 
     /// Record a core/v1 Event on the Update.
@@ -449,13 +621,6 @@ impl Coordinator {
             field_path: None,
         };
         self.record_on(about, &self.config.namespace, type_, reason, message)
-            .await;
-    }
-
-    /// Record a core/v1 Event on a Node, where `kubectl describe node` shows it.
-    async fn record_on_node(&self, node: &Node, type_: &str, reason: &str, message: String) {
-        let about = events::node_ref(&node.name_any(), node.metadata.uid.clone());
-        self.record_on(about, NODE_EVENT_NAMESPACE, type_, reason, message)
             .await;
     }
 
@@ -479,18 +644,14 @@ impl Coordinator {
 /// How many Nodes one page of the Node list holds.
 const NODE_PAGE: u32 = 500;
 
-/// All Nodes as the planner sees them, with their resourceVersions (for the grants'
-/// preconditions). Read in pages, each turned into views before the next is read: a whole
-/// list of 2000 real Nodes is tens of MiB of JSON, and holding it (and kube's copies of it)
-/// at once is what the coordinator's memory would be made of. The pages come from one
-/// snapshot of the server (the continue token pins its resourceVersion); when that snapshot
-/// has expired (410) the read starts over.
-pub async fn node_views(
-    api: &Api<Node>,
-) -> Result<(Vec<NodeView>, HashMap<String, String>), kube::Error> {
+/// All Nodes as the planner sees them. Read in pages, each turned into views before the next
+/// is read: a whole list of 2000 real Nodes is tens of MiB of JSON, and holding it (and kube's
+/// copies of it) at once is what the coordinator's memory would be made of. The pages come
+/// from one snapshot of the server (the continue token pins its resourceVersion); when that
+/// snapshot has expired (410) the read starts over.
+pub async fn node_views(api: &Api<Node>) -> Result<Vec<NodeView>, kube::Error> {
     'again: loop {
         let mut views = Vec::new();
-        let mut versions = HashMap::new();
         let mut params = ListParams::default().limit(NODE_PAGE);
         loop {
             let page = match api.list(&params).await {
@@ -498,16 +659,10 @@ pub async fn node_views(
                 Err(kube::Error::Api(s)) if s.code == 410 => continue 'again,
                 Err(e) => return Err(e),
             };
-            for node in &page.items {
-                let view = NodeView::from_node(node);
-                if let Some(rv) = &node.metadata.resource_version {
-                    versions.insert(view.name.clone(), rv.clone());
-                }
-                views.push(view);
-            }
+            views.extend(page.items.iter().map(NodeView::from_node));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
-                None => return Ok((views, versions)),
+                None => return Ok(views),
             }
         }
     }

@@ -2,7 +2,8 @@
 //! coordinator's planner and the drain.
 //!
 //! Rooms that decide do no I/O and are unit-tested: [`update`] (the resource and its
-//! validation), [`window`] (maintenance windows), [`selector`], [`plan`] (grants and status),
+//! validation), [`window`] (maintenance windows), [`selector`], [`plan`] (grants and status), [`ledger`] (where a grant counts, fenced by
+//! the coordinator's term),
 //! [`drain`] (which pods to evict, which block), and [`lease`]'s election decision. Rooms that
 //! act against the API server: [`kube_drain`] (cordon, evict, wait; tests/cluster_drain.rs),
 //! [`lease`]'s [`lease::Elector`] and [`coordinator`] (the elected coordinator's loop;
@@ -15,6 +16,7 @@ pub mod drain;
 pub mod events;
 pub mod kube_drain;
 pub mod lease;
+pub mod ledger;
 pub mod plan;
 pub mod rbac;
 pub mod selector;

@@ -203,6 +203,25 @@ pub struct UpdateStatus {
     /// Nodes left out of `nodes` for the bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub nodes_omitted: i32,
+    /// The coordinator term (the Lease's `leaseTransitions` when its holder took it) that
+    /// last claimed this Update: a coordinator writes nothing here before its term is
+    /// recorded, and stops when it reads a newer one (see [`super::ledger`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_term: Option<i64>,
+    /// The grant ledger: per node, the grant of this Update it holds. Agents act only on
+    /// grants recorded here (see [`super::ledger`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, GrantRecord>,
+}
+
+/// One node's grant in the ledger: the Update's generation it was granted under (the grant is
+/// `<Update uid>/<generation>`), the coordinator term that granted it and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRecord {
+    pub generation: i64,
+    pub term: i64,
+    pub granted_at: Time,
 }
 
 fn is_zero(n: &i32) -> bool {

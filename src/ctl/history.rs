@@ -29,7 +29,8 @@ fn when(e: &Event) -> Option<Timestamp> {
 /// The node's lines. Pure: the Node, the Events, the Updates (to name a grant's Update) and
 /// `now` go in.
 pub fn render(node: &Node, events: &[Event], updates: &[Update], now: Timestamp) -> Vec<String> {
-    let v = NodeView::from_node(node);
+    let mut v = NodeView::from_node(node);
+    v.grant = crate::cluster::ledger::grant_of(&v.name, updates).0;
     let role = if v.control_plane {
         "control plane"
     } else {
@@ -191,7 +192,7 @@ mod tests {
             "metadata": {
                 "name": "w-1",
                 "annotations": {
-                    annotations::GRANT: "u-1/2", annotations::PHASE: "Draining",
+                    annotations::PHASE: "Draining",
                     annotations::PHASE_GRANT: "u-1/2", annotations::SINCE: "2024-03-02T09:58:00Z",
                     annotations::REASON: "pod shop/db-0 blocked by PodDisruptionBudget shop/db",
                     annotations::CORDONED_BY_HKD: "u-1/2",
@@ -230,6 +231,11 @@ mod tests {
         );
         u.metadata.namespace = Some("hs".into());
         u.metadata.uid = Some("u-1".into());
+        u.metadata.generation = Some(2);
+        u.status = Some(serde_json::from_value(json!({
+            "coordinatorTerm": 3,
+            "grants": {"w-1": {"generation": 2, "term": 3, "grantedAt": "2024-03-02T09:57:00Z"}},
+        })).unwrap());
         let now: Timestamp = "2024-03-02T10:00:00Z".parse().unwrap();
         let text = render(&node, &events, &[u], now).join("\n");
         for want in [

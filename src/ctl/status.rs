@@ -24,6 +24,7 @@ use super::render::{self, Term};
 use super::view::{self, RolloutStatus};
 use super::Ctx;
 use crate::cluster::annotations::NodeView;
+use crate::cluster::ledger;
 use crate::cluster::update::Update;
 
 /// Nodes per list page: a 2000-node cluster in four round trips, each a few MB at most.
@@ -103,14 +104,26 @@ pub async fn once(
     out: &mut dyn Write,
 ) -> Result<()> {
     let update = ctx.pick_update(name).await?;
-    let nodes = list_nodes(ctx).await?;
+    let mut nodes = list_nodes(ctx).await?;
+    let updates = all_updates(ctx).await?;
+    ledger::attach(&mut nodes, &updates);
     let now = Timestamp::now();
     print(&view::build(&update, &nodes, now), output, now, term, out)
 }
 
+/// Every Update of the namespace: a node's grant is the latest of all their ledgers.
+pub async fn all_updates(ctx: &Ctx) -> Result<Vec<Update>> {
+    Ok(ctx
+        .updates()
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ctx.fail("listing Updates", e))?
+        .items)
+}
+
 /// What changed, from the watches.
 enum Change {
-    Update(Option<Box<Update>>),
+    Update(String, Option<Box<Update>>),
     Node(String, Option<Box<NodeView>>),
     NodesRestarted(Vec<NodeView>),
     Error(String),
@@ -128,22 +141,24 @@ pub async fn watch(
 ) -> Result<()> {
     let first = ctx.pick_update(name).await?;
     let name = first.name_any();
-    let mut update = Some(first);
+    // All Updates (for the ledgers), the one shown among them.
+    let mut updates: BTreeMap<String, Update> = all_updates(ctx)
+        .await?
+        .into_iter()
+        .map(|u| (u.name_any(), u))
+        .collect();
+    updates.insert(name.clone(), first);
     let mut nodes: BTreeMap<String, NodeView> = list_nodes(ctx)
         .await?
         .into_iter()
         .map(|n| (n.name.clone(), n))
         .collect();
 
-    let updates = watcher(
-        ctx.updates(),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .map(|ev| match ev {
+    let update_events = watcher(ctx.updates(), watcher::Config::default()).map(|ev| match ev {
         Ok(watcher::Event::Apply(u)) | Ok(watcher::Event::InitApply(u)) => {
-            Change::Update(Some(Box::new(u)))
+            Change::Update(u.name_any(), Some(Box::new(u)))
         }
-        Ok(watcher::Event::Delete(_)) => Change::Update(None),
+        Ok(watcher::Event::Delete(u)) => Change::Update(u.name_any(), None),
         Ok(_) => Change::Nothing,
         Err(e) => Change::Error(e.to_string()),
     });
@@ -168,7 +183,7 @@ pub async fn watch(
         Ok(watcher::Event::InitDone) => Change::NodesRestarted(std::mem::take(&mut restart)),
         Err(e) => Change::Error(e.to_string()),
     });
-    let mut changes = futures::stream::select(updates.boxed(), node_events.boxed());
+    let mut changes = futures::stream::select(update_events.boxed(), node_events.boxed());
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut warning: Option<String> = None;
@@ -180,9 +195,11 @@ pub async fn watch(
         {
             let now = Timestamp::now();
             let mut text = Vec::new();
-            match &update {
+            match updates.get(&name) {
                 Some(u) => {
-                    let all: Vec<NodeView> = nodes.values().cloned().collect();
+                    let mut all: Vec<NodeView> = nodes.values().cloned().collect();
+                    let ledgers: Vec<Update> = updates.values().cloned().collect();
+                    ledger::attach(&mut all, &ledgers);
                     print(&view::build(u, &all, now), output, now, term, &mut text)?;
                 }
                 None => writeln!(text, "Update {}/{name} was deleted.", ctx.namespace)?,
@@ -203,7 +220,8 @@ pub async fn watch(
                     break Err(anyhow!("the watches on the API server at {} ended", ctx.server));
                 };
                 let mut apply = |c: Change| match c {
-                    Change::Update(u) => { update = u.map(|b| *b); warning = None; }
+                    Change::Update(n, Some(u)) => { updates.insert(n, *u); warning = None; }
+                    Change::Update(n, None) => { updates.remove(&n); }
                     Change::Node(n, Some(v)) => { nodes.insert(n, *v); warning = None; }
                     Change::Node(n, None) => { nodes.remove(&n); }
                     Change::NodesRestarted(all) if !all.is_empty() => {

@@ -172,7 +172,8 @@ pub async fn upgrade(
         }
     };
     let unchanged = existing.as_ref().is_some_and(|u| u.spec == update.spec);
-    let nodes = super::status::list_nodes(ctx).await?;
+    let mut nodes = super::status::list_nodes(ctx).await?;
+    crate::cluster::ledger::attach(&mut nodes, &super::status::all_updates(ctx).await?);
     let now = Timestamp::now();
     let p = preview(&update, &nodes, now, opts.policy);
     let verb = match (&existing, unchanged, opts.dry_run) {

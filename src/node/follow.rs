@@ -85,6 +85,8 @@ pub struct Decision {
     pub following: Option<String>,
     /// The follower should decide again at this time (a paced retry) even without a change.
     pub wake_at: Option<Timestamp>,
+    /// A grant not acted on, and why (one line for the log and the Node's Events).
+    pub refused: Option<String>,
 }
 
 /// The Update this node works for, and the grant in progress under it.
@@ -109,14 +111,31 @@ fn target_of(update: &Update, policy: ImagePolicy) -> Option<ImageRef> {
 /// The grant's Update when a grant is open; else the newest valid Update that selects this
 /// node and is not aborted (the admin's latest wish). An invalid Update (the coordinator halts
 /// it and says why) is never followed: nothing is staged for a rollout that cannot run.
-fn owner<'a>(node: &NodeView, updates: &'a [Update], policy: ImagePolicy) -> Option<Owner<'a>> {
+///
+/// A grant not begun yet of an Update that does not select this node is not taken up (and
+/// named in `refused`): the coordinator grants only nodes its Update selects, so either the
+/// labels changed since, or the record is not what it seems. A grant already begun is
+/// finished wherever the labels went.
+fn owner<'a>(
+    node: &NodeView,
+    updates: &'a [Update],
+    policy: ImagePolicy,
+    refused: &mut Option<String>,
+) -> Option<Owner<'a>> {
     if let Some(g) = &node.grant {
-        let open = !node.phase_for(g).is_some_and(AgentPhase::is_terminal);
+        let phase = node.phase_for(g);
+        let open = !phase.is_some_and(AgentPhase::is_terminal);
         let granting = updates
             .iter()
             .find(|u| u.metadata.uid.as_deref() == Some(g.uid.as_str()));
         if let (true, Some(u)) = (open, granting) {
-            if let Some(target) = target_of(u, policy) {
+            if phase.is_none() && !selects(u, node) {
+                *refused = Some(format!(
+                    "grant {g} of Update {} not taken up: its nodeSelector does not select \
+                     this node",
+                    u.metadata.name.as_deref().unwrap_or("?")
+                ));
+            } else if let Some(target) = target_of(u, policy) {
                 return Some(Owner {
                     update: u,
                     target,
@@ -182,7 +201,7 @@ pub fn decide(input: Input<'_>) -> Decision {
             d.annotations.insert(OS_IMAGE, Some(booted.to_owned()));
         }
     }
-    let owner = owner(node, input.updates, input.policy);
+    let owner = owner(node, input.updates, input.policy, &mut d.refused);
     d.following = owner.as_ref().and_then(|o| o.update.metadata.name.clone());
     let staged = match (&machine.state, &owner) {
         (State::Staged { target, .. }, Some(o)) if *target == o.target => Some(target.to_string()),

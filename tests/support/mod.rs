@@ -26,6 +26,7 @@ pub mod eviction;
 pub mod kubelet;
 pub mod local;
 pub mod process;
+pub mod rollout_view;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

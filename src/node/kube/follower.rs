@@ -16,6 +16,7 @@ use kube::Api;
 use super::kubeadm::kubeadm;
 use super::{Inner, RETRY};
 use crate::cluster::annotations::CORDONED_BY_HKD;
+use crate::cluster::ledger;
 use crate::cluster::update::Update;
 use crate::image_ref::ImageRef;
 use crate::node::follow::{self, answer_annotations, Answer, Decision, Finish};
@@ -81,6 +82,8 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
     // The events last sent, and the machine state they were sent for.
     let mut sent: Option<(Vec<Event>, Machine)> = None;
     let mut last_retry: Option<(ImageRef, Timestamp)> = None;
+    // What was last said about grants and annotations not acted on: each line once.
+    let mut told: Vec<String> = Vec::new();
     // Nothing is decided on a half view: an Update not listed yet is not a withdrawn one.
     if inner.synced.subscribe().wait_for(|s| *s).await.is_err() {
         return;
@@ -104,6 +107,22 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
             retry_after: jiff::SignedDuration::try_from(inner.settings.stage_retry)
                 .unwrap_or(jiff::SignedDuration::from_secs(300)),
         });
+        let mut problems: Vec<(&str, String)> = view
+            .iter()
+            .flat_map(|v| v.problems.iter().map(|p| ("AnnotationIgnored", p.clone())))
+            .collect();
+        let refused = ledger::grant_of(&inner.settings.node_name, &updates).1;
+        problems.extend(
+            refused
+                .into_iter()
+                .chain(decision.refused.clone())
+                .map(|p| ("GrantRefused", p)),
+        );
+        for (reason, line) in problems.iter().filter(|(_, p)| !told.contains(p)) {
+            tracing::warn!("{line}");
+            inner.event("Warning", reason, line.clone()).await;
+        }
+        told = problems.into_iter().map(|(_, p)| p).collect();
         inner.may_lead.send_if_modified(|m| {
             let changed = *m != decision.may_lead;
             *m = decision.may_lead;

@@ -42,6 +42,7 @@ use crate::cluster::annotations::{AgentPhase, NodeView};
 use crate::cluster::coordinator;
 use crate::cluster::events::{self, brief, Reporter, NODE_EVENT_NAMESPACE};
 use crate::cluster::kube_drain::{Drainer, Tuning};
+use crate::cluster::ledger;
 use crate::cluster::update::{InFlight, Update};
 use crate::image_ref::ImagePolicy;
 use drain::drain;
@@ -197,10 +198,11 @@ impl ClusterSide for KubeNode {
             // The follower writes the phase; the reboot waits for it a little, so that the
             // Node says Rebooting while the machine is down (not a condition of the reboot).
             let mut node = self.inner.node.subscribe();
+            let grant = self.inner.node_view().and_then(|v| v.grant);
             let shown = node.wait_for(|n| {
                 n.as_ref().is_none_or(|n| {
                     let v = NodeView::from_node(n);
-                    v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Rebooting)
+                    grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Rebooting)
                 })
             });
             let waited = self
@@ -229,8 +231,11 @@ impl Inner {
         Api::all(self.client.clone())
     }
 
+    /// This Node as the protocol reads it, its grant taken from the Updates' ledgers.
     fn node_view(&self) -> Option<NodeView> {
-        self.node.borrow().as_ref().map(NodeView::from_node)
+        let mut view = self.node.borrow().as_ref().map(NodeView::from_node)?;
+        view.grant = ledger::grant_of(&view.name, &self.updates.borrow()).0;
+        Some(view)
     }
 
     fn booted_image(&self) -> Option<String> {
