@@ -318,9 +318,24 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                 .as_ref()
                 .is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal))
         };
+        let mut terms: BTreeMap<String, i64> = BTreeMap::new();
         while let Some(change) = stream.next().await {
             view.apply(change);
             let mut seen = s.lock().unwrap();
+            // Fencing (I9): an Update's recorded coordinator term never goes back.
+            for (name, u) in &view.updates {
+                let t = u
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.coordinator_term)
+                    .unwrap_or(0);
+                let before = terms.insert(name.clone(), t).unwrap_or(0);
+                if t < before {
+                    seen.violations.push(format!(
+                        "I9: Update {name}'s coordinator term went back from {before} to {t}"
+                    ));
+                }
+            }
             for v in view.views(|n| ours.contains(n)) {
                 let before = nodes.get(&v.name).and_then(|o| o.grant.clone());
                 if finished(&v) && !nodes.get(&v.name).is_some_and(finished) {
@@ -779,4 +794,172 @@ async fn two_updates_at_once_share_the_nodes_within_max_unavailable() -> Result<
     }
     c.stop().await?;
     Ok(())
+}
+
+/// `hkd coordinate` as a process of its own (so that it can be frozen), under the admin's
+/// kubeconfig as its coordinator credential, with the test seams: its wall clock off by
+/// `offset_seconds`, and stopping itself (SIGSTOP) before its second ledger write with grants.
+struct Process {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(rig: &Rig, identity: &str, offset_seconds: i64) -> Result<Process> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("etc/hkd/config.d");
+        std::fs::create_dir_all(&conf)?;
+        std::fs::write(
+            conf.join("50-test.toml"),
+            format!(
+                "[kubernetes]\nnamespace = \"{ns}\"\nlease_duration = \"{lease}ms\"\n",
+                ns = rig.env.ns,
+                lease = LEASE_DURATION.as_millis(),
+            ),
+        )?;
+        // The default kubernetes.coordinator_kubeconfig under the root.
+        std::fs::copy(
+            rig.env.cluster.admin_kubeconfig(),
+            dir.path().join("etc/hkd/coordinator.kubeconfig"),
+        )?;
+        let log = dir.path().join("hkd.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hkd"))
+            .args(["--root", &dir.path().display().to_string(), "-v"])
+            .args(["coordinate", "--identity", identity])
+            .env(
+                "HKD_TEST_WALL_CLOCK_OFFSET_SECONDS",
+                offset_seconds.to_string(),
+            )
+            .env("HKD_TEST_STOP_BEFORE_GRANT_WRITE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("hkd.out"))?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting hkd coordinate")?;
+        Ok(Process {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The process state letter from /proc (`T`: stopped).
+    fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill {sig} {}", self.child.id());
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Coordinator A grants the first control-plane node, then is frozen right before the write
+/// of its next grant; its Lease runs out, B takes over, claims the Update and rolls on; A is
+/// continued while B's grant is in flight and sends its late write — which must not land:
+/// the recorded term never goes back, no node is granted twice, never two control-plane
+/// nodes at once (I1, I9), and A says it lost its term.
+async fn a_frozen_coordinators_late_grant_is_fenced(test: &str, offset_seconds: i64) -> Result<()> {
+    let rig = Rig::new(test, 3, 0).await?;
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 1);
+    let _agents = rig.agents(&[]);
+    let a = Process::start(&rig, "node-a", offset_seconds)?;
+    rig.create_update("os", json!({"maxUnavailable": 1}))
+        .await?;
+    wait_for("A to freeze before its second grant", ROLLOUT, || async {
+        match a.state() {
+            None => bail!("hkd coordinate ended"),
+            s => Ok(s == Some('T')),
+        }
+    })
+    .await
+    .with_context(|| format!("A's log:\n{}", a.log()))?;
+    let stopped = Instant::now();
+    let first_grants = rig.grants().await?;
+    ensure!(first_grants.len() == 1, "A granted {first_grants:?}");
+    let b = start(&rig.env, "node-b");
+    // B takes over once A's record has stood still for a whole term, claims the Update and
+    // grants the next node.
+    let updates = rig.updates();
+    wait_for("B to grant a second node", ROLLOUT, || async {
+        let u = updates.get("os").await?;
+        let s = u.status.unwrap_or_default();
+        Ok(s.coordinator_term >= Some(2) && s.grants.len() >= 2)
+    })
+    .await?;
+    ensure!(
+        stopped.elapsed() >= LEASE_DURATION,
+        "B took over {:?} after A froze, before A's term ran out",
+        stopped.elapsed()
+    );
+    ensure!(b.leads(), "B does not lead");
+    // A resumes with its plan from before: its write goes out now.
+    a.signal("-CONT")?;
+    wait_for("A to find its term lost", ROLLOUT, || async {
+        Ok(a.log().contains("lost its term"))
+    })
+    .await
+    .with_context(|| format!("A's log:\n{}", a.log()))?;
+    let u = rig.wait_state("os", "Complete").await?;
+    let n = counts(&u);
+    ensure!((n.total, n.done, n.failed) == (3, 3, 0), "{n:?}");
+    let status = u.status.clone().unwrap_or_default();
+    // Only the first grant is A's; every later one B's.
+    let a_terms = status.grants.values().filter(|r| r.term == 1).count();
+    ensure!(
+        a_terms <= 1,
+        "A's term recorded {a_terms} grants: {:?}",
+        status.grants
+    );
+    let seen = seen.lock().unwrap();
+    ensure!(seen.violations.is_empty(), "{:#?}", seen.violations);
+    ensure!(
+        seen.max_in_flight == 1,
+        "max in flight {}",
+        seen.max_in_flight
+    );
+    ensure!(
+        seen.grants.len() == 3 && seen.grants.values().all(|g| g.len() == 1),
+        "{:?}",
+        seen.grants
+    );
+    let log = a.log();
+    ensure!(
+        log.contains("test seam: continued"),
+        "A never sent its late write:\n{log}"
+    );
+    drop(b);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_coordinators_late_grant_has_no_effect() -> Result<()> {
+    a_frozen_coordinators_late_grant_is_fenced("coord-fence", 0).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_coordinator_with_its_clock_30s_ahead_is_fenced() -> Result<()> {
+    a_frozen_coordinators_late_grant_is_fenced("coord-fence-ahead", 30).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_coordinator_with_its_clock_30s_behind_is_fenced() -> Result<()> {
+    a_frozen_coordinators_late_grant_is_fenced("coord-fence-behind", -30).await
 }

@@ -45,6 +45,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent (what hkd.service starts)
     Run,
+    /// Run only a coordinator candidate, under kubernetes.coordinator_kubeconfig, until
+    /// stopped (for a host that coordinates without being a node of the rollout)
+    Coordinate(CoordinateArgs),
     /// Show the deployments and where the upgrade stands
     Status(StatusArgs),
     /// Upgrade this node to TARGET (a node without a cluster only)
@@ -60,6 +63,14 @@ pub struct ConfigArgs {
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Format::Toml)]
     pub output: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinateArgs {
+    /// The name this coordinator holds the Lease under (default: kubernetes.node_name, else
+    /// the host name)
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +101,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Run => {
             let settings = load_settings(&cli.root)?;
             daemon::run(&settings, &cli.root, &cli.socket)
+        }
+        Command::Coordinate(args) => {
+            let settings = load_settings(&cli.root)?;
+            daemon::coordinate(&settings, &cli.root, args.identity)
         }
         Command::Status(args) => show_status(&cli.root, &cli.socket, &args, out),
         Command::Upgrade(args) => {

@@ -93,6 +93,10 @@ pub struct Config {
     /// A seam for tests only: the coordinator's wall clock runs off by this much (the Lease's
     /// `renewTime`, the planner's `now`), as on a host whose clock is wrong.
     pub wall_offset: jiff::SignedDuration,
+    /// A seam for tests only: after this many ledger writes that record grants, the process
+    /// stops itself (SIGSTOP) right before sending the next one, as a coordinator frozen
+    /// between its last check of the term and its write would; a test continues it.
+    pub stop_before_grant: Option<usize>,
 }
 
 impl Config {
@@ -107,6 +111,7 @@ impl Config {
             request_timeout: Duration::from_secs(4),
             image_policy: ImagePolicy::default(),
             wall_offset: jiff::SignedDuration::ZERO,
+            stop_before_grant: None,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Coordinator {
     config: Config,
     elector: Elector,
     leading: watch::Sender<bool>,
+    /// Ledger writes with grants sent so far (for the `stop_before_grant` seam).
+    grant_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl Coordinator {
@@ -165,6 +172,7 @@ impl Coordinator {
             config,
             elector,
             leading: watch::channel(false).0,
+            grant_writes: Default::default(),
         }
     }
 
@@ -508,6 +516,27 @@ impl Coordinator {
         ))
     }
 
+    /// The `stop_before_grant` seam (tests only; `None` in production).
+    fn maybe_stop_before_grant(&self) {
+        let Some(after) = self.config.stop_before_grant else {
+            return;
+        };
+        let n = self
+            .grant_writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == after {
+            tracing::warn!("test seam: stopping this process before its grant write");
+            let me = std::process::id().to_string();
+            if let Err(e) = crate::sys::command::Cmd::new("kill")
+                .args(["-STOP", me.as_str()])
+                .run()
+            {
+                tracing::warn!("test seam: {e}");
+            }
+            tracing::warn!("test seam: continued; sending the grant write now");
+        }
+    }
+
     /// The `Granted` Events of grants just recorded (on the Update and on each Node).
     async fn announce_grants(&self, update: &Update, p: &RolloutPlan, views: &[NodeView]) {
         let Some(grant) = &p.grant else { return };
@@ -563,6 +592,9 @@ impl Coordinator {
                 "{what}: the term of Lease {} is about to end",
                 self.config.lease_name
             ));
+        }
+        if !p.grants.is_empty() {
+            self.maybe_stop_before_grant();
         }
         let stored = serde_json::to_value(&update.status).unwrap_or_default();
         let patch = json!({

@@ -213,13 +213,9 @@ fn cluster_side(
         None
     };
     let policy = image_policy(settings);
-    let coordinator = k.coordinate.then(|| CoordinatorConfig {
-        namespace: k.namespace.clone(),
-        lease_duration: k.lease_duration,
-        renew_every: k.lease_duration / 3,
-        image_policy: policy,
-        ..CoordinatorConfig::new(&node_name)
-    });
+    let coordinator = k
+        .coordinate
+        .then(|| coordinator_config(settings, &node_name));
     tracing::info!("following the cluster as node {node_name}");
     let settings = ClusterSettings {
         node_name,
@@ -238,6 +234,86 @@ fn cluster_side(
         settings,
         inbox,
     )))
+}
+
+/// The coordinator's settings from hkd's, under `identity`.
+fn coordinator_config(settings: &Settings, identity: &str) -> CoordinatorConfig {
+    let k = &settings.kubernetes;
+    #[allow(unused_mut)]
+    let mut config = CoordinatorConfig {
+        namespace: k.namespace.clone(),
+        lease_duration: k.lease_duration,
+        renew_every: k.lease_duration / 3,
+        image_policy: image_policy(settings),
+        ..CoordinatorConfig::new(identity)
+    };
+    // Seams for the fencing tests only; a build without the test feature has none.
+    #[cfg(feature = "kube-tests")]
+    {
+        if let Some(s) = std::env::var("HKD_TEST_WALL_CLOCK_OFFSET_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            config.wall_offset = jiff::SignedDuration::from_secs(s);
+        }
+        config.stop_before_grant = std::env::var("HKD_TEST_STOP_BEFORE_GRANT_WRITE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+    }
+    config
+}
+
+/// `hkd coordinate`: a coordinator candidate alone, under the coordinator's credential, until
+/// SIGTERM or SIGINT (then it steps down).
+pub fn coordinate(
+    settings: &Settings,
+    root: &Path,
+    identity: Option<String>,
+) -> anyhow::Result<()> {
+    let k = &settings.kubernetes;
+    let identity = match identity.filter(|i| !i.is_empty()) {
+        Some(i) => i,
+        None if !k.node_name.is_empty() => k.node_name.clone(),
+        None => crate::sys::hostname(&root.join("proc"))
+            .context("reading the host name for the coordinator's name; pass --identity")?,
+    };
+    let path = root.join(
+        k.coordinator_kubeconfig
+            .strip_prefix("/")
+            .unwrap_or(&k.coordinator_kubeconfig),
+    );
+    if !path.exists() {
+        return Err(crate::config::ConfigError::Unusable {
+            key: "kubernetes.coordinator_kubeconfig".into(),
+            message: format!(
+                "the coordinator's credential {} does not exist: copy the coordinator.kubeconfig \
+                 `hkctl install` wrote there",
+                path.display()
+            ),
+        }
+        .into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = client_from_kubeconfig(&path).await?;
+        let config = coordinator_config(settings, &identity);
+        let coordinator = crate::cluster::coordinator::Coordinator::new(client, config);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        tracing::info!("coordinator candidate {identity} started");
+        coordinator.run(stop_rx).await
+    })
 }
 
 fn start_watchdog() {

@@ -59,7 +59,7 @@ impl Cluster {
         matches!(self, Cluster::Local(_))
     }
 
-    fn admin_kubeconfig(&self) -> &Path {
+    pub fn admin_kubeconfig(&self) -> &Path {
         match self {
             Cluster::Local(l) => &l.admin_kubeconfig,
             Cluster::External { kubeconfig } => kubeconfig,

@@ -28,6 +28,9 @@ pub(super) async fn watch_node(inner: Arc<Inner>) {
         watcher::Config::default().fields(&format!("metadata.name={}", inner.settings.node_name));
     let mut stream = watcher(inner.nodes(), config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
+        if event.is_ok() {
+            note_accepted(&inner);
+        }
         match event {
             Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
                 inner.node.send_replace(Some(n));
@@ -38,9 +41,61 @@ pub(super) async fn watch_node(inner: Arc<Inner>) {
             }
             Ok(watcher::Event::InitDone) => inner.mark_synced(&inner.node_synced),
             Ok(watcher::Event::Init) => {}
-            Err(e) => tracing::warn!("watching node {}: {e}", inner.settings.node_name),
+            Err(e) => {
+                tracing::warn!("watching node {}: {e}", inner.settings.node_name);
+                note_refusal(&inner, &e);
+                continue;
+            }
         }
     }
+}
+
+/// The HTTP status of an API refusal inside a watch error, when it is one.
+fn refusal_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+    .filter(|c| *c == 401 || *c == 403)
+}
+
+/// A 401 or 403 from a watch means this node's credential is refused (revoked, expired, or
+/// its rights taken away): said once, clearly, and nothing new is taken up while it lasts.
+fn note_refusal(inner: &Inner, e: &watcher::Error) {
+    let Some(code) = refusal_code(e) else { return };
+    let why = format!(
+        "the API server refuses this node's credential ({code}{}): it was revoked, expired \
+         or lost its rights; hkd takes up nothing from the cluster until it is accepted again \
+         — issue a new one with `hkctl install --node {}`, put it at kubernetes.kubeconfig \
+         and restart hkd",
+        if code == 401 {
+            " Unauthorized"
+        } else {
+            " Forbidden"
+        },
+        inner.settings.node_name
+    );
+    inner.refused.send_if_modified(|r| {
+        let new = r.is_none();
+        if new {
+            tracing::error!("{why}");
+            *r = Some(why);
+        }
+        new
+    });
+}
+
+/// A watch answered: the credential is accepted (again).
+fn note_accepted(inner: &Inner) {
+    inner.refused.send_if_modified(|r| {
+        let was = r.take().is_some();
+        if was {
+            tracing::info!("the API server accepts this node's credential again");
+        }
+        was
+    });
 }
 
 /// Keep `inner.updates` current: a watch on the Updates of the namespace.
@@ -51,6 +106,9 @@ pub(super) async fn watch_updates(inner: Arc<Inner>) {
         .boxed();
     let mut fresh: Option<Vec<Update>> = None;
     while let Some(event) = stream.next().await {
+        if event.is_ok() {
+            note_accepted(&inner);
+        }
         match event {
             Ok(watcher::Event::Init) => fresh = Some(Vec::new()),
             Ok(watcher::Event::InitApply(u)) => fresh.get_or_insert_with(Vec::new).push(u),
@@ -69,7 +127,11 @@ pub(super) async fn watch_updates(inner: Arc<Inner>) {
                     .updates
                     .send_modify(|all| all.retain(|x| x.metadata.uid != u.metadata.uid));
             }
-            Err(e) => tracing::warn!("watching Updates in {}: {e}", inner.settings.namespace),
+            Err(e) => {
+                tracing::warn!("watching Updates in {}: {e}", inner.settings.namespace);
+                note_refusal(&inner, &e);
+                continue;
+            }
         }
     }
 }
@@ -88,7 +150,16 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
     if inner.synced.subscribe().wait_for(|s| *s).await.is_err() {
         return;
     }
+    let mut refused_rx = inner.refused.subscribe();
     loop {
+        // A refused credential: nothing is decided or taken up (an upgrade under way goes on
+        // in the machine) until a watch is answered again.
+        if refused_rx.borrow_and_update().is_some() {
+            if refused_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let machine = machine_rx.borrow_and_update().clone();
         node_rx.borrow_and_update();
         updates_rx.borrow_and_update();

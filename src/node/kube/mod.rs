@@ -98,6 +98,9 @@ struct Inner {
     synced: watch::Sender<bool>,
     node_synced: std::sync::atomic::AtomicBool,
     updates_synced: std::sync::atomic::AtomicBool,
+    /// Why the API server refuses this node's credential (401, 403), while it does: nothing
+    /// new is taken up until a watch succeeds again.
+    refused: watch::Sender<Option<String>>,
 }
 
 /// Starts the follower once the agent has loaded its journal.
@@ -163,6 +166,7 @@ impl KubeNode {
             synced: watch::channel(false).0,
             node_synced: Default::default(),
             updates_synced: Default::default(),
+            refused: watch::channel(None).0,
         });
         let starter = Starter {
             handle: handle.clone(),
