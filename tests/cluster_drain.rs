@@ -27,6 +27,7 @@ fn tuning() -> Tuning {
         backoff_start: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
         poll: Duration::from_millis(100),
+        ..Tuning::default()
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Config {
     /// A seam for tests only: the coordinator's wall clock runs off by this much (the Lease's
     /// `renewTime`, the planner's `now`), as on a host whose clock is wrong.
     pub wall_offset: jiff::SignedDuration,
+    /// Beaten on every wake-up, leading or not (hkd's watchdog listens).
+    pub heartbeat: super::heartbeat::Heartbeat,
     /// A seam for tests only: after this many ledger writes that record grants, the process
     /// stops itself (SIGSTOP) right before sending the next one, as a coordinator frozen
     /// between its last check of the term and its write would; a test continues it.
@@ -112,6 +114,7 @@ impl Config {
             image_policy: ImagePolicy::default(),
             wall_offset: jiff::SignedDuration::ZERO,
             stop_before_grant: None,
+            heartbeat: Default::default(),
         }
     }
 }
@@ -188,6 +191,7 @@ impl Coordinator {
             if *stop.borrow() {
                 return Ok(());
             }
+            self.config.heartbeat.beat();
             let wait = match self.bounded("the Lease", self.elector.try_lead()).await {
                 Ok(Role::Leader { term, until }) => {
                     tracing::info!("coordinator {} leads (term {term})", self.config.identity);
@@ -252,6 +256,7 @@ impl Coordinator {
         let mut renew_at = Instant::now() + self.config.renew_every;
         let mut plan_at = Some(Instant::now());
         loop {
+            self.config.heartbeat.beat();
             let wake = plan_at.map_or(renew_at, |p| p.min(renew_at));
             tokio::select! {
                 _ = stopped(stop) => return End::Stopped,

@@ -51,6 +51,8 @@ pub struct Tuning {
     pub backoff_max: Duration,
     /// How often an evicted pod is looked for.
     pub poll: Duration,
+    /// Beaten on every round of evicting and waiting (hkd's watchdog listens).
+    pub heartbeat: super::heartbeat::Heartbeat,
 }
 
 impl Default for Tuning {
@@ -60,6 +62,7 @@ impl Default for Tuning {
             backoff_start: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             poll: Duration::from_millis(500),
+            heartbeat: Default::default(),
         }
     }
 }
@@ -405,6 +408,7 @@ impl Drainer {
         if evict {
             let body = eviction_body(version, pod, grace);
             loop {
+                self.tuning.heartbeat.beat();
                 let r = pods
                     .create_subresource::<Value, Value>(
                         "eviction",
@@ -452,6 +456,7 @@ impl Drainer {
     async fn wait_gone(&self, pod: &PodRef, until: Instant) -> anyhow::Result<bool> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         loop {
+            self.tuning.heartbeat.beat();
             match pods.get_opt(&pod.name).await {
                 Ok(None) => return Ok(true),
                 Ok(Some(p)) if p.metadata.uid.as_deref() != Some(pod.uid.as_str()) => {

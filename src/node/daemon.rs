@@ -20,6 +20,7 @@ use super::metrics::{self, Metrics};
 use super::reboot::Logind;
 use super::socket::Server;
 use super::status::ProgressSink;
+use super::watchdog::{self, Liveness};
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
 use crate::cluster::kube_drain::Tuning;
@@ -103,8 +104,9 @@ fn run_reporting(
         .spawn(move || served.serve(listener))?;
     let (events, inbox) = mpsc::channel();
     let mut extra: Vec<Box<dyn Check>> = Vec::new();
+    let liveness = Arc::new(Liveness::default());
     let (cluster, starter): (Box<dyn ClusterSide>, Option<Starter>) =
-        match cluster_side(settings, root, events.clone())? {
+        match cluster_side(settings, root, events.clone(), liveness.clone())? {
             Some((node, starter)) => {
                 extra.push(node.ready_check());
                 (Box::new(node), Some(starter))
@@ -146,7 +148,7 @@ fn run_reporting(
     thread::Builder::new()
         .name("socket".into())
         .spawn(move || server.serve())?;
-    start_watchdog();
+    watchdog::serve(liveness);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let agent_thread = thread::Builder::new()
         .name("agent".into())
@@ -164,6 +166,7 @@ fn cluster_side(
     settings: &Settings,
     root: &Path,
     inbox: mpsc::Sender<Event>,
+    liveness: Arc<Liveness>,
 ) -> anyhow::Result<Option<(KubeNode, Starter)>> {
     let k = &settings.kubernetes;
     let kubeconfig = root.join(k.kubeconfig.strip_prefix("/").unwrap_or(&k.kubeconfig));
@@ -226,6 +229,7 @@ fn cluster_side(
         stage_retry: k.stage_retry,
         tuning: Tuning::default(),
         coordinator,
+        liveness,
     };
     Ok(Some(KubeNode::new(
         handle,
@@ -316,19 +320,6 @@ pub fn coordinate(
     })
 }
 
-fn start_watchdog() {
-    let Some(timeout) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let period = timeout / 2;
-    let _ = thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || loop {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            thread::sleep(period);
-        });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,7 +340,7 @@ mod tests {
         settings.kubernetes.node_name = "n1".into();
         settings.kubernetes.coordinate = true;
         let (tx, _rx) = mpsc::channel();
-        let err = cluster_side(&settings, root.path(), tx.clone())
+        let err = cluster_side(&settings, root.path(), tx.clone(), Default::default())
             .err()
             .expect("refused");
         assert!(err.chain().any(|c| c.is::<crate::config::ConfigError>()));
@@ -362,6 +353,8 @@ mod tests {
         );
         // A node that does not coordinate needs no coordinator credential.
         settings.kubernetes.coordinate = false;
-        assert!(cluster_side(&settings, root.path(), tx).unwrap().is_some());
+        assert!(cluster_side(&settings, root.path(), tx, Default::default())
+            .unwrap()
+            .is_some());
     }
 }

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod reboot;
 pub mod socket;
 pub mod status;
+pub mod watchdog;

@@ -22,6 +22,19 @@ pub(super) const STEP_DOWN_WAIT: Duration = Duration::from_secs(30);
 /// API server (an outage, a restarting server) is not the drain's verdict: cordon and drain
 /// are idempotent and are tried again, with a growing pause, until the policy's timeout.
 pub(super) async fn drain(inner: &Inner) -> Result<(), DrainError> {
+    // The watchdog watches the drain while it runs (its loops beat through the tuning).
+    struct Running<'a>(&'a Inner);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.settings.liveness.stop(super::DRAIN);
+        }
+    }
+    inner.settings.liveness.start(super::DRAIN);
+    let _running = Running(inner);
+    drain_watched(inner).await
+}
+
+async fn drain_watched(inner: &Inner) -> Result<(), DrainError> {
     let node = inner.settings.node_name.clone();
     let mut synced = inner.synced.subscribe();
     let first_view = synced.wait_for(|s| *s);
@@ -75,6 +88,7 @@ pub(super) async fn drain(inner: &Inner) -> Result<(), DrainError> {
     let attempts = async {
         let mut pause = Duration::from_millis(500);
         loop {
+            inner.settings.tuning.heartbeat.beat();
             match cordon_and_drain(inner, &grant, &policy).await {
                 Ok(report) => return Ok(report),
                 Err(e) if tokio::time::Instant::now() + pause < deadline => {

@@ -21,6 +21,7 @@ use crate::cluster::update::Update;
 use crate::image_ref::ImageRef;
 use crate::node::follow::{self, answer_annotations, Answer, Decision, Finish};
 use crate::node::machine::{Event, Machine, State};
+use crate::node::watchdog::FOLLOWER_TICK;
 
 /// Keep `inner.node` current: a watch on this one Node.
 pub(super) async fn watch_node(inner: Arc<Inner>) {
@@ -151,14 +152,16 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
         return;
     }
     let mut refused_rx = inner.refused.subscribe();
+    inner.settings.liveness.start(super::FOLLOWER);
     loop {
+        inner.follower_beat.beat();
         // A refused credential: nothing is decided or taken up (an upgrade under way goes on
         // in the machine) until a watch is answered again.
         if refused_rx.borrow_and_update().is_some() {
-            if refused_rx.changed().await.is_err() {
-                return;
+            match tokio::time::timeout(FOLLOWER_TICK, refused_rx.changed()).await {
+                Ok(Err(_)) => return,
+                Ok(Ok(())) | Err(_) => continue,
             }
-            continue;
         }
         let machine = machine_rx.borrow_and_update().clone();
         node_rx.borrow_and_update();
@@ -231,12 +234,8 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
                 wake = Some(RETRY);
             }
         }
-        let sleep = async {
-            match wake {
-                Some(w) => tokio::time::sleep(w).await,
-                None => std::future::pending().await,
-            }
-        };
+        // At least every FOLLOWER_TICK round again: the watchdog sees a follower that moves.
+        let sleep = tokio::time::sleep(wake.map_or(FOLLOWER_TICK, |w| w.min(FOLLOWER_TICK)));
         tokio::select! {
             r = node_rx.changed() => if r.is_err() { return },
             r = updates_rx.changed() => if r.is_err() { return },

@@ -41,13 +41,23 @@ use super::machine::{Event, Machine, State, UpgradeOutcome};
 use crate::cluster::annotations::{AgentPhase, NodeView};
 use crate::cluster::coordinator;
 use crate::cluster::events::{self, brief, Reporter, NODE_EVENT_NAMESPACE};
+use crate::cluster::heartbeat::Heartbeat;
 use crate::cluster::kube_drain::{Drainer, Tuning};
 use crate::cluster::ledger;
 use crate::cluster::update::{InFlight, Update};
 use crate::image_ref::ImagePolicy;
+use crate::node::watchdog::{self, Liveness};
 use drain::drain;
 use follower::{follow_loop, watch_node, watch_updates};
 use supervise::supervise_coordinator;
+
+/// The parts of the cluster half the watchdog watches.
+const FOLLOWER: &str = "follower";
+const DRAIN: &str = "drain";
+const COORDINATOR: &str = "coordinator";
+
+/// The longest the follower waits for one write of its Node's annotations.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 mod drain;
 mod follower;
@@ -76,6 +86,8 @@ pub struct Settings {
     pub tuning: Tuning,
     /// Stand as coordinator candidate with this configuration; `None`: never coordinate.
     pub coordinator: Option<coordinator::Config>,
+    /// Where the follower, the drain and the coordinator show their progress (the watchdog).
+    pub liveness: Arc<Liveness>,
 }
 
 /// The state the follower, the drain and the coordinator supervisor share.
@@ -101,6 +113,8 @@ struct Inner {
     /// Why the API server refuses this node's credential (401, 403), while it does: nothing
     /// new is taken up until a watch succeeds again.
     refused: watch::Sender<Option<String>>,
+    /// The follower's heartbeat (the drain's and the coordinator's are in their settings).
+    follower_beat: Heartbeat,
 }
 
 /// Starts the follower once the agent has loaded its journal.
@@ -146,9 +160,14 @@ impl KubeNode {
         handle: Handle,
         client: Client,
         coordinator_client: Option<Client>,
-        settings: Settings,
+        mut settings: Settings,
         inbox: Sender<Event>,
     ) -> (KubeNode, Starter) {
+        let follower_beat = settings.liveness.part(FOLLOWER, watchdog::DEFAULT_BOUND);
+        settings.tuning.heartbeat = settings.liveness.part(DRAIN, watchdog::DEFAULT_BOUND);
+        if let Some(c) = settings.coordinator.as_mut() {
+            c.heartbeat = settings.liveness.part(COORDINATOR, watchdog::DEFAULT_BOUND);
+        }
         let inner = Arc::new(Inner {
             client,
             coordinator_client,
@@ -167,6 +186,7 @@ impl KubeNode {
             node_synced: Default::default(),
             updates_synced: Default::default(),
             refused: watch::channel(None).0,
+            follower_beat,
         });
         let starter = Starter {
             handle: handle.clone(),
@@ -299,15 +319,15 @@ impl Inner {
         annotations: &std::collections::BTreeMap<&str, Option<String>>,
     ) -> Result<()> {
         let patch = json!({"metadata": {"annotations": annotations}});
-        let node = self
-            .nodes()
-            .patch(
-                &self.settings.node_name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+        let name = &self.settings.node_name;
+        let (api, params, merge) = (self.nodes(), PatchParams::default(), Patch::Merge(&patch));
+        let write = api.patch(name, &params, &merge);
+        // Bounded, so that a server that stopped answering cannot hold the follower past its
+        // watchdog bound; the write is tried again.
+        let node = tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
-            .map_err(|e| anyhow!("annotating node {}: {}", self.settings.node_name, brief(&e)))?;
+            .map_err(|_| anyhow!("annotating node {name}: no answer within {WRITE_TIMEOUT:?}"))?
+            .map_err(|e| anyhow!("annotating node {name}: {}", brief(&e)))?;
         self.node.send_replace(Some(node));
         Ok(())
     }

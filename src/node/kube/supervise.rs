@@ -27,6 +27,7 @@ pub(super) async fn supervise_coordinator(inner: Arc<Inner>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let coordinator = Coordinator::new(client.clone(), config.clone());
         inner.coordinating.send_replace(true);
+        inner.settings.liveness.start(super::COORDINATOR);
         let mut task = tokio::spawn(coordinator.run(stop_rx));
         let ended = tokio::select! {
             r = &mut task => Some(r),
@@ -39,6 +40,7 @@ pub(super) async fn supervise_coordinator(inner: Arc<Inner>) {
                 task.await
             }
         };
+        inner.settings.liveness.stop(super::COORDINATOR);
         inner.coordinating.send_replace(false);
         match result {
             Ok(Ok(())) => {}
