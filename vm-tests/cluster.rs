@@ -42,7 +42,6 @@ use housekeeper::cluster::update::Update;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::ListParams;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::runtime::{Handle, Runtime};
 
@@ -52,6 +51,7 @@ use crate::bench::images::{self, Testos};
 use crate::bench::qemu::{Machine, MachineConfig};
 use crate::bench::{scenario, Scenario};
 use crate::support::cluster::Cluster;
+use crate::support::rollout_view::{self, RolloutView};
 use crate::support::{KubeletStandIn, NodeRole, TestEnv};
 
 /// The Nodes, as short names; each becomes a unique Node name and the guest's host name.
@@ -233,37 +233,33 @@ fn summary(v: &NodeView) -> Summary {
     )
 }
 
-/// Records every change of the named Nodes until the runtime ends.
+/// Records every change of the named Nodes — their grants read from the Updates' ledgers —
+/// until the runtime ends. The Nodes and the Updates come from two watches merged in the API
+/// server's order (`support::rollout_view`); `resource_version` is a change's position in
+/// that order.
 fn record_nodes(rt: &Runtime, client: Client, names: Vec<String>) -> Arc<Mutex<Vec<Seen>>> {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let out = seen.clone();
     let t0 = Instant::now();
     rt.spawn(async move {
-        let api: Api<Node> = Api::all(client);
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let mut stream =
+            rollout_view::changes(client, housekeeper::cluster::update::NAMESPACE).boxed();
+        let mut view = RolloutView::default();
         let mut last = BTreeMap::new();
-        while let Some(ev) = stream.next().await {
-            let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
-                continue;
-            };
-            let view = NodeView::from_node(&n);
-            if !names.contains(&view.name) {
-                continue;
+        let mut position = 0u64;
+        while let Some(change) = stream.next().await {
+            view.apply(change);
+            position += 1;
+            for v in view.views(|n| names.iter().any(|m| m == n)) {
+                if last.insert(v.name.clone(), summary(&v)) == Some(summary(&v)) {
+                    continue;
+                }
+                out.lock().expect("node record").push(Seen {
+                    resource_version: position,
+                    at: t0.elapsed(),
+                    view: v,
+                });
             }
-            if last.insert(view.name.clone(), summary(&view)) == Some(summary(&view)) {
-                continue;
-            }
-            let resource_version = n
-                .metadata
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            out.lock().expect("node record").push(Seen {
-                resource_version,
-                at: t0.elapsed(),
-                view,
-            });
         }
     });
     seen
@@ -369,8 +365,15 @@ impl Down {
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty());
+        let updates =
+            Api::<Update>::namespaced(client.clone(), housekeeper::cluster::update::NAMESPACE)
+                .list(&ListParams::default())
+                .await?
+                .items;
+        let mut view = NodeView::from_node(&node);
+        view.grant = housekeeper::cluster::ledger::grant_of(name, &updates).0;
         Ok(Down {
-            node: NodeView::from_node(&node),
+            node: view,
             drained: events.iter().any(|(r, c)| r == "Drained" && c == "hkd"),
             coordinator,
         })
@@ -742,8 +745,10 @@ async fn check(
     }
     let nodes: Api<Node> = Api::all(rig.env.admin.clone());
     let pods: Api<Pod> = Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    let updates = rig.updates().list(&ListParams::default()).await?.items;
     for (name, short) in rig.nodes.iter().zip(NODES) {
-        let v = NodeView::from_node(&nodes.get(name).await?);
+        let mut v = NodeView::from_node(&nodes.get(name).await?);
+        v.grant = housekeeper::cluster::ledger::grant_of(name, &updates).0;
         let r = &reports[name];
         let g = v
             .grant

@@ -294,3 +294,37 @@ pub(super) async fn finish(inner: &Inner, f: &Finish) -> Result<()> {
     inner.event(kind, reason, message).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_code;
+    use kube::core::Status;
+    use kube::runtime::watcher;
+
+    fn status(code: u16) -> Box<Status> {
+        Box::new(Status {
+            code,
+            message: "refused".into(),
+            reason: String::new(),
+            status: None,
+            metadata: None,
+            details: None,
+        })
+    }
+
+    #[test]
+    fn only_401_and_403_count_as_a_refused_credential() {
+        for (code, want) in [(401, Some(401)), (403, Some(403)), (404, None), (500, None)] {
+            let list = watcher::Error::InitialListFailed(kube::Error::Api(status(code)));
+            assert_eq!(refusal_code(&list), want, "{code} listing");
+            let start = watcher::Error::WatchStartFailed(kube::Error::Api(status(code)));
+            assert_eq!(refusal_code(&start), want, "{code} starting");
+            assert_eq!(
+                refusal_code(&watcher::Error::WatchError(status(code))),
+                want,
+                "{code} watching"
+            );
+        }
+        assert_eq!(refusal_code(&watcher::Error::NoResourceVersion), None);
+    }
+}
