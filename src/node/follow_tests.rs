@@ -371,3 +371,28 @@ fn an_invalid_update_is_not_followed() {
     assert_eq!(d.following, None);
     assert_eq!(d.events, vec![Event::TargetWithdrawn]);
 }
+
+#[test]
+fn a_grant_of_an_update_that_does_not_select_this_node_is_not_taken_up() {
+    let mut u = update("os", "uid-1", "2024-03-01T00:00:00Z");
+    u.spec.node_selector =
+        Some(serde_json::from_value(json!({"matchLabels": {"pool": "other"}})).unwrap());
+    let n = granted(node(), None);
+    let m = machine(staged());
+    let d = run(Some(&n), &[u.clone()], &m);
+    // Not taken up: no Granted; the staged target of an Update that does not select this
+    // node is withdrawn as for any such Update.
+    assert_eq!(d.events, [Event::TargetWithdrawn]);
+    assert!(d.finish.is_none() && !d.annotations.contains_key(PHASE_GRANT));
+    assert!(
+        d.refused
+            .as_deref()
+            .is_some_and(|r| r.contains("does not select this node")),
+        "{:?}",
+        d.refused
+    );
+    // A grant already begun is finished wherever the labels went.
+    let begun = granted(node(), Some(AgentPhase::Draining));
+    let d = run(Some(&begun), &[u], &machine(staged()));
+    assert_eq!(d.refused, None);
+}
