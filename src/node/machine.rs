@@ -409,12 +409,15 @@ pub fn step(
         }
         (S::Granted { target, .. } | S::Draining { target, .. }, Event::DrainFailed { reason }) => {
             // The booted system was not touched: this is a failure of this round, not of the
-            // target, so the target may be tried again.
+            // target, so the target may be tried again. What was staged for it is dropped —
+            // a grant given back (an abort with roll back) leaves nothing behind, and the next
+            // grant stages it again from the objects already pulled.
             let reason = format!("drain failed: {reason}");
             next.state = S::Failed {
                 target: target.clone(),
                 reason: reason.clone(),
             };
+            actions.push(A::Unstage);
             actions.push(A::Report(UpgradeOutcome::Failed { reason }));
         }
 

@@ -234,6 +234,8 @@ fn a_drain_failure_is_not_held_against_the_target() {
     );
     assert_eq!(s.machine.state.phase(), Phase::Failed);
     assert_eq!(s.machine.failed_target, None);
+    // What was staged for it is dropped (an abort with roll back leaves nothing staged).
+    assert_eq!(s.actions.first(), Some(&Action::Unstage), "{:?}", s.actions);
     let retry = at(&s.machine, Event::TargetRequested { target: img(T) });
     assert_eq!(retry.actions, vec![Action::Stage { target: img(T) }]);
 }
