@@ -11,6 +11,7 @@ pub mod format;
 pub mod target;
 pub mod verify;
 pub mod write;
+pub mod zeroes;
 
 pub use format::Format;
 pub use target::{WriteTarget, WriteTargetKind};
