@@ -7,7 +7,10 @@
 //!    SHA-256 matched (when one is given) and everything else was written and fsynced; so on
 //!    any error the target's first MiB is as it was.
 //! 3. Memory is bounded: a fixed pool of chunk buffers circulates between the decompressing
-//!    thread and the writing thread; xz's threaded decoder gets its own memory limit.
+//!    thread and the writing thread; xz's threaded decoder gets its own memory limit, and
+//!    large allocations go back to the kernel when freed (see [`crate::sys::memory`]).
+//! 4. Every byte of the image reads back from the target: zero runs the kernel was asked to
+//!    zero and did not are written as zeroes.
 //!
 //! Assumptions: the caller chose the target (see [`WriteTarget::open`]) and decided whether an
 //! unverified image is acceptable (`sha256: None`). Caveat: on failure after guarantee 1, the
@@ -55,14 +58,19 @@ impl Default for WriteOptions {
         WriteOptions {
             sha256: None,
             // 2 MiB writes are large and aligned enough for any disk; eight of them in
-            // flight (16 MiB) keep decompressing and writing overlapped while the whole
-            // writer stays under 64 MiB beside xz's decoder.
+            // flight (16 MiB: six queued, one being filled, one being written) keep
+            // decompressing and writing overlapped.
             chunk_size: 2 << 20,
             queue_depth: 6,
             xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            // Enough for two workers on `xz -T` images of the default preset (24 MiB blocks
-            // decode into 24 MiB of output each) while the whole writer stays near 64 MiB.
-            xz_memory: 40 << 20,
+            // Two workers on `xz -T` images of the default preset: each 24 MiB block needs
+            // its 24 MiB output buffer, its compressed input (up to a few MiB) and an 8 MiB
+            // dictionary, about 40 MiB, and a finished block's output is held until it has
+            // been handed on; 96 MiB lets the next block start while that drains. With the
+            // 16 MiB pool and the program itself the whole writer peaks under 128 MiB. Blocks
+            // too large for it (`xz -9`: 64 MiB dictionary, 192 MiB blocks) decode on one
+            // thread in the same bound.
+            xz_memory: 96 << 20,
             // A free stretch of an ext4 file system is a whole number of 4 KiB blocks, but
             // ranges this long keep the zeroing requests few and large (the device does each
             // as one command) while still catching almost all free space of a metal image.
@@ -268,6 +276,10 @@ fn decoder<'a>(
             Box::new(zstd::Decoder::new(stream).map_err(|e| ImageError::XzSetup(e.to_string()))?)
         }
         Format::Xz => {
+            // The threaded decoder allocates and frees a block-sized buffer per block; without
+            // this, glibc keeps the freed ones in its heaps and resident memory exceeds the
+            // limit given to liblzma by tens of MiB.
+            crate::sys::memory::return_large_allocations(1 << 20);
             let xz = liblzma::stream::MtStreamBuilder::new()
                 .threads(options.xz_threads.max(1))
                 .memlimit_threading(options.xz_memory)
