@@ -566,3 +566,28 @@ fn a_zero_run_image_that_fails_its_checksum_leaves_the_first_mib_untouched() {
         .all(|&(at, _)| at >= MIB as u64));
     assert_first_mib_untouched(&target.path);
 }
+
+#[test]
+fn an_xz_image_needing_more_memory_than_the_limit_is_refused_in_one_line() {
+    // Preset 6 has an 8 MiB dictionary; the limit here is 4 MiB. (A crafted image could ask
+    // for gigabytes; the decoder never goes past the limit.)
+    let raw = image(3 * MIB, 512);
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    e.write_all(&raw).unwrap();
+    let source = e.finish().unwrap();
+    let target = disk(4 * MIB);
+    let options = WriteOptions {
+        xz_memory: 4 << 20,
+        ..verified(&source)
+    };
+    let err = write(&source, &target.path, &options).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the xz image needs more than 4 MiB to decode (a dictionary larger than any xz preset's); \
+         recompress it with xz -9 or less"
+    );
+    assert_first_mib_untouched(&target.path);
+    // The default limit decodes it.
+    write(&source, &target.path, &verified(&source)).unwrap();
+    assert!(std::fs::read(&target.path).unwrap()[..raw.len()] == raw[..]);
+}

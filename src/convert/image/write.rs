@@ -141,6 +141,8 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("the xz image needs more than {limit_mib} MiB to decode (a dictionary larger than any xz preset's); recompress it with xz -9 or less")]
+    XzMemory { limit_mib: u64 },
     #[error("starting the xz decoder: {0}")]
     XzSetup(String),
 }
@@ -230,7 +232,9 @@ fn produce(
             let filled = (&mut decoder)
                 .take(chunk_size as u64)
                 .read_to_end(&mut buf)
-                .map_err(|source| classify(format, count.load(Ordering::Relaxed), source))?;
+                .map_err(|source| {
+                    classify(format, count.load(Ordering::Relaxed), options, source)
+                })?;
             if filled == 0 {
                 break;
             }
@@ -250,8 +254,16 @@ fn produce(
 }
 
 /// An error from the source itself stays a read error; anything else came from the decoder.
-fn classify(format: Format, read: u64, source: io::Error) -> ImageError {
-    if format == Format::Raw {
+fn classify(format: Format, read: u64, options: &WriteOptions, source: io::Error) -> ImageError {
+    let memory_limit = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<liblzma::stream::Error>())
+        .is_some_and(|e| matches!(e, liblzma::stream::Error::MemLimit));
+    if memory_limit {
+        ImageError::XzMemory {
+            limit_mib: options.xz_memory >> 20,
+        }
+    } else if format == Format::Raw {
         ImageError::Read(source)
     } else {
         ImageError::Decompress {
@@ -283,7 +295,10 @@ fn decoder<'a>(
             let xz = liblzma::stream::MtStreamBuilder::new()
                 .threads(options.xz_threads.max(1))
                 .memlimit_threading(options.xz_memory)
-                .memlimit_stop(u64::MAX)
+                // Never more, whatever the image asks: a crafted header could otherwise make
+                // the decoder allocate gigabytes before the checksum shows the image is bad.
+                // Every xz preset fits (-9: a 64 MiB dictionary, decoded on one thread).
+                .memlimit_stop(options.xz_memory)
                 .timeout_ms(0)
                 .decoder()
                 .map_err(|e| ImageError::XzSetup(e.to_string()))?;
