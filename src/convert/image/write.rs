@@ -46,7 +46,8 @@ pub struct WriteOptions {
     /// Worker threads for xz streams made of several blocks (single-block streams always
     /// decode on one thread).
     pub xz_threads: u32,
-    /// Memory liblzma may use for threaded decoding; beyond it it uses fewer threads.
+    /// Memory liblzma may use for decoding: within it as many threads as fit, and never more
+    /// (an image that needs more on one thread is refused, [`ImageError::XzMemory`]).
     pub xz_memory: u64,
     /// Zero runs at least this long, aligned to it (rounded to a power of two between 4 KiB
     /// and 1 MiB), are zeroed by the kernel instead of written; 0 writes every byte.
