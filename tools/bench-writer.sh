@@ -55,7 +55,7 @@ pick() {
 # /usr/share, less on a small image) and a "root" ext4 over the rest (the remaining files, from
 # /usr/lib), each made by mkfs.ext4 -d in place.
 make_image() {
-    local raw=$images/disk.raw tree=$work/tree boot_mib=$((SIZE_MIB / 8 < 384 ? SIZE_MIB / 8 : 384))
+    local raw=$images/disk.raw tree=$work/tree boot_mib=$((SIZE_MIB / 4 < 384 ? SIZE_MIB / 4 : 384))
     local boot_data=$((DATA_MIB / 10 < 100 ? DATA_MIB / 10 : 100))
     mkdir -p "$tree/boot" "$tree/root" || return 1
     pick /usr/share "$boot_data" "$tree/boot" || return 1
