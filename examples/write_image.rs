@@ -2,7 +2,7 @@
 //! tools/bench-writer.sh to compare it with other tools. Not an installer: it does no
 //! preflight and asks nothing, so it only writes to the target named on its command line.
 //!
-//! usage: write_image IMAGE TARGET [--sha256 HEX] [--xz-threads N]
+//! usage: write_image IMAGE TARGET [--sha256 HEX] [--xz-threads N] [--xz-memory MIB] [--zero-run BYTES]
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -26,11 +26,22 @@ fn main() -> ExitCode {
                 Some(n) => options.xz_threads = n,
                 None => return fail("--xz-threads needs a number"),
             },
+            "--xz-memory" => match args.next().and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) => options.xz_memory = n << 20,
+                None => return fail("--xz-memory needs a number of MiB"),
+            },
+            "--zero-run" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => options.zero_run = n,
+                None => return fail("--zero-run needs a number of bytes (0: off)"),
+            },
             _ => positional.push(PathBuf::from(arg)),
         }
     }
     let [image, target] = &positional[..] else {
-        return fail("usage: write_image IMAGE TARGET [--sha256 HEX] [--xz-threads N]");
+        return fail(
+            "usage: write_image IMAGE TARGET [--sha256 HEX] [--xz-threads N] [--xz-memory MIB] \
+             [--zero-run BYTES]",
+        );
     };
     let source = match File::open(image) {
         Ok(f) => f,
@@ -45,10 +56,12 @@ fn main() -> ExitCode {
         Ok(report) => {
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "wrote {} bytes ({} image, {} bytes read) in {secs:.2}s: {:.1} MB/s",
+                "wrote {} bytes ({} image, {} bytes read, {} zeroed by the kernel) in {secs:.2}s: \
+                 {:.1} MB/s",
                 report.image_bytes,
                 report.format,
                 report.compressed_bytes,
+                report.zeroed_bytes,
                 report.image_bytes as f64 / secs / 1e6
             );
             ExitCode::SUCCESS

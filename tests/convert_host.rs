@@ -15,7 +15,9 @@ use housekeeper::convert::image::{write_image, ImageError, WriteTarget, WriteTar
 #[path = "support/convert.rs"]
 mod convert_support;
 
-use convert_support::{tool, verified};
+use convert_support::{noise, tool, verified, zero_run_image};
+use housekeeper::convert::image::Format;
+use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
 const OLD: u8 = 0xA5;
@@ -100,10 +102,15 @@ struct Loop {
 
 impl Loop {
     fn new(len: usize, sector_size: u32) -> Loop {
+        Loop::holding(vec![OLD; len], sector_size)
+    }
+
+    /// A loop device over a file holding `content`.
+    fn holding(content: Vec<u8>, sector_size: u32) -> Loop {
         let losetup = tool("losetup", "mount");
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("disk.img");
-        std::fs::write(&backing, vec![OLD; len]).unwrap();
+        std::fs::write(&backing, content).unwrap();
         let out = Command::new(losetup)
             .args([
                 "--find",
@@ -383,4 +390,78 @@ fn the_work_directory_cannot_be_raced_by_another_user() {
     let err = workdir::create(&open.join("w"), 0).unwrap_err().to_string();
     assert!(err.contains("without the sticky bit"), "{err}");
     assert!(!open.join("w").exists());
+}
+
+fn compress(format: Format, data: &[u8]) -> Vec<u8> {
+    match format {
+        Format::Raw => data.to_vec(),
+        Format::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        Format::Zstd => zstd::encode_all(data, 3).unwrap(),
+        Format::Xz => xz(data),
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[test]
+fn zero_runs_on_a_loop_device_full_of_noise_read_back_as_the_image_in_every_format() {
+    // The device is exactly the image's size and starts as noise: hashing all of it afterwards
+    // shows every zero run was really zeroed (BLKZEROOUT), the run at the very end included.
+    for (format, sector) in [
+        (Format::Raw, 512),
+        (Format::Gzip, 512),
+        (Format::Zstd, 4096),
+        (Format::Xz, 512),
+    ] {
+        let len = 20 * MIB;
+        let raw = zero_run_image(len, sector);
+        let source = compress(format, &raw);
+        let disk = Loop::holding(noise(7, len), sector as u32);
+        let target = WriteTarget::open(&disk.device).unwrap();
+        assert_eq!(target.kind(), WriteTargetKind::BlockDevice);
+        let report = write_image(&source[..], &target, &verified(&source), &mut |_| {})
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        drop(target);
+        assert_eq!(
+            report.zeroed_bytes,
+            13 * MIB as u64,
+            "{format}: the loop device did not zero the runs"
+        );
+        assert_eq!(
+            sha(&disk.read()),
+            sha(&raw),
+            "{format}, {sector}-byte sectors"
+        );
+    }
+}
+
+#[test]
+fn a_loop_device_whose_zeroing_fails_still_reads_back_as_the_image() {
+    // BLKZEROOUT answered with EOPNOTSUPP (a device without write-zeroes that the kernel would
+    // not stand in for), and with EIO after zeroing half the range (a failing disk).
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let source = compress(Format::Zstd, &raw);
+    for errno in [libc::EOPNOTSUPP, libc::EIO] {
+        let disk = Loop::holding(noise(8, len), 512);
+        let target =
+            WriteTarget::open(&disk.device)
+                .unwrap()
+                .with_zeroer(move |file, offset, len| {
+                    if errno == libc::EIO {
+                        housekeeper::sys::blockdev::zero_out(file, offset, len / 2)?;
+                    }
+                    Err(std::io::Error::from_raw_os_error(errno))
+                });
+        let report = write_image(&source[..], &target, &verified(&source), &mut |_| {}).unwrap();
+        drop(target);
+        assert_eq!(report.zeroed_bytes, 0);
+        assert_eq!(sha(&disk.read()), sha(&raw), "errno {errno}");
+    }
 }

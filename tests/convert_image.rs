@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use housekeeper::convert::image::{write_image, Format, ImageError, WriteOptions, WriteTarget};
 use sha2::{Digest, Sha256};
@@ -10,7 +11,7 @@ use sha2::{Digest, Sha256};
 #[path = "support/convert.rs"]
 mod convert_support;
 
-use convert_support::verified;
+use convert_support::{noise, verified, zero_run_image, zero_runs};
 
 const MIB: usize = 1 << 20;
 /// What a target holds before the write: a pattern no image here contains.
@@ -326,4 +327,267 @@ fn a_failing_source_is_a_read_error() {
     let err = write_image(Failing(3 * MIB), &t, &WriteOptions::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.to_string(), "reading the image: connection reset");
     assert_first_mib_untouched(&target.path);
+}
+
+/// A target file of `len` bytes of noise: whatever a skipped zero run leaves behind is seen.
+fn noisy_disk(len: usize) -> Disk {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::write(&path, noise(99, len)).unwrap();
+    Disk { _dir: dir, path }
+}
+
+/// What a stand-in zeroer was asked: (offset, length) per call.
+type Calls = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// A zeroer that records each range and then does what `act` says with it.
+fn stand_in(
+    act: impl Fn(&std::fs::File, u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
+) -> (
+    Calls,
+    impl Fn(&std::fs::File, u64, u64) -> std::io::Result<()> + Send + Sync,
+) {
+    let calls: Calls = Arc::default();
+    let seen = calls.clone();
+    (calls, move |file: &std::fs::File, offset, len| {
+        seen.lock().unwrap().push((offset, len));
+        act(file, offset, len)
+    })
+}
+
+fn write_zeroes(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(&vec![0u8; len as usize], offset)
+}
+
+/// The whole zero MiBs past the first MiB of [`zero_run_image`]: what the writer must hand to
+/// the kernel, runs merged across chunks, nothing in the first MiB, nothing past the image.
+fn expected_zeroing(len: usize) -> Vec<(u64, u64)> {
+    let mib = MIB as u64;
+    let mut runs = Vec::new();
+    for (start, end) in zero_runs(len) {
+        let start = (start as u64).div_ceil(mib).max(1) * mib;
+        let end = end as u64 / mib * mib;
+        if end > start {
+            runs.push((start, end - start));
+        }
+    }
+    runs
+}
+
+#[test]
+fn zero_runs_are_handed_to_the_kernel_and_read_back_as_zeroes_in_every_format() {
+    // An unaligned length: the zero run at the end finishes with a part shorter than a MiB.
+    let len = 20 * MIB + 1536;
+    let raw = zero_run_image(len, 512);
+    assert_eq!(
+        expected_zeroing(len),
+        vec![
+            (MIB as u64, 2 * MIB as u64),
+            (6 * MIB as u64, 2 * MIB as u64),
+            (10 * MIB as u64, 4 * MIB as u64),
+            (15 * MIB as u64, 5 * MIB as u64),
+        ]
+    );
+    for format in [Format::Raw, Format::Gzip, Format::Zstd, Format::Xz] {
+        let source = compress(format, &raw);
+        let target = noisy_disk(24 * MIB);
+        let before = std::fs::read(&target.path).unwrap();
+        let (calls, zeroer) = stand_in(write_zeroes);
+        let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+        let report = write_image(&source[..], &t, &verified(&source), &mut |_| {})
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        drop(t);
+        assert_eq!(*calls.lock().unwrap(), expected_zeroing(len), "{format}");
+        assert_eq!(report.zeroed_bytes, 13 * MIB as u64, "{format}");
+        let now = std::fs::read(&target.path).unwrap();
+        assert!(
+            now[..len] == raw[..],
+            "{format}: the image does not read back"
+        );
+        assert!(
+            now[len..] == before[len..],
+            "{format}: wrote past the image"
+        );
+    }
+}
+
+#[test]
+fn the_kernel_zeroes_a_file_target_or_it_is_written_and_either_way_reads_back() {
+    // The real fallocate(FALLOC_FL_ZERO_RANGE) where the temp directory's file system has it
+    // (ext4, xfs, btrfs); plain writes where it answers EOPNOTSUPP (tmpfs).
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let source = compress(Format::Zstd, &raw);
+    let target = noisy_disk(len);
+    let report = write(&source, &target.path, &verified(&source)).unwrap();
+    assert!(
+        report.zeroed_bytes == 13 * MIB as u64 || report.zeroed_bytes == 0,
+        "{}",
+        report.zeroed_bytes
+    );
+    assert!(std::fs::read(&target.path).unwrap() == raw);
+    assert_eq!(std::fs::metadata(&target.path).unwrap().len(), len as u64);
+}
+
+#[test]
+fn a_target_that_refuses_zeroing_is_asked_once_and_written_exactly() {
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let source = compress(Format::Xz, &raw);
+    let target = noisy_disk(len);
+    let (calls, zeroer) =
+        stand_in(|_, _, _| Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let report = write_image(&source[..], &t, &verified(&source), &mut |_| {}).unwrap();
+    drop(t);
+    assert_eq!(report.zeroed_bytes, 0);
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "asked again after a refusal"
+    );
+    assert!(std::fs::read(&target.path).unwrap() == raw);
+}
+
+#[test]
+fn a_zeroing_that_fails_half_way_is_written_over() {
+    // A failing disk: the first call scribbles over half its range, then answers EIO. The
+    // range is then written with zeroes, and so is every later run.
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let source = compress(Format::Gzip, &raw);
+    let target = noisy_disk(len);
+    let (calls, zeroer) = stand_in(|file, offset, len| {
+        use std::os::unix::fs::FileExt as _;
+        file.write_all_at(&vec![0xEE; len as usize / 2], offset)?;
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    });
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let report = write_image(&source[..], &t, &verified(&source), &mut |_| {}).unwrap();
+    drop(t);
+    assert_eq!(report.zeroed_bytes, 0);
+    assert_eq!(*calls.lock().unwrap(), vec![(MIB as u64, 2 * MIB as u64)]);
+    assert!(std::fs::read(&target.path).unwrap() == raw);
+}
+
+#[test]
+fn zeroing_is_off_at_zero_run_0() {
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let target = noisy_disk(len);
+    let (calls, zeroer) = stand_in(write_zeroes);
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let options = WriteOptions {
+        zero_run: 0,
+        ..verified(&raw)
+    };
+    let report = write_image(&raw[..], &t, &options, &mut |_| {}).unwrap();
+    drop(t);
+    assert_eq!(report.zeroed_bytes, 0);
+    assert!(calls.lock().unwrap().is_empty());
+    assert!(std::fs::read(&target.path).unwrap() == raw);
+}
+
+#[test]
+fn small_granules_catch_short_runs_still_aligned() {
+    // 64 KiB granules: the unaligned run 5 MiB + 123 .. 9 MiB - 77 is zeroed from the first
+    // 64 KiB boundary after its start to the last before its end.
+    let len = 20 * MIB;
+    let raw = zero_run_image(len, 512);
+    let target = noisy_disk(len);
+    let (calls, zeroer) = stand_in(write_zeroes);
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let options = WriteOptions {
+        zero_run: 60 * 1024,
+        ..verified(&raw)
+    };
+    write_image(&raw[..], &t, &options, &mut |_| {}).unwrap();
+    drop(t);
+    let calls = calls.lock().unwrap().clone();
+    let k64 = 64 * 1024u64;
+    assert!(
+        calls.contains(&(
+            (5 * MIB as u64).div_ceil(k64) * k64 + k64,
+            (9 * MIB as u64 - 77) / k64 * k64 - (5 * MIB as u64 + 123).div_ceil(k64) * k64
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|&(at, len)| at >= MIB as u64 && at % k64 == 0 && len % k64 == 0),
+        "{calls:?}"
+    );
+    assert!(std::fs::read(&target.path).unwrap() == raw);
+}
+
+#[test]
+fn a_zero_run_past_the_targets_end_is_refused_before_it_is_zeroed() {
+    // The image ends in zeroes the short target has no room for: refused, the kernel never
+    // asked to zero beyond the target, the first MiB as it was.
+    let raw = zero_run_image(20 * MIB, 512);
+    let source = compress(Format::Zstd, &raw);
+    let target = disk(12 * MIB);
+    let (calls, zeroer) = stand_in(write_zeroes);
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let err = write_image(&source[..], &t, &verified(&source), &mut |_| {}).unwrap_err();
+    drop(t);
+    assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    assert!(
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(at, len)| at + len <= 12 * MIB as u64),
+        "{calls:?}"
+    );
+    assert_first_mib_untouched(&target.path);
+}
+
+#[test]
+fn a_zero_run_image_that_fails_its_checksum_leaves_the_first_mib_untouched() {
+    let raw = zero_run_image(20 * MIB, 512);
+    let source = compress(Format::Xz, &raw);
+    let target = disk(20 * MIB);
+    let (calls, zeroer) = stand_in(write_zeroes);
+    let t = WriteTarget::open(&target.path).unwrap().with_zeroer(zeroer);
+    let options = WriteOptions {
+        sha256: Some(sha(b"another image")),
+        ..WriteOptions::default()
+    };
+    let err = write_image(&source[..], &t, &options, &mut |_| {}).unwrap_err();
+    drop(t);
+    assert!(matches!(err, ImageError::Checksum { .. }), "{err}");
+    assert!(calls
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&(at, _)| at >= MIB as u64));
+    assert_first_mib_untouched(&target.path);
+}
+
+#[test]
+fn an_xz_image_needing_more_memory_than_the_limit_is_refused_in_one_line() {
+    // Preset 6 has an 8 MiB dictionary; the limit here is 4 MiB. (A crafted image could ask
+    // for gigabytes; the decoder never goes past the limit.)
+    let raw = image(3 * MIB, 512);
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    e.write_all(&raw).unwrap();
+    let source = e.finish().unwrap();
+    let target = disk(4 * MIB);
+    let options = WriteOptions {
+        xz_memory: 4 << 20,
+        ..verified(&source)
+    };
+    let err = write(&source, &target.path, &options).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the xz image needs more than 4 MiB to decode (a dictionary larger than any xz preset's); \
+         recompress it with xz -9 or less"
+    );
+    assert_first_mib_untouched(&target.path);
+    // The default limit decodes it.
+    write(&source, &target.path, &verified(&source)).unwrap();
+    assert!(std::fs::read(&target.path).unwrap()[..raw.len()] == raw[..]);
 }

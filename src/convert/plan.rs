@@ -23,8 +23,9 @@ pub const API_VERSION: &str = "x2nestos.housekeeper.io/v1";
 const MIB: u64 = 1 << 20;
 
 /// What the conversion kernel needs besides a carried image: the kernel and the unpacked
-/// initramfs (systemd, udev, x2nestos; about 60 MiB), the installer's buffers (about 64 MiB)
-/// and headroom for the kernel's own allocations and page cache under writing.
+/// initramfs (systemd, udev, x2nestos; about 60 MiB), the image writer (at most 128 MiB, most
+/// of it the threaded xz decoder's) and headroom for the kernel's own allocations and page
+/// cache under writing.
 pub const BASE_MEMORY: u64 = 384 * MIB;
 
 /// Where the installer finds a carried image inside the initramfs.

@@ -6,6 +6,7 @@ pub mod blockdev;
 pub mod command;
 pub mod files;
 pub mod kexec;
+pub mod memory;
 pub mod power;
 pub mod terminal;
 

@@ -17,14 +17,30 @@ pub enum WriteTargetKind {
     File,
 }
 
+/// A stand-in for the kernel's zeroing of a range (see [`WriteTarget::with_zeroer`]): given
+/// the open target, an offset and a length.
+pub type Zeroer = dyn Fn(&File, u64, u64) -> io::Result<()> + Send + Sync;
+
 /// An opened write target with its size and logical sector size.
-#[derive(Debug)]
 pub struct WriteTarget {
     path: PathBuf,
     file: File,
     kind: WriteTargetKind,
     size: u64,
     sector_size: u32,
+    zeroer: Option<Box<Zeroer>>,
+}
+
+impl std::fmt::Debug for WriteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTarget")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("size", &self.size)
+            .field("sector_size", &self.sector_size)
+            .field("zeroer", &self.zeroer.as_ref().map(|_| "stand-in"))
+            .finish()
+    }
 }
 
 impl WriteTarget {
@@ -80,6 +96,7 @@ impl WriteTarget {
             kind,
             size,
             sector_size,
+            zeroer: None,
         })
     }
 
@@ -106,6 +123,30 @@ impl WriteTarget {
         use std::os::unix::fs::FileExt;
         self.file.write_all_at(data, offset)?;
         self.file.sync_data()
+    }
+
+    /// Makes `len` bytes at `offset` read as zeroes without sending them: `BLKZEROOUT` on a
+    /// block device, `fallocate(FALLOC_FL_ZERO_RANGE)` on a file (see [`blockdev::zero_out`]).
+    /// The caller keeps the range sector-aligned and inside the target. An error means the
+    /// range holds anything between its old bytes and zeroes; the caller writes it itself.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if let Some(zeroer) = &self.zeroer {
+            return zeroer(&self.file, offset, len);
+        }
+        match self.kind {
+            WriteTargetKind::BlockDevice => blockdev::zero_out(&self.file, offset, len),
+            WriteTargetKind::File => blockdev::zero_file_range(&self.file, offset, len),
+        }
+    }
+
+    /// Replaces the kernel's zeroing by `zeroer`: the seam where a test plays a device that
+    /// refuses write-zeroes, or one that fails half-way through a range.
+    pub fn with_zeroer(
+        mut self,
+        zeroer: impl Fn(&File, u64, u64) -> io::Result<()> + Send + Sync + 'static,
+    ) -> WriteTarget {
+        self.zeroer = Some(Box::new(zeroer));
+        self
     }
 
     /// Asks the kernel to read the partition table again (`BLKRRPART`); nothing to do for a

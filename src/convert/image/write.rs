@@ -7,7 +7,10 @@
 //!    SHA-256 matched (when one is given) and everything else was written and fsynced; so on
 //!    any error the target's first MiB is as it was.
 //! 3. Memory is bounded: a fixed pool of chunk buffers circulates between the decompressing
-//!    thread and the writing thread; xz's threaded decoder gets its own memory limit.
+//!    thread and the writing thread; xz's threaded decoder gets its own memory limit, and
+//!    large allocations go back to the kernel when freed (see [`crate::sys::memory`]).
+//! 4. Every byte of the image reads back from the target: zero runs the kernel was asked to
+//!    zero and did not are written as zeroes.
 //!
 //! Assumptions: the caller chose the target (see [`WriteTarget::open`]) and decided whether an
 //! unverified image is acceptable (`sha256: None`). Caveat: on failure after guarantee 1, the
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use super::format::{self, Format, SNIFF_LEN};
 use super::target::WriteTarget;
 use super::verify::HashingReader;
+use super::zeroes::{self, Piece};
 
 /// The part of the disk written last: it holds the partition table(s) and boot code, so a
 /// disk whose image did not verify has no table that points at the half-written rest.
@@ -42,8 +46,12 @@ pub struct WriteOptions {
     /// Worker threads for xz streams made of several blocks (single-block streams always
     /// decode on one thread).
     pub xz_threads: u32,
-    /// Memory liblzma may use for threaded decoding; beyond it it uses fewer threads.
+    /// Memory liblzma may use for decoding: within it as many threads as fit, and never more
+    /// (an image that needs more on one thread is refused, [`ImageError::XzMemory`]).
     pub xz_memory: u64,
+    /// Zero runs at least this long, aligned to it (rounded to a power of two between 4 KiB
+    /// and 1 MiB), are zeroed by the kernel instead of written; 0 writes every byte.
+    pub zero_run: usize,
 }
 
 impl Default for WriteOptions {
@@ -51,14 +59,23 @@ impl Default for WriteOptions {
         WriteOptions {
             sha256: None,
             // 2 MiB writes are large and aligned enough for any disk; eight of them in
-            // flight (16 MiB) keep decompressing and writing overlapped while the whole
-            // writer stays under 64 MiB beside xz's decoder.
+            // flight (16 MiB: six queued, one being filled, one being written) keep
+            // decompressing and writing overlapped.
             chunk_size: 2 << 20,
             queue_depth: 6,
             xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            // Enough for two workers on `xz -T` images of the default preset (24 MiB blocks
-            // decode into 24 MiB of output each) while the whole writer stays near 64 MiB.
-            xz_memory: 40 << 20,
+            // Two workers on `xz -T` images of the default preset: each 24 MiB block needs
+            // its 24 MiB output buffer, its compressed input (up to a few MiB) and an 8 MiB
+            // dictionary, about 40 MiB, and a finished block's output is held until it has
+            // been handed on; 96 MiB lets the next block start while that drains. With the
+            // 16 MiB pool and the program itself the whole writer peaks under 128 MiB. Blocks
+            // too large for it (`xz -9`: 64 MiB dictionary, 192 MiB blocks) decode on one
+            // thread in the same bound.
+            xz_memory: 96 << 20,
+            // A free stretch of an ext4 file system is a whole number of 4 KiB blocks, but
+            // ranges this long keep the zeroing requests few and large (the device does each
+            // as one command) while still catching almost all free space of a metal image.
+            zero_run: 1 << 20,
         }
     }
 }
@@ -78,6 +95,9 @@ pub struct WriteReport {
     pub format: Format,
     pub compressed_bytes: u64,
     pub image_bytes: u64,
+    /// Image bytes that were zero runs the kernel zeroed instead of being sent (0 when the
+    /// target refused to, or zeroing was off).
+    pub zeroed_bytes: u64,
     pub sha256: [u8; 32],
 }
 
@@ -122,6 +142,8 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("the xz image needs more than {limit_mib} MiB to decode (a dictionary larger than any xz preset's); recompress it with xz -9 or less")]
+    XzMemory { limit_mib: u64 },
     #[error("starting the xz decoder: {0}")]
     XzSetup(String),
 }
@@ -155,14 +177,13 @@ pub fn write_image(
     std::thread::scope(|scope| {
         let format = &format;
         scope.spawn(move || produce(source, options, chunk_size, data_tx, pool_rx, format));
-        consume(target, options, data_rx, pool_tx, progress).map(
-            |(image_bytes, compressed_bytes, sha256)| WriteReport {
-                format: *format.get().unwrap_or(&Format::Raw),
-                compressed_bytes,
-                image_bytes,
-                sha256,
-            },
-        )
+        consume(target, options, data_rx, pool_tx, progress).map(|done| WriteReport {
+            format: *format.get().unwrap_or(&Format::Raw),
+            compressed_bytes: done.read,
+            image_bytes: done.image_bytes,
+            zeroed_bytes: done.zeroed_bytes,
+            sha256: done.sha256,
+        })
     })
 }
 
@@ -212,7 +233,9 @@ fn produce(
             let filled = (&mut decoder)
                 .take(chunk_size as u64)
                 .read_to_end(&mut buf)
-                .map_err(|source| classify(format, count.load(Ordering::Relaxed), source))?;
+                .map_err(|source| {
+                    classify(format, count.load(Ordering::Relaxed), options, source)
+                })?;
             if filled == 0 {
                 break;
             }
@@ -232,8 +255,16 @@ fn produce(
 }
 
 /// An error from the source itself stays a read error; anything else came from the decoder.
-fn classify(format: Format, read: u64, source: io::Error) -> ImageError {
-    if format == Format::Raw {
+fn classify(format: Format, read: u64, options: &WriteOptions, source: io::Error) -> ImageError {
+    let memory_limit = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<liblzma::stream::Error>())
+        .is_some_and(|e| matches!(e, liblzma::stream::Error::MemLimit));
+    if memory_limit {
+        ImageError::XzMemory {
+            limit_mib: options.xz_memory >> 20,
+        }
+    } else if format == Format::Raw {
         ImageError::Read(source)
     } else {
         ImageError::Decompress {
@@ -258,10 +289,17 @@ fn decoder<'a>(
             Box::new(zstd::Decoder::new(stream).map_err(|e| ImageError::XzSetup(e.to_string()))?)
         }
         Format::Xz => {
+            // The threaded decoder allocates and frees a block-sized buffer per block; without
+            // this, glibc keeps the freed ones in its heaps and resident memory exceeds the
+            // limit given to liblzma by tens of MiB.
+            crate::sys::memory::return_large_allocations(1 << 20);
             let xz = liblzma::stream::MtStreamBuilder::new()
                 .threads(options.xz_threads.max(1))
                 .memlimit_threading(options.xz_memory)
-                .memlimit_stop(u64::MAX)
+                // Never more, whatever the image asks: a crafted header could otherwise make
+                // the decoder allocate gigabytes before the checksum shows the image is bad.
+                // Every xz preset fits (-9: a 64 MiB dictionary, decoded on one thread).
+                .memlimit_stop(options.xz_memory)
                 .timeout_ms(0)
                 .decoder()
                 .map_err(|e| ImageError::XzSetup(e.to_string()))?;
@@ -270,15 +308,24 @@ fn decoder<'a>(
     })
 }
 
-/// The writing side. Returns (image bytes, compressed bytes, digest).
+/// What the writing side did.
+struct Done {
+    image_bytes: u64,
+    zeroed_bytes: u64,
+    read: u64,
+    sha256: [u8; 32],
+}
+
+/// The writing side.
 fn consume(
     target: &WriteTarget,
     options: &WriteOptions,
     data_rx: Receiver<Result<Message, ImageError>>,
     pool_tx: SyncSender<Vec<u8>>,
     progress: &mut dyn FnMut(&Progress),
-) -> Result<(u64, u64, [u8; 32]), ImageError> {
+) -> Result<Done, ImageError> {
     let path = || target.path().to_owned();
+    let mut sink = Sink::new(target, zeroes::granule(options.zero_run));
     let mut held: Vec<u8> = Vec::new();
     let mut offset: u64 = 0;
     loop {
@@ -312,14 +359,7 @@ fn consume(
                     body = &buf[keep..];
                 }
                 let at = offset + (buf.len() - body.len()) as u64;
-                target
-                    .file()
-                    .write_all_at(body, at)
-                    .map_err(|source| ImageError::Write {
-                        path: path(),
-                        offset: at,
-                        source,
-                    })?;
+                sink.put(body, at)?;
                 offset = end;
                 let _ = pool_tx.send(buf);
                 progress(&Progress {
@@ -339,22 +379,119 @@ fn consume(
                         });
                     }
                 }
+                sink.flush_zeroes()?;
                 let sync = |source| ImageError::Sync {
                     path: path(),
                     source,
                 };
                 target.file().sync_all().map_err(sync)?;
-                target
-                    .file()
-                    .write_all_at(&held, 0)
-                    .map_err(|source| ImageError::Write {
-                        path: path(),
-                        offset: 0,
-                        source,
-                    })?;
+                sink.write(&held, 0)?;
                 target.file().sync_all().map_err(sync)?;
-                return Ok((offset, read, sha256));
+                return Ok(Done {
+                    image_bytes: offset,
+                    zeroed_bytes: sink.zeroed,
+                    read,
+                    sha256,
+                });
             }
         }
     }
 }
+
+/// Puts image bytes on the target: data by plain writes, zero runs (whole granules, merged
+/// across chunks) by the kernel's zeroing, issued before the next data or at the end. When
+/// the target refuses or fails a zeroing, the range is written with zeroes instead, and every
+/// later run too: a device that failed once is not asked again.
+struct Sink<'a> {
+    target: &'a WriteTarget,
+    granule: Option<usize>,
+    /// The zero run not yet issued, as (start, end).
+    pending: Option<(u64, u64)>,
+    kernel_zeroes: bool,
+    zeroed: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(target: &'a WriteTarget, granule: Option<usize>) -> Sink<'a> {
+        Sink {
+            target,
+            granule,
+            pending: None,
+            kernel_zeroes: true,
+            zeroed: 0,
+        }
+    }
+
+    /// `bytes` belong at `at`, a multiple of 1 MiB (where every chunk but the first starts,
+    /// and where the first's body starts).
+    fn put(&mut self, bytes: &[u8], at: u64) -> Result<(), ImageError> {
+        let Some(granule) = self.granule else {
+            return self.write(bytes, at);
+        };
+        for piece in zeroes::split(bytes, granule) {
+            match piece {
+                Piece::Data(range) => {
+                    self.flush_zeroes()?;
+                    self.write(&bytes[range.clone()], at + range.start as u64)?;
+                }
+                Piece::Zero(range) => {
+                    let (start, end) = (at + range.start as u64, at + range.end as u64);
+                    match &mut self.pending {
+                        Some((_, pending_end)) if *pending_end == start => *pending_end = end,
+                        _ => {
+                            self.flush_zeroes()?;
+                            self.pending = Some((start, end));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, bytes: &[u8], at: u64) -> Result<(), ImageError> {
+        self.target
+            .file()
+            .write_all_at(bytes, at)
+            .map_err(|source| ImageError::Write {
+                path: self.target.path().to_owned(),
+                offset: at,
+                source,
+            })
+    }
+
+    fn flush_zeroes(&mut self) -> Result<(), ImageError> {
+        let Some((start, end)) = self.pending.take() else {
+            return Ok(());
+        };
+        if self.kernel_zeroes {
+            match self.target.zero_range(start, end - start) {
+                Ok(()) => {
+                    self.zeroed += end - start;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Said once: from here on every zero is written.
+                    tracing::debug!(
+                        "{} did not zero {} bytes at offset {start} ({e}); writing zeroes instead",
+                        self.target.path().display(),
+                        end - start
+                    );
+                    self.kernel_zeroes = false;
+                }
+            }
+        }
+        let zeroes = vec![0u8; ((end - start) as usize).min(ZERO_WRITE)];
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(zeroes.len());
+            self.write(&zeroes[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The largest plain write of zeroes when the kernel will not zero a run: large enough to
+/// write at the disk's speed, small beside the chunk pool.
+const ZERO_WRITE: usize = 1 << 20;
