@@ -38,11 +38,11 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use futures::StreamExt;
 use housekeeper::cluster::annotations::{AgentPhase, NodeView};
+use housekeeper::cluster::ledger;
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::ListParams;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::runtime::{Handle, Runtime};
 
@@ -52,6 +52,7 @@ use crate::bench::images::{self, Testos};
 use crate::bench::qemu::{Machine, MachineConfig};
 use crate::bench::{scenario, Scenario};
 use crate::support::cluster::Cluster;
+use crate::support::rollout_view::{self, Change, RolloutView};
 use crate::support::{KubeletStandIn, NodeRole, TestEnv};
 
 /// The Nodes, as short names; each becomes a unique Node name and the guest's host name.
@@ -203,7 +204,7 @@ impl Rig {
     }
 }
 
-/// One change of a Node, in the order the API server made them (one watch).
+/// One change of a Node or of its grant, in the order the API server made them.
 #[derive(Clone, Debug)]
 struct Seen {
     resource_version: u64,
@@ -233,37 +234,38 @@ fn summary(v: &NodeView) -> Summary {
     )
 }
 
-/// Records every change of the named Nodes until the runtime ends.
+/// Records every change of the named Nodes, their grants from the ledgers of the Updates of
+/// hkd's namespace, in the order the API server made them, until the runtime ends.
 fn record_nodes(rt: &Runtime, client: Client, names: Vec<String>) -> Arc<Mutex<Vec<Seen>>> {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let out = seen.clone();
     let t0 = Instant::now();
     rt.spawn(async move {
-        let api: Api<Node> = Api::all(client);
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let mut stream =
+            rollout_view::changes(client, housekeeper::cluster::update::NAMESPACE).boxed();
+        let mut view = RolloutView::default();
         let mut last = BTreeMap::new();
-        while let Some(ev) = stream.next().await {
-            let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
-                continue;
+        while let Some(change) = stream.next().await {
+            let meta = match &change {
+                Change::Node(n) => Some(n.metadata.clone()),
+                Change::Update(u) => Some(u.metadata.clone()),
+                Change::NodeGone(_) | Change::UpdateGone(_) => None,
             };
-            let view = NodeView::from_node(&n);
-            if !names.contains(&view.name) {
-                continue;
-            }
-            if last.insert(view.name.clone(), summary(&view)) == Some(summary(&view)) {
-                continue;
-            }
-            let resource_version = n
-                .metadata
-                .resource_version
-                .as_deref()
+            view.apply(change);
+            let resource_version = meta
+                .and_then(|m| m.resource_version)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            out.lock().expect("node record").push(Seen {
-                resource_version,
-                at: t0.elapsed(),
-                view,
-            });
+            for v in view.views(|n| names.iter().any(|x| x == n)) {
+                if last.insert(v.name.clone(), summary(&v)) == Some(summary(&v)) {
+                    continue;
+                }
+                out.lock().expect("node record").push(Seen {
+                    resource_version,
+                    at: t0.elapsed(),
+                    view: v,
+                });
+            }
         }
     });
     seen
@@ -360,6 +362,11 @@ struct Down {
 impl Down {
     async fn read(client: &Client, name: &str) -> Result<Down> {
         let node = Api::<Node>::all(client.clone()).get(name).await?;
+        let updates =
+            Api::<Update>::namespaced(client.clone(), housekeeper::cluster::update::NAMESPACE)
+                .list(&ListParams::default())
+                .await?
+                .items;
         let events = node_events(client, name).await?;
         let leases: Api<Lease> =
             Api::namespaced(client.clone(), housekeeper::cluster::update::NAMESPACE);
@@ -369,8 +376,10 @@ impl Down {
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty());
+        let mut view = NodeView::from_node(&node);
+        view.grant = ledger::grant_of(name, &updates).0;
         Ok(Down {
-            node: NodeView::from_node(&node),
+            node: view,
             drained: events.iter().any(|(r, c)| r == "Drained" && c == "hkd"),
             coordinator,
         })
@@ -743,7 +752,12 @@ async fn check(
     let nodes: Api<Node> = Api::all(rig.env.admin.clone());
     let pods: Api<Pod> = Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
     for (name, short) in rig.nodes.iter().zip(NODES) {
-        let v = NodeView::from_node(&nodes.get(name).await?);
+        let mut v = NodeView::from_node(&nodes.get(name).await?);
+        v.grant = ledger::grant_of(
+            name,
+            &rig.updates().list(&ListParams::default()).await?.items,
+        )
+        .0;
         let r = &reports[name];
         let g = v
             .grant
