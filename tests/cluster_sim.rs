@@ -1421,3 +1421,169 @@ async fn wait_for_answer(rig: &Rig, node: &str) -> Result<BTreeMap<String, NodeV
     .await?;
     rig.views().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: a node whose drain was under way when the abort came answers Failed and is \
+            uncordoned, but its staged deployment is left on the host (DrainFailed leaves the \
+            target staged, and TargetWithdrawn is a no-op from Failed)"]
+async fn an_abort_with_roll_back_gives_back_the_grants_of_nodes_not_yet_rebooted() -> Result<()> {
+    let rig = Rig::new("sim-abort", 1, 3).await?;
+    // Every worker runs a pod whose PodDisruptionBudget allows no eviction: a worker granted
+    // stays in its drain, cordoned and its target staged, until the abort.
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    let _finisher = k.spawn_finisher(&rig.env.ns);
+    let workers: Vec<String> = rig.nodes[1..].to_vec();
+    for (i, w) in workers.iter().enumerate() {
+        k.run_pod(
+            &rig.env.ns,
+            &format!("guarded-{i}"),
+            w,
+            &[("app", "guarded")],
+        )
+        .await?;
+    }
+    let (_pdbs, _) =
+        support::eviction::create_pdb(&rig.env.admin, &rig.env.ns, "guard", "guarded", 3).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        |_| Duration::from_millis(200),
+        |i| rig.is_control_plane(i),
+    )?;
+    let u = rig
+        .create_update(
+            "roll",
+            json!({"maxUnavailable": 2, "evictPodForce": true, "drain": {"timeoutSeconds": 900}}),
+        )
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        2,
+        dir.path().to_owned(),
+    );
+    // Two workers granted and held in their drain; the third waits for a slot.
+    let draining = |views: &BTreeMap<String, NodeView>| -> Vec<String> {
+        workers
+            .iter()
+            .filter(|w| {
+                let v = &views[*w];
+                v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Draining)
+                    && v.cordoned_by_hkd
+            })
+            .cloned()
+            .collect()
+    };
+    let held = wait_for(
+        "two workers held in their drain",
+        Duration::from_secs(120),
+        || async { Ok(draining(&rig.views().await?).len() == 2) },
+    )
+    .await;
+    with_logs(held, &rig, &sim)?;
+    let held = draining(&rig.views().await?);
+    for w in &held {
+        let host = sim.host(w).load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            host.deployments.iter().any(|d| d.staged),
+            "{w} has nothing staged while draining: {host:?}"
+        );
+    }
+
+    let out = hkctl(
+        &rig.env,
+        &["-n", &rig.env.ns, "abort", "--in-flight", "roll-back"],
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "hkctl abort: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // They give their grant back: Failed, as aborted before the reboot.
+    let answered = wait_for(
+        "the held workers to answer",
+        Duration::from_secs(60),
+        || async {
+            let views = rig.views().await?;
+            Ok(held.iter().all(|w| {
+                let v = &views[w];
+                v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Failed)
+            }))
+        },
+    )
+    .await;
+    if let Err(e) = answered {
+        let logs: Vec<String> = held
+            .iter()
+            .map(|w| format!("--- {w}\n{}", sim.log_tail(w, 120)))
+            .collect();
+        bail!("{e:#}\n{}", logs.join("\n"));
+    }
+    // Their staged deployment dropped and hkd's cordon lifted, soon after the answer.
+    let settled = wait_for(
+        "the held workers to be back in service, nothing staged",
+        Duration::from_secs(30),
+        || async {
+            let views = rig.views().await?;
+            Ok(held.iter().all(|w| {
+                let staged = sim
+                    .host(w)
+                    .load()
+                    .map(|h| h.deployments.iter().any(|d| d.staged))
+                    .unwrap_or(true);
+                !views[w].unschedulable && !views[w].cordoned_by_hkd && !staged
+            }))
+        },
+    )
+    .await;
+    if let Err(e) = settled {
+        let views = rig.views().await?;
+        let state: Vec<String> = held
+            .iter()
+            .map(|w| {
+                format!(
+                    "--- {w}: {:?}\n{:?}\n{}",
+                    views[w],
+                    sim.host(w).load().map_err(|e| e.to_string()),
+                    sim.log_tail(w, 25)
+                )
+            })
+            .collect();
+        bail!("{e:#}\n{}", state.join("\n"));
+    }
+    let views = rig.views().await?;
+    for w in &held {
+        let v = &views[w];
+        let reason = v.reason.clone().unwrap_or_default();
+        // "aborted before this node was taken out of service", or, caught in its drain,
+        // "aborted while this node drained".
+        ensure!(reason.contains("the rollout was aborted"), "{w}: {reason}");
+        let host = sim.host(w).load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            host.boots == 1 && sim.host(w).booted_image().as_deref() == Some(V1),
+            "{w} rebooted: {host:?}"
+        );
+    }
+    // The third worker was never granted; the rollout is Halted, as aborted.
+    let waiting: Vec<&String> = workers.iter().filter(|w| !held.contains(w)).collect();
+    ensure!(
+        waiting.len() == 1 && views[waiting[0]].grant.is_none(),
+        "{views:?}"
+    );
+    let u = rig
+        .wait_state("roll", &["Halted"], Duration::from_secs(30))
+        .await?;
+    let status = u.status.unwrap_or_default();
+    ensure!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Halted" && c.status == "True" && c.reason == "Aborted"),
+        "{status:?}"
+    );
+    check_seen(&seen)?;
+    Ok(())
+}
