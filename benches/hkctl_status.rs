@@ -4,7 +4,9 @@
 //! The API server is the kube-tests tier's (`tests/support`), started for this process and
 //! stopped when it ends. The Nodes are registered with a status of a real node's size (Ready,
 //! capacity, addresses, node info and a list of cached images, about 6 KiB each) and the
-//! annotations of a rollout in its middle: a third done, a few in flight, the rest pending.
+//! annotations of a rollout in its middle: a third done, a few in flight, the rest pending;
+//! the grants of the nodes done and in flight are entries of the Update's ledger (its
+//! status), as the coordinator records them.
 //! Both programs are run as an admin runs them (a new process each time, output to a pipe),
 //! alternately, after one warm-up run each.
 
@@ -19,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use housekeeper::cluster::annotations::{GRANT, OS_IMAGE, PHASE, PHASE_GRANT, SINCE};
+use housekeeper::cluster::annotations::{OS_IMAGE, PHASE, PHASE_GRANT, SINCE};
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use support::TestEnv;
@@ -35,18 +37,26 @@ const OLD: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:1";
 const NEW: &str = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2";
 const LABEL: &str = "bench.housekeeper.io/status";
 
+fn node_name(i: usize) -> String {
+    format!("bench-node-{i:04}")
+}
+
+/// The phase node `i` answered its grant with, when it was granted.
+fn phase(i: usize) -> Option<&'static str> {
+    match i % 3 {
+        0 => Some("Done"),
+        _ if i % 97 == 1 => Some("Draining"),
+        _ => None,
+    }
+}
+
 /// A Node as a kubelet of a real cluster leaves it, with the protocol's annotations.
 fn node(i: usize, grant: &str) -> Result<Node> {
-    let name = format!("bench-node-{i:04}");
+    let name = node_name(i);
     let mut ann = serde_json::Map::new();
-    let (phase, image) = match i % 3 {
-        0 => (Some("Done"), NEW),
-        _ if i % 97 == 1 => (Some("Draining"), OLD),
-        _ => (None, OLD),
-    };
+    let image = if phase(i) == Some("Done") { NEW } else { OLD };
     ann.insert(OS_IMAGE.into(), json!(image));
-    if let Some(p) = phase {
-        ann.insert(GRANT.into(), json!(grant));
+    if let Some(p) = phase(i) {
         ann.insert(PHASE.into(), json!(p));
         ann.insert(PHASE_GRANT.into(), json!(grant));
         ann.insert(SINCE.into(), json!(jiff::Timestamp::now().to_string()));
@@ -160,9 +170,27 @@ async fn main() -> Result<()> {
         .buffer_unordered(PARALLEL)
         .try_collect::<()>()
         .await?;
+    // The grants, as the coordinator records them: its term and one entry per node granted.
+    let granted_at = jiff::Timestamp::now().to_string();
+    let ledger: serde_json::Map<String, serde_json::Value> = (0..NODES)
+        .filter(|i| phase(*i).is_some())
+        .map(|i| {
+            let record = json!({"generation": 1, "term": 1, "grantedAt": granted_at});
+            (node_name(i), record)
+        })
+        .collect();
+    let entries = ledger.len();
+    updates
+        .patch_status(
+            "os",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"coordinatorTerm": 1, "grants": ledger}})),
+        )
+        .await
+        .context("recording the grants in the Update's ledger")?;
     let size = serde_json::to_vec(&node(1, &grant)?)?.len();
     eprintln!(
-        "registered {NODES} Nodes of {:.1} KiB in {:.1} s",
+        "registered {NODES} Nodes of {:.1} KiB and {entries} grants in {:.1} s",
         size as f64 / 1024.0,
         t0.elapsed().as_secs_f64()
     );

@@ -15,9 +15,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use housekeeper::cluster::annotations::{
-    AgentPhase, CORDONED_BY_HKD, GRANT, PHASE, PHASE_GRANT, SINCE,
-};
+use housekeeper::cluster::annotations::{AgentPhase, CORDONED_BY_HKD, PHASE, PHASE_GRANT, SINCE};
 use housekeeper::cluster::rbac;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -420,7 +418,7 @@ async fn status_json_and_table_of_a_rollout_in_its_middle() -> Result<()> {
     let nodes: Api<Node> = Api::all(rig.env.admin.clone());
     let mark = |phase: &str, since: &str, reason: Option<&str>, image: Option<&str>| {
         json!({"metadata": {"annotations": {
-            GRANT: g, PHASE: phase, PHASE_GRANT: g, SINCE: since,
+            PHASE: phase, PHASE_GRANT: g, SINCE: since,
             "housekeeper.io/reason": reason,
             "housekeeper.io/os-image": image.unwrap_or(sim::OLD),
         }}})
@@ -461,9 +459,18 @@ async fn status_json_and_table_of_a_rollout_in_its_middle() -> Result<()> {
             "metadata": {"annotations": {CORDONED_BY_HKD: g}}, "spec": {"unschedulable": true}})),
         )
         .await?;
-    // The coordinator's status, as it would write it.
+    // The coordinator's status, as it would write it: its term and the grants of cp-1, w-1
+    // and w-2 in the ledger.
+    let generation = u.metadata.generation.unwrap_or(1);
+    let record = |at: &str| json!({"generation": generation, "term": 1, "grantedAt": at});
+    let grants = json!({
+        rig.control_plane[0].as_str(): record("2024-03-02T09:45:00Z"),
+        rig.workers[0].as_str(): record("2024-03-02T09:51:00Z"),
+        rig.workers[1].as_str(): record("2024-03-02T09:51:00Z"),
+    });
     rig.updates()
         .patch_status("os", &PatchParams::default(), &Patch::Merge(json!({"status": {
+            "coordinatorTerm": 1, "grants": grants,
             "observedGeneration": 1, "targetGeneration": 1,
             "target": {"osImageURL": IMAGE}, "state": "Progressing",
             "conditions": [{"type": "Progressing", "status": "True", "reason": "MaxUnavailable",
@@ -553,10 +560,8 @@ async fn granted(rig: &Rig) -> Result<usize> {
 }
 
 async fn in_flight(rig: &Rig) -> Result<usize> {
-    let api: Api<Node> = Api::all(rig.env.admin.clone());
     let mut n = 0;
-    for name in rig.all() {
-        let v = housekeeper::cluster::annotations::NodeView::from_node(&api.get(&name).await?);
+    for v in rig.views().await? {
         if let Some(g) = &v.grant {
             n += usize::from(!v.phase_for(g).is_some_and(AgentPhase::is_terminal));
         }

@@ -21,6 +21,7 @@ use housekeeper::cluster::annotations::{
     AgentPhase, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, SINCE,
 };
 use housekeeper::cluster::coordinator::{Config, Coordinator};
+use housekeeper::cluster::ledger;
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -90,7 +91,7 @@ pub async fn run() -> Result<()> {
     );
     let t1 = Instant::now();
     for wave in 1..=WAVES {
-        finish_granted(&nodes, &pool).await?;
+        finish_granted(&nodes, &updates, &pool).await?;
         wait_counts(&updates, wave * MAX_UNAVAILABLE).await?;
     }
     let waves = t1.elapsed();
@@ -264,16 +265,25 @@ async fn wait_counts(updates: &Api<Update>, done: usize) -> Result<()> {
     }
 }
 
-/// Play the agents of the granted, unfinished Nodes: each reports Done for its grant.
-async fn finish_granted(nodes: &Api<Node>, pool: &ListParams) -> Result<()> {
+/// Play the agents of the granted, unfinished Nodes (their grants read from the Update's
+/// ledger): each reports Done for its grant.
+async fn finish_granted(nodes: &Api<Node>, updates: &Api<Update>, pool: &ListParams) -> Result<()> {
     let all = nodes.list_metadata(pool).await?.items;
-    let granted: Vec<(String, String)> = all
+    let ledgers = updates.list(&ListParams::default()).await?.items;
+    let mut views: Vec<NodeView> = all
         .iter()
-        .filter_map(|m| {
-            let v = NodeView::from_node(&Node {
+        .map(|m| {
+            NodeView::from_node(&Node {
                 metadata: m.metadata.clone(),
                 ..Default::default()
-            });
+            })
+        })
+        .collect();
+    let refused = ledger::attach(&mut views, &ledgers);
+    ensure!(refused.is_empty(), "ledger records refused: {refused:?}");
+    let granted: Vec<(String, String)> = views
+        .into_iter()
+        .filter_map(|v| {
             let g = v.grant.clone()?;
             (!v.phase_for(&g).is_some_and(AgentPhase::is_terminal)).then(|| (v.name, g.to_string()))
         })

@@ -4,7 +4,8 @@
 //! 60 worker Nodes (no control plane: control-plane nodes go one at a time, and the ideal
 //! below assumes every wave is full), one Update with maxUnavailable 6, the production
 //! coordinator in this process with production Lease timings. Each node's agent is simulated:
-//! it watches its own Node (a field-selected watch, as hkd does), and on a grant reports
+//! it watches its own Node (a field-selected watch) and the Updates, whose ledgers hold the
+//! grants, as hkd does, and on a grant reports
 //! Staging, Draining, Rebooting and Verifying at fixed offsets, then Done exactly [`WORK`]
 //! after it saw the grant. So each node's own time is fixed, and whatever the rollout takes
 //! beyond `NODES / MAX_UNAVAILABLE × WORK` is the coordinator's and the API server's.
@@ -13,7 +14,7 @@
 //! the slot that the (6 + k)-th grant fills; the latency is from the moment the k-th Done
 //! report is sent to the moment the (6 + k)-th grant reaches its agent's watch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use housekeeper::cluster::annotations::{
     AgentPhase, Grant, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE,
 };
 use housekeeper::cluster::coordinator::{Config, Coordinator};
+use housekeeper::cluster::ledger;
 use housekeeper::cluster::plan::COMPLETE;
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::Node;
@@ -83,6 +85,7 @@ pub async fn run() -> Result<()> {
         .map(|n| {
             tokio::spawn(agent(
                 env.admin.clone(),
+                env.ns.clone(),
                 n.clone(),
                 records.clone(),
                 ready_tx.clone(),
@@ -207,29 +210,76 @@ async fn wait_complete(updates: Api<Update>, name: &str) -> Result<Instant> {
     anyhow::bail!("the watch on Update {name} ended")
 }
 
-/// A simulated node agent: watch the own Node, answer each new grant with the phases, Done
-/// exactly [`WORK`] after the grant was seen.
+/// What a simulated agent's two watches deliver.
+enum Seen {
+    Node(Box<Node>),
+    Update(Box<Update>),
+    NodeListed,
+    UpdatesListed,
+}
+
+/// A simulated node agent: watch the own Node and the Updates of `ns` (their ledgers hold the
+/// grants), answer each new grant with the phases, Done exactly [`WORK`] after the grant was
+/// seen.
 async fn agent(
     client: Client,
+    ns: String,
     node: String,
     records: Arc<Mutex<Records>>,
     ready: mpsc::Sender<()>,
 ) {
     let api: Api<Node> = Api::all(client.clone());
     let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
-    let mut handled: Option<Grant> = None;
-    while let Some(ev) = stream.next().await {
-        let n = match ev {
-            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
-            Ok(watcher::Event::InitDone) => {
-                let _ = ready.try_send(());
-                continue;
+    let nodes = watcher(api, cfg)
+        .default_backoff()
+        .filter_map(|ev| async move {
+            match ev.ok()? {
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                    Some(Seen::Node(Box::new(n)))
+                }
+                watcher::Event::InitDone => Some(Seen::NodeListed),
+                _ => None,
             }
-            _ => continue,
+        });
+    let updates = watcher(
+        Api::<Update>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|ev| async move {
+        match ev.ok()? {
+            watcher::Event::Apply(u) | watcher::Event::InitApply(u) => {
+                Some(Seen::Update(Box::new(u)))
+            }
+            watcher::Event::InitDone => Some(Seen::UpdatesListed),
+            _ => None,
+        }
+    });
+    let mut stream = futures::stream::select(nodes.boxed(), updates.boxed());
+    let mut handled: Option<Grant> = None;
+    let mut own: Option<Node> = None;
+    let mut ledgers: BTreeMap<String, Update> = BTreeMap::new();
+    let mut listed = (false, false);
+    let mut told_ready = false;
+    while let Some(seen) = stream.next().await {
+        match seen {
+            Seen::Node(n) => own = Some(*n),
+            Seen::Update(u) => {
+                ledgers.insert(u.metadata.uid.clone().unwrap_or_default(), *u);
+            }
+            Seen::NodeListed => listed.0 = true,
+            Seen::UpdatesListed => listed.1 = true,
+        }
+        if listed == (true, true) && !told_ready {
+            told_ready = true;
+            let _ = ready.try_send(());
+        }
+        let Some(n) = &own else { continue };
+        let v = NodeView::from_node(n);
+        let all: Vec<Update> = ledgers.values().cloned().collect();
+        let Some(g) = ledger::grant_of(&node, &all).0 else {
+            continue;
         };
-        let v = NodeView::from_node(&n);
-        let Some(g) = v.grant.clone() else { continue };
         if handled.as_ref() == Some(&g) || v.phase_for(&g).is_some_and(AgentPhase::is_terminal) {
             continue;
         }

@@ -1,7 +1,8 @@
 //! What the hkctl tests stand on: the built `hkctl` run as an admin runs it, a test's Nodes
 //! (registered by the kubelet stand-in), a coordinator running in the test's process against
-//! the real API server, and simulated agents that answer grants by writing the phase
-//! annotations as hkd's agent does, each step a short sleep instead of a drain and a reboot.
+//! the real API server, and simulated agents that find their grant in the Updates' ledgers and
+//! answer it by writing the phase annotations as hkd's agent does, each step a short sleep
+//! instead of a drain and a reboot.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -15,9 +16,10 @@ use housekeeper::cluster::annotations::{
     AgentPhase, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE,
 };
 use housekeeper::cluster::coordinator::{Config, Coordinator};
+use housekeeper::cluster::ledger;
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
@@ -164,21 +166,44 @@ impl Rig {
                 .into_iter()
                 .map(|n| {
                     let fail = failing.contains(&n);
-                    tokio::spawn(agent(self.env.admin.clone(), n, fail, step))
+                    tokio::spawn(agent(
+                        self.env.admin.clone(),
+                        self.env.ns.clone(),
+                        n,
+                        fail,
+                        step,
+                    ))
                 })
                 .collect(),
         )
     }
 
-    /// The grant each of this test's Nodes carries.
+    /// The grant each of this test's Nodes holds, from the Updates' ledgers.
     pub async fn grants(&self) -> Result<Vec<(String, Option<String>)>> {
+        let updates = self.updates().list(&ListParams::default()).await?.items;
+        let (grants, refused) = ledger::grants_by_node(&updates);
+        anyhow::ensure!(refused.is_empty(), "ledger records refused: {refused:?}");
+        Ok(self
+            .all()
+            .into_iter()
+            .map(|n| {
+                let g = grants.get(&n).map(ToString::to_string);
+                (n, g)
+            })
+            .collect())
+    }
+
+    /// The views of this test's Nodes, each with its grant from the Updates' ledgers.
+    pub async fn views(&self) -> Result<Vec<NodeView>> {
         let api: Api<Node> = Api::all(self.env.admin.clone());
-        let mut out = Vec::new();
+        let updates = self.updates().list(&ListParams::default()).await?.items;
+        let mut views = Vec::new();
         for n in self.all() {
-            let v = NodeView::from_node(&api.get(&n).await?);
-            out.push((n, v.grant.map(|g| g.to_string())));
+            views.push(NodeView::from_node(&api.get(&n).await?));
         }
-        Ok(out)
+        let refused = ledger::attach(&mut views, &updates);
+        anyhow::ensure!(refused.is_empty(), "ledger records refused: {refused:?}");
+        Ok(views)
     }
 }
 
@@ -245,16 +270,23 @@ async fn report(client: &Client, node: &str, phase: AgentPhase, grant: &str) {
     }
 }
 
-/// What an agent does with a grant, minus the work.
-async fn agent(client: Client, node: String, fail: bool, step: Duration) {
+/// What an agent does with a grant (found in the ledgers of the Updates of `ns`), minus the
+/// work.
+async fn agent(client: Client, ns: String, node: String, fail: bool, step: Duration) {
     let api: Api<Node> = Api::all(client.clone());
+    let updates: Api<Update> = Api::namespaced(client.clone(), &ns);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(n) = api.get(&node).await else {
+        let (Ok(n), Ok(list)) = (
+            api.get(&node).await,
+            updates.list(&ListParams::default()).await,
+        ) else {
             continue;
         };
         let v = NodeView::from_node(&n);
-        let Some(g) = v.grant.clone() else { continue };
+        let Some(g) = ledger::grant_of(&node, &list.items).0 else {
+            continue;
+        };
         if v.phase_for(&g).is_some_and(AgentPhase::is_terminal) {
             continue;
         }

@@ -7,6 +7,8 @@
 //! the process is, and a reboot ends the process as a shutdown would; the [`Sim`] supervisor
 //! starts it again after the simulated boot time, as systemd would. The Nodes are registered
 //! by the kubelet stand-in of `support`; no kubelet runs (the stand-in keeps them Ready).
+//! Each node gets its own kubeconfig, and the nodes that coordinate the coordinator's too,
+//! as `hkctl install` issues them and a node's configuration names them.
 
 pub mod host;
 
@@ -67,7 +69,11 @@ pub struct NodeSpec {
     pub name: String,
     pub image: String,
     pub stage_time: Duration,
-    pub coordinate: bool,
+    /// The node's own kubeconfig (YAML text), as `hkctl install` wrote it.
+    pub kubeconfig: String,
+    /// The coordinator's kubeconfig, for the nodes that stand as coordinator (with
+    /// `kubernetes.coordinate = true`); `None`: the node does not coordinate.
+    pub coordinator_kubeconfig: Option<String>,
 }
 
 /// Timings shared by the nodes.
@@ -101,20 +107,17 @@ fn write(path: &Path, content: &str) -> Result<()> {
 }
 
 impl Sim {
-    /// Set up and start `nodes` under `root`, each reaching the API server through
-    /// `kubeconfig` (YAML text) and following the Updates of `namespace`.
-    pub fn start(
-        root: &Path,
-        nodes: &[NodeSpec],
-        kubeconfig: &str,
-        namespace: &str,
-        timing: &Timing,
-    ) -> Result<Sim> {
+    /// Set up and start `nodes` under `root`, each reaching the API server with its own
+    /// credentials and following the Updates of `namespace`.
+    pub fn start(root: &Path, nodes: &[NodeSpec], namespace: &str, timing: &Timing) -> Result<Sim> {
         let mut procs = BTreeMap::new();
         for n in nodes {
             let dir = root.join(&n.name);
             std::fs::create_dir_all(&dir)?;
-            write(&dir.join("kubeconfig"), kubeconfig)?;
+            write(&dir.join("kubeconfig"), &n.kubeconfig)?;
+            if let Some(kc) = &n.coordinator_kubeconfig {
+                write(&dir.join("coordinator.kubeconfig"), kc)?;
+            }
             write(&dir.join("stage-ms"), &n.stage_time.as_millis().to_string())?;
             write(
                 &dir.join("kubeadm"),
@@ -139,6 +142,7 @@ impl Sim {
                 &format!(
                     r#"[kubernetes]
 kubeconfig = "/kubeconfig"
+coordinator_kubeconfig = "/coordinator.kubeconfig"
 node_name = "{name}"
 namespace = "{namespace}"
 coordinate = {coordinate}
@@ -158,7 +162,7 @@ interval = "200ms"
 retry = "1s"
 "#,
                     name = n.name,
-                    coordinate = n.coordinate,
+                    coordinate = n.coordinator_kubeconfig.is_some(),
                     lease = timing.lease.as_millis(),
                     dir = dir.display(),
                     health = timing.health_timeout.as_millis(),

@@ -18,7 +18,7 @@ use housekeeper::cluster::annotations::NodeView;
 use housekeeper::cluster::ledger;
 use housekeeper::cluster::update::Update;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
@@ -81,10 +81,12 @@ fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 }
 
 /// The changes of every Node and of the Updates of `namespace`, in the server's order (see
-/// the module documentation). Watch errors are skipped: the watcher resumes by itself.
+/// the module documentation). Watch errors are skipped: the watcher resumes by itself, after a
+/// backoff (an API server away is not asked again in a busy loop).
 pub fn changes(client: Client, namespace: &str) -> impl Stream<Item = Change> {
-    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).filter_map(
-        |ev| async move {
+    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .filter_map(|ev| async move {
             match ev.ok()? {
                 watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
                     Some((version(&n.metadata), Change::Node(Box::new(n))))
@@ -94,12 +96,12 @@ pub fn changes(client: Client, namespace: &str) -> impl Stream<Item = Change> {
                 }
                 _ => None,
             }
-        },
-    );
+        });
     let updates = watcher(
         Api::<Update>::namespaced(client, namespace),
         watcher::Config::default(),
     )
+    .default_backoff()
     .filter_map(|ev| async move {
         match ev.ok()? {
             watcher::Event::Apply(u) | watcher::Event::InitApply(u) => {
