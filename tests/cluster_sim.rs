@@ -1423,11 +1423,6 @@ async fn wait_for_answer(rig: &Rig, node: &str) -> Result<BTreeMap<String, NodeV
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails two ways: an abort that comes while the drain waits on a \
-            PodDisruptionBudget is not seen within 60 s (the node stays granted and cordoned); \
-            one seen as the drain starts answers Failed and uncordons, but leaves the staged \
-            deployment on the host (DrainFailed keeps the target staged, TargetWithdrawn does \
-            nothing from Failed)"]
 async fn an_abort_with_roll_back_gives_back_the_grants_of_nodes_not_yet_rebooted() -> Result<()> {
     let rig = Rig::new("sim-abort", 1, 3).await?;
     // Every worker runs a pod whose PodDisruptionBudget allows no eviction: a worker granted

@@ -71,20 +71,30 @@ async fn drain_watched(inner: &Inner) -> Result<(), DrainError> {
     let policy = update.spec.effective_drain();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(policy.timeout_seconds.max(1) as u64);
+    // Each wait ends by dropping what `wait_for` returns: that is a read guard on the shared
+    // value, and one held while the branch below awaits the API server would block the
+    // watch task's write to it — and with it the runtime the request needs (a deadlock).
     let mut updates = inner.updates.subscribe();
-    let abort = updates.wait_for(|all| {
-        all.iter().any(|u| {
-            u.metadata.uid.as_deref() == Some(uid.as_str())
-                && u.spec
-                    .abort
-                    .as_ref()
-                    .is_some_and(|a| a.in_flight == InFlight::RollBack)
-        })
-    });
+    let abort = async {
+        let _ = updates
+            .wait_for(|all| {
+                all.iter().any(|u| {
+                    u.metadata.uid.as_deref() == Some(uid.as_str())
+                        && u.spec
+                            .abort
+                            .as_ref()
+                            .is_some_and(|a| a.in_flight == InFlight::RollBack)
+                })
+            })
+            .await
+            .map(drop);
+    };
     // A Node deleted from the cluster is not drained: there is nothing left to cordon, and
     // waiting out the drain timeout would only hold the machine.
     let mut node_rx = inner.node.subscribe();
-    let deleted = node_rx.wait_for(Option::is_none);
+    let deleted = async {
+        let _ = node_rx.wait_for(Option::is_none).await.map(drop);
+    };
     let attempts = async {
         let mut pause = Duration::from_millis(500);
         loop {

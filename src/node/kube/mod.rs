@@ -223,12 +223,17 @@ impl ClusterSide for KubeNode {
             // Node says Rebooting while the machine is down (not a condition of the reboot).
             let mut node = self.inner.node.subscribe();
             let grant = self.inner.node_view().and_then(|v| v.grant);
-            let shown = node.wait_for(|n| {
-                n.as_ref().is_none_or(|n| {
-                    let v = NodeView::from_node(n);
-                    grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Rebooting)
+            // The read guard `wait_for` returns is dropped at once (see drain.rs).
+            let shown = async {
+                node.wait_for(|n| {
+                    n.as_ref().is_none_or(|n| {
+                        let v = NodeView::from_node(n);
+                        grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Rebooting)
+                    })
                 })
-            });
+                .await
+                .map(drop)
+            };
             let waited = self
                 .handle
                 .block_on(async { tokio::time::timeout(SHOW_REBOOT_WAIT, shown).await });
