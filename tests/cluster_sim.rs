@@ -1584,3 +1584,84 @@ async fn an_abort_with_roll_back_gives_back_the_grants_of_nodes_not_yet_rebooted
     check_seen(&seen)?;
     Ok(())
 }
+
+/// One node's credential revoked mid-rollout (`hkctl revoke`): that node's hkd says clearly
+/// that its credential is refused and acts on nothing — not drained, not rebooted, its host
+/// still on v1 — while the other nodes complete under their own credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_credential_is_revoked_mid_rollout_stops_and_the_others_complete() -> Result<()>
+{
+    let rig = Rig::new("sim-revoke", 1, 3).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        |_| Duration::from_millis(200),
+        |i| rig.is_control_plane(i),
+    )?;
+    let revoked = rig.nodes[3].clone();
+    let others: Vec<String> = rig.nodes[1..3].to_vec();
+    rig.create_update("roll", json!({"maxUnavailable": 3}))
+        .await?;
+    // Mid-rollout: the control-plane node goes first, alone; revoke while it is in flight.
+    let cp = rig.nodes[0].clone();
+    let granted = wait_for(
+        "the control-plane node granted",
+        Duration::from_secs(90),
+        || async { Ok(rig.views().await?[&cp].grant.is_some()) },
+    )
+    .await;
+    with_logs(granted, &rig, &sim)?;
+    let out = hkctl(&rig.env, &["revoke", &revoked]).await?;
+    ensure!(
+        out.status.success(),
+        "hkctl revoke: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The others complete: each answers Done and runs v2.
+    let done = wait_for(
+        "the other nodes to answer Done",
+        Duration::from_secs(150),
+        || async {
+            let views = rig.views().await?;
+            Ok(rig.nodes[..3].iter().all(|n| {
+                let v = &views[n];
+                v.grant.as_ref().and_then(|g| v.phase_for(g)) == Some(AgentPhase::Done)
+            }))
+        },
+    )
+    .await;
+    with_logs(done, &rig, &sim)?;
+    for n in &others {
+        ensure!(
+            sim.host(n).booted_image().as_deref() == Some(V2),
+            "{n} not on v2"
+        );
+    }
+    // The revoked node says why, once it tries the cluster, and does nothing.
+    let said = wait_for(
+        &format!("{revoked}'s hkd to say its credential is refused"),
+        Duration::from_secs(120),
+        || async {
+            Ok(sim
+                .log_tail(&revoked, 400)
+                .contains("the API server refuses this node's credential"))
+        },
+    )
+    .await;
+    with_logs(said, &rig, &sim)?;
+    let log = sim.log_tail(&revoked, 400);
+    ensure!(log.contains("hkctl install --node"), "{log}");
+    ensure!(!log.contains("rebooting"), "{revoked} rebooted:\n{log}");
+    ensure!(
+        sim.host(&revoked).booted_image().as_deref() == Some(V1),
+        "{revoked} left v1"
+    );
+    let v = NodeView::from_node(
+        &Api::<Node>::all(rig.env.admin.clone())
+            .get(&revoked)
+            .await?,
+    );
+    ensure!(!v.unschedulable, "{revoked} was cordoned: {v:?}");
+    Ok(())
+}

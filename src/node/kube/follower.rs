@@ -29,7 +29,7 @@ pub(super) async fn watch_node(inner: Arc<Inner>) {
         watcher::Config::default().fields(&format!("metadata.name={}", inner.settings.node_name));
     let mut stream = watcher(inner.nodes(), config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
-        if event.is_ok() {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
             note_accepted(&inner);
         }
         match event {
@@ -51,6 +51,9 @@ pub(super) async fn watch_node(inner: Arc<Inner>) {
     }
 }
 
+/// How often a node whose credential was refused tries its writes again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
 /// The HTTP status of an API refusal inside a watch error, when it is one.
 fn refusal_code(e: &watcher::Error) -> Option<u16> {
     match e {
@@ -65,7 +68,13 @@ fn refusal_code(e: &watcher::Error) -> Option<u16> {
 /// A 401 or 403 from a watch means this node's credential is refused (revoked, expired, or
 /// its rights taken away): said once, clearly, and nothing new is taken up while it lasts.
 fn note_refusal(inner: &Inner, e: &watcher::Error) {
-    let Some(code) = refusal_code(e) else { return };
+    if let Some(code) = refusal_code(e) {
+        refused(inner, code);
+    }
+}
+
+/// The API server answered this node's request with `code` (401 or 403).
+pub(super) fn refused(inner: &Inner, code: u16) {
     let why = format!(
         "the API server refuses this node's credential ({code}{}): it was revoked, expired \
          or lost its rights; hkd takes up nothing from the cluster until it is accepted again \
@@ -88,7 +97,8 @@ fn note_refusal(inner: &Inner, e: &watcher::Error) {
     });
 }
 
-/// A watch answered: the credential is accepted (again).
+/// A watch listed afresh: the credential is accepted (again). (Events of a watch opened before
+/// a revocation keep coming; only a new list says the credential still works.)
 fn note_accepted(inner: &Inner) {
     inner.refused.send_if_modified(|r| {
         let was = r.take().is_some();
@@ -107,7 +117,7 @@ pub(super) async fn watch_updates(inner: Arc<Inner>) {
         .boxed();
     let mut fresh: Option<Vec<Update>> = None;
     while let Some(event) = stream.next().await {
-        if event.is_ok() {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
             note_accepted(&inner);
         }
         match event {
@@ -158,9 +168,15 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
         // A refused credential: nothing is decided or taken up (an upgrade under way goes on
         // in the machine) until a watch is answered again.
         if refused_rx.borrow_and_update().is_some() {
-            match tokio::time::timeout(FOLLOWER_TICK, refused_rx.changed()).await {
+            match tokio::time::timeout(REFUSED_RETRY, refused_rx.changed()).await {
                 Ok(Err(_)) => return,
-                Ok(Ok(())) | Err(_) => continue,
+                Ok(Ok(())) => continue,
+                // Try again now and then: a write that goes through says it is accepted.
+                Err(_) => {
+                    inner.refused.send_replace(None);
+                    refused_rx.borrow_and_update();
+                    inner.follower_beat.beat();
+                }
             }
         }
         let machine = machine_rx.borrow_and_update().clone();

@@ -332,7 +332,14 @@ impl Inner {
         let node = tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
             .map_err(|_| anyhow!("annotating node {name}: no answer within {WRITE_TIMEOUT:?}"))?
-            .map_err(|e| anyhow!("annotating node {name}: {}", brief(&e)))?;
+            .map_err(|e| {
+                if let kube::Error::Api(s) = &e {
+                    if s.code == 401 || s.code == 403 {
+                        follower::refused(self, s.code);
+                    }
+                }
+                anyhow!("annotating node {name}: {}", brief(&e))
+            })?;
         self.node.send_replace(Some(node));
         Ok(())
     }
