@@ -193,24 +193,13 @@ fn cluster_side(
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
     let client = handle.block_on(client_from_kubeconfig(&kubeconfig))?;
     let coordinator_client = if k.coordinate {
-        let path = root.join(
-            k.coordinator_kubeconfig
-                .strip_prefix("/")
-                .unwrap_or(&k.coordinator_kubeconfig),
-        );
-        if !path.exists() {
-            return Err(crate::config::ConfigError::Unusable {
-                key: "kubernetes.coordinate".into(),
-                message: format!(
-                    "this node stands as coordinator, but the coordinator's credential {} \
-                     (kubernetes.coordinator_kubeconfig) does not exist: copy the \
-                     coordinator.kubeconfig `hkctl install` wrote there (control-plane nodes \
-                     only), or set coordinate = false",
-                    path.display()
-                ),
-            }
-            .into());
-        }
+        let path = coordinator_credential(
+            settings,
+            root,
+            "kubernetes.coordinate",
+            "this node stands as coordinator, but",
+            " (control-plane nodes only), or set coordinate = false",
+        )?;
         Some(handle.block_on(client_from_kubeconfig(&path))?)
     } else {
         None
@@ -267,6 +256,40 @@ fn coordinator_config(settings: &Settings, identity: &str) -> CoordinatorConfig 
     config
 }
 
+/// The coordinator's kubeconfig under `root`; its absence is a configuration error on `key`,
+/// the message framed by `before` and `after`.
+fn coordinator_credential(
+    settings: &Settings,
+    root: &Path,
+    key: &str,
+    before: &str,
+    after: &str,
+) -> anyhow::Result<PathBuf> {
+    let k = &settings.kubernetes;
+    let path = root.join(
+        k.coordinator_kubeconfig
+            .strip_prefix("/")
+            .unwrap_or(&k.coordinator_kubeconfig),
+    );
+    if path.exists() {
+        return Ok(path);
+    }
+    let before = if before.is_empty() {
+        String::new()
+    } else {
+        format!("{before} ")
+    };
+    Err(crate::config::ConfigError::Unusable {
+        key: key.into(),
+        message: format!(
+            "{before}the coordinator's credential {} (kubernetes.coordinator_kubeconfig) does \
+             not exist: copy the coordinator.kubeconfig `hkctl install` wrote there{after}",
+            path.display()
+        ),
+    }
+    .into())
+}
+
 /// `hkd coordinate`: a coordinator candidate alone, under the coordinator's credential, until
 /// SIGTERM or SIGINT (then it steps down).
 pub fn coordinate(
@@ -281,22 +304,7 @@ pub fn coordinate(
         None => crate::sys::hostname(&root.join("proc"))
             .context("reading the host name for the coordinator's name; pass --identity")?,
     };
-    let path = root.join(
-        k.coordinator_kubeconfig
-            .strip_prefix("/")
-            .unwrap_or(&k.coordinator_kubeconfig),
-    );
-    if !path.exists() {
-        return Err(crate::config::ConfigError::Unusable {
-            key: "kubernetes.coordinator_kubeconfig".into(),
-            message: format!(
-                "the coordinator's credential {} does not exist: copy the coordinator.kubeconfig \
-                 `hkctl install` wrote there",
-                path.display()
-            ),
-        }
-        .into());
-    }
+    let path = coordinator_credential(settings, root, "kubernetes.coordinator_kubeconfig", "", "")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
