@@ -1665,3 +1665,67 @@ async fn a_node_whose_credential_is_revoked_mid_rollout_stops_and_the_others_com
     ensure!(!v.unschedulable, "{revoked} was cordoned: {v:?}");
     Ok(())
 }
+
+/// A grant forged on a node's own Node with that node's own credential (which may write its
+/// Node) has no effect: the server accepts the annotation, the node's hkd names it as
+/// ignored (log and an `AnnotationIgnored` Event) and neither cordons, drains nor reboots —
+/// the rollout is paused, so the ledger grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_a_node_forges_on_its_own_node_has_no_effect() -> Result<()> {
+    let rig = Rig::new("sim-forge", 1, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        |_| Duration::from_millis(200),
+        |i| rig.is_control_plane(i),
+    )?;
+    let worker = rig.nodes[1].clone();
+    let u = rig
+        .create_update("roll", json!({"maxUnavailable": 2, "paused": true}))
+        .await?;
+    // Pre-staged while paused: the agent follows the Update.
+    let staged = wait_for(
+        &format!("{worker} to pre-stage"),
+        Duration::from_secs(60),
+        || async { Ok(rig.views().await?[&worker].staged.is_some()) },
+    )
+    .await;
+    with_logs(staged, &rig, &sim)?;
+    let node = support::cluster::client_from_kubeconfig_file(&rig.creds.node_path(&worker)).await?;
+    let uid = u.metadata.uid.clone().context("uid")?;
+    let forged = json!({"metadata": {"annotations": {
+        "housekeeper.io/grant": format!("{uid}/1"),
+    }}});
+    Api::<Node>::all(node)
+        .patch(&worker, &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .context("the node annotating itself (its kubelet may)")?;
+    let named = wait_for(
+        &format!("{worker}'s hkd to name the annotation as ignored"),
+        Duration::from_secs(60),
+        || async {
+            Ok(node_events(&rig.env.admin, &worker)
+                .await?
+                .iter()
+                .any(|e| e == "AnnotationIgnored"))
+        },
+    )
+    .await;
+    with_logs(named, &rig, &sim)?;
+    // Some seconds for anything it might wrongly do.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v = &rig.views().await?[&worker];
+    ensure!(v.grant.is_none(), "{worker} holds a grant: {v:?}");
+    ensure!(v.phase.is_none(), "{worker} began something: {v:?}");
+    ensure!(!v.unschedulable, "{worker} was cordoned: {v:?}");
+    ensure!(
+        sim.host(&worker).booted_image().as_deref() == Some(V1),
+        "{worker} left v1"
+    );
+    let log = sim.log_tail(&worker, 200);
+    ensure!(
+        log.contains("annotation housekeeper.io/grant is ignored") && !log.contains("granted"),
+        "{log}"
+    );
+    Ok(())
+}
