@@ -90,39 +90,7 @@ pub fn record(
 
 /// Each node's grant, from every Update's ledger, and a line for each record refused.
 pub fn grants_by_node(updates: &[Update]) -> (HashMap<String, Grant>, Vec<String>) {
-    let mut best: HashMap<String, (i64, Timestamp, Grant)> = HashMap::new();
-    let mut refused = Vec::new();
-    for u in updates {
-        let Some(status) = &u.status else { continue };
-        if status.grants.is_empty() {
-            continue;
-        }
-        let name = u.metadata.name.as_deref().unwrap_or("?");
-        let Some(uid) = u.metadata.uid.as_deref() else {
-            continue;
-        };
-        for (node, r) in &status.grants {
-            if let Err(why) = check(r, status.coordinator_term, u.metadata.generation) {
-                refused.push(format!(
-                    "the grant of node {node} in Update {name} is refused: {why}"
-                ));
-                continue;
-            }
-            let grant = Grant {
-                uid: uid.to_owned(),
-                generation: r.generation,
-            };
-            let key = (r.term, r.granted_at.0, grant);
-            match best.get(node) {
-                Some(have) if *have >= key => {}
-                _ => {
-                    best.insert(node.clone(), key);
-                }
-            }
-        }
-    }
-    let grants = best.into_iter().map(|(n, (_, _, g))| (n, g)).collect();
-    (grants, refused)
+    latest(updates, |_| true)
 }
 
 /// Fill every view's `grant` from the ledgers; returns the lines of the records refused.
@@ -136,23 +104,42 @@ pub fn attach(views: &mut [NodeView], updates: &[Update]) -> Vec<String> {
 
 /// The grant `node` holds now (see [`grants_by_node`]), and what was refused about it.
 pub fn grant_of(node: &str, updates: &[Update]) -> (Option<Grant>, Vec<String>) {
-    let mine: Vec<Update> = updates
-        .iter()
-        .filter(|u| {
-            u.status
-                .as_ref()
-                .is_some_and(|s| s.grants.contains_key(node))
-        })
-        .map(|u| {
-            let mut u = u.clone();
-            if let Some(s) = u.status.as_mut() {
-                s.grants.retain(|n, _| n == node);
-            }
-            u
-        })
-        .collect();
-    let (mut grants, refused) = grants_by_node(&mine);
+    let (mut grants, refused) = latest(updates, |n| n == node);
     (grants.remove(node), refused)
+}
+
+/// The most recent valid record of each node `wanted` picks, and the records refused.
+fn latest(
+    updates: &[Update],
+    wanted: impl Fn(&str) -> bool,
+) -> (HashMap<String, Grant>, Vec<String>) {
+    let mut best: HashMap<String, (i64, Timestamp, Grant)> = HashMap::new();
+    let mut refused = Vec::new();
+    for u in updates {
+        let Some(status) = &u.status else { continue };
+        let Some(uid) = u.metadata.uid.as_deref() else {
+            continue;
+        };
+        let name = u.metadata.name.as_deref().unwrap_or("?");
+        for (node, r) in status.grants.iter().filter(|(n, _)| wanted(n)) {
+            if let Err(why) = check(r, status.coordinator_term, u.metadata.generation) {
+                refused.push(format!(
+                    "the grant of node {node} in Update {name} is refused: {why}"
+                ));
+                continue;
+            }
+            let grant = Grant {
+                uid: uid.to_owned(),
+                generation: r.generation,
+            };
+            let key = (r.term, r.granted_at.0, grant);
+            if best.get(node).is_none_or(|have| *have < key) {
+                best.insert(node.clone(), key);
+            }
+        }
+    }
+    let grants = best.into_iter().map(|(n, (_, _, g))| (n, g)).collect();
+    (grants, refused)
 }
 
 fn check(r: &GrantRecord, recorded: Option<i64>, generation: Option<i64>) -> Result<(), String> {
