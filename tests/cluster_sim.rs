@@ -54,6 +54,7 @@ fn simulated_host_keeps_deployments_like_a_host() -> Result<()> {
     let host = sim::host::SimHost {
         dir: dir.path().to_owned(),
         stage_time: Duration::ZERO,
+        reports: Default::default(),
     };
     let e = |e: housekeeper::os::OsError| anyhow::anyhow!("{e}");
     host.create(V1).map_err(e)?;
@@ -425,6 +426,7 @@ fn observe(
                     let host = sim::host::SimHost {
                         dir: sim_root.join(n),
                         stage_time: Duration::ZERO,
+                        reports: Default::default(),
                     };
                     let Ok(state) = host.load() else { continue };
                     let last = boots.insert(n.clone(), state.boots).unwrap_or(state.boots);
@@ -1727,5 +1729,66 @@ async fn a_grant_a_node_forges_on_its_own_node_has_no_effect() -> Result<()> {
         log.contains("annotation housekeeper.io/grant is ignored") && !log.contains("granted"),
         "{log}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_staging_shows_its_progress_on_the_node_and_in_hkctl_status() -> Result<()> {
+    let rig = Rig::new("sim-progress", 1, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let worker = rig.nodes[1].clone();
+    // The worker's pull lasts 40 s and reports ten times, through the same observer and
+    // status `hkd run` wires to rpm-ostree's transaction signals.
+    let sim = rig.sim(
+        dir.path(),
+        |i| {
+            if rig.is_control_plane(i) {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(40)
+            }
+        },
+        |i| rig.is_control_plane(i),
+    )?;
+    // Paused: the nodes pre-stage and nothing is granted.
+    rig.create_update("roll", json!({"paused": true})).await?;
+    let shown = wait_for(
+        &format!("{worker}'s staging progress on its Node"),
+        Duration::from_secs(45),
+        || async {
+            Ok(rig.views().await?[&worker]
+                .progress
+                .as_deref()
+                .is_some_and(|p| p.starts_with("staging: Receiving objects")))
+        },
+    )
+    .await;
+    with_logs(shown, &rig, &sim)?;
+    let ns = rig.env.ns.clone();
+    let out = hkctl(&rig.env, &["status", "-n", &ns, "-o", "wide"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "hkctl status: {out:?}");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&worker))
+        .with_context(|| format!("no row for {worker}:\n{text}"))?;
+    ensure!(
+        row.contains("staging: Receiving objects")
+            && row.contains(" %, ")
+            && row.contains("MiB")
+            && row.contains("of 180 objects"),
+        "{worker}'s row says nothing of its staging:\n{text}"
+    );
+    // Staged: the progress goes from the Node with the staging.
+    let gone = wait_for(
+        &format!("{worker} to finish staging and drop its progress"),
+        Duration::from_secs(60),
+        || async {
+            let v = &rig.views().await?[&worker];
+            Ok(v.staged.is_some() && v.progress.is_none())
+        },
+    )
+    .await;
+    with_logs(gone, &rig, &sim)?;
     Ok(())
 }

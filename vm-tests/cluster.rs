@@ -387,9 +387,78 @@ struct Vm<'a> {
     /// The Node's name, which is also the guest's host name and the machine's log name.
     name: String,
     disk: PathBuf,
+    /// Once the rollout is over, show on this machine that a hung follower gets hkd
+    /// restarted by systemd's watchdog ([`Vm::hung_follower_restarts_hkd`]).
+    watchdog_check: bool,
 }
 
+/// hkd's unit drop-in for the watchdog check: the test build's seams make the follower hang
+/// after its first round and shorten its bound to 10 s; systemd waits 5 s for a ping.
+const HANG_DROP_IN: &str = "[Service]\n\
+    Environment=HKD_TEST_HANG_FOLLOWER=1 HKD_TEST_WATCHDOG_BOUND_SECONDS=10\n\
+    WatchdogSec=5s\nRestartSec=1s\n";
+
+/// How long the watchdog check waits for systemd to restart the hung hkd: 10 s of silence,
+/// 5 s without a ping, 1 s before the restart, and hkd's start under emulation.
+const WATCHDOG_RESTART: Duration = Duration::from_secs(240);
+
 impl Vm<'_> {
+    /// A follower that stops moving stops hkd's watchdog pings and systemd restarts hkd:
+    /// under a drop-in with the hang seam (`HANG_DROP_IN`), hkd logs which part hung, systemd
+    /// logs the watchdog timeout and counts a restart. The drop-in then goes and hkd, started
+    /// again, is active.
+    fn hung_follower_restarts_hkd(&self, vm: &Machine) -> Result<()> {
+        let dir = "/run/systemd/system/hkd.service.d";
+        vm.sh(&format!(
+            "mkdir -p {dir} && printf '{HANG_DROP_IN}' > {dir}/hang.conf && \
+             systemctl daemon-reload && systemctl restart hkd"
+        ))?;
+        self.s.progress(&format!(
+            "{}: hkd restarted with its follower made to hang; waiting for the watchdog",
+            self.name
+        ));
+        let until = Instant::now() + WATCHDOG_RESTART;
+        loop {
+            let restarts = vm.sh("systemctl show -p NRestarts --value hkd")?;
+            if restarts.trim().parse::<u32>().unwrap_or(0) >= 1 {
+                break;
+            }
+            ensure!(
+                Instant::now() < until,
+                "{}: hkd with a hung follower was not restarted within {WATCHDOG_RESTART:?}; \
+                 its journal:\n{}",
+                self.name,
+                vm.sh("journalctl -u hkd --no-pager | tail -30")
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let journal = vm.sh("journalctl -u hkd --no-pager -o cat")?;
+        for line in [
+            "hkd's follower made no progress",
+            "the watchdog is no longer fed",
+            "Watchdog timeout",
+        ] {
+            ensure!(
+                journal.contains(line),
+                "{}: hkd was restarted but its journal does not say {line:?}:\n{}",
+                self.name,
+                vm.sh("journalctl -u hkd --no-pager | tail -30")
+                    .unwrap_or_default()
+            );
+        }
+        self.s.progress(&format!(
+            "{}: the watchdog stopped at the hung follower and systemd restarted hkd",
+            self.name
+        ));
+        vm.sh(&format!(
+            "rm {dir}/hang.conf && systemctl daemon-reload && systemctl restart hkd && \
+             systemctl is-active hkd"
+        ))
+        .context("hkd after the watchdog check, without the hang")?;
+        Ok(())
+    }
+
     /// Boots the default boot loader entry of the disk (as `Scenario::boot_testos`, with a
     /// deadline long enough to wait for the other node's turn) and waits for multi-user with
     /// hkd running.
@@ -474,6 +543,9 @@ impl Vm<'_> {
                 Err(_) if stop.load(Ordering::SeqCst) => break,
                 Err(_) => {}
             }
+        }
+        if self.watchdog_check {
+            self.hung_follower_restarts_hkd(&vm)?;
         }
         report.ostree_status = vm.sh("ostree admin status")?;
         report.version = vm
@@ -580,6 +652,7 @@ fn testos_cluster_rolls_two_nodes_to_v2_one_at_a_time() -> Result<()> {
                     t,
                     name: name.clone(),
                     disk: s.testos_disk(t, name, Some(&cfg))?,
+                    watchdog_check: *name == rig.nodes[0],
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -12,6 +12,12 @@
 //! | `housekeeper.io/os-image` | agent | the booted deployment's image reference |
 //! | `housekeeper.io/cordoned-by-hkd` | agent | the grant under which hkd cordoned the node |
 //! | `housekeeper.io/staged` | agent | the image staged ahead of a grant (absent: none) |
+//! | `housekeeper.io/progress` | agent | while it stages: how far, in words (a few writes a minute at most) |
+//!
+//! Every value is written by a node's own credential, so it is what that node says, not a
+//! fact: free text (`reason`, `progress`) and image references are read with control and
+//! bidirectional-override characters replaced and free text cut to [`MAX_TEXT`] characters,
+//! so that a node cannot rewrite an admin's terminal through `hkctl status`.
 //!
 //! Grants are not on the Node: the coordinator records them in the Update's status
 //! ([`super::ledger`]), where only its identity can write and every write is fenced by its
@@ -38,6 +44,37 @@ pub const SINCE: &str = "housekeeper.io/since";
 pub const OS_IMAGE: &str = "housekeeper.io/os-image";
 pub const CORDONED_BY_HKD: &str = "housekeeper.io/cordoned-by-hkd";
 pub const STAGED: &str = "housekeeper.io/staged";
+pub const PROGRESS: &str = "housekeeper.io/progress";
+
+/// The longest free text (reason, progress) read from a Node, in characters.
+pub const MAX_TEXT: usize = 300;
+
+/// `text` with every character that could steer a terminal or reorder what it shows —
+/// control characters (C0, DEL, C1, so escape sequences) and the bidirectional overrides and
+/// isolates — replaced by U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Free text from a Node, as it may be shown: [`printable`], at most [`MAX_TEXT`] characters
+/// (a longer text ends in `…`).
+pub fn shown_text(text: &str) -> String {
+    let mut out = printable(text);
+    if out.chars().count() > MAX_TEXT {
+        out = out.chars().take(MAX_TEXT - 1).collect();
+        out.push('…');
+    }
+    out
+}
 
 /// Labels kubeadm puts on control-plane nodes (`master` before 1.24, `control-plane` after).
 pub const CONTROL_PLANE_LABELS: &[&str] = &[
@@ -152,6 +189,8 @@ pub struct NodeView {
     pub since: Option<Timestamp>,
     /// The image the agent staged ahead of its grant.
     pub staged: Option<String>,
+    /// How far its staging is, as the agent last said (while it stages).
+    pub progress: Option<String>,
     /// Annotations that did not parse, each as one line: shown in status, never guessed at.
     pub problems: Vec<String>,
 }
@@ -225,7 +264,7 @@ impl NodeView {
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false),
             cordoned_by_hkd: ann.contains_key(CORDONED_BY_HKD),
-            os_image: ann.get(OS_IMAGE).cloned(),
+            os_image: ann.get(OS_IMAGE).map(|v| printable(v)),
             kubelet_version: status
                 .and_then(|s| s.node_info.as_ref())
                 .map(|i| i.kubelet_version.clone())
@@ -233,9 +272,10 @@ impl NodeView {
             grant: None,
             phase,
             phase_grant,
-            reason: ann.get(REASON).cloned(),
+            reason: ann.get(REASON).map(|v| shown_text(v)),
             since,
-            staged: ann.get(STAGED).cloned(),
+            staged: ann.get(STAGED).map(|v| printable(v)),
+            progress: ann.get(PROGRESS).map(|v| shown_text(v)),
             problems,
         }
     }
@@ -254,6 +294,34 @@ mod tests {
         for bad in ["", "uid", "/3", "uid/x"] {
             assert!(bad.parse::<Grant>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn what_a_node_writes_cannot_steer_a_terminal() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": "w-1",
+                "annotations": {
+                    REASON: "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nfake row\u{9b}31m",
+                    PROGRESS: format!("\u{202e}{}", "x".repeat(5000)),
+                    OS_IMAGE: "nestos:v2\u{1b}[8m",
+                },
+            },
+        }))
+        .unwrap();
+        let v = NodeView::from_node(&node);
+        let reason = v.reason.unwrap();
+        assert!(!reason.chars().any(|c| c.is_control()), "{reason:?}");
+        assert!(reason.starts_with("ok\u{fffd}]0;pwned"), "{reason:?}");
+        let progress = v.progress.unwrap();
+        assert_eq!(progress.chars().count(), MAX_TEXT);
+        assert!(progress.starts_with('\u{fffd}') && progress.ends_with('…'));
+        assert_eq!(v.os_image.as_deref(), Some("nestos:v2\u{fffd}[8m"));
+        // Text a person wrote in any script stays as it is.
+        assert_eq!(
+            shown_text("drain: Pod „db-0“ — 等待"),
+            "drain: Pod „db-0“ — 等待"
+        );
     }
 
     #[test]

@@ -27,8 +27,16 @@ fn when(e: &Event) -> Option<Timestamp> {
 }
 
 /// The node's lines. Pure: the Node, the Events, the Updates (to name a grant's Update) and
-/// `now` go in.
+/// `now` go in. Every line is [`annotations::printable`]: the Node's annotations and the
+/// Events' texts are what a node's own credential wrote.
 pub fn render(node: &Node, events: &[Event], updates: &[Update], now: Timestamp) -> Vec<String> {
+    lines(node, events, updates, now)
+        .iter()
+        .map(|l| annotations::printable(l))
+        .collect()
+}
+
+fn lines(node: &Node, events: &[Event], updates: &[Update], now: Timestamp) -> Vec<String> {
     let mut v = NodeView::from_node(node);
     v.grant = crate::cluster::ledger::grant_of(&v.name, updates).0;
     let role = if v.control_plane {
@@ -254,5 +262,33 @@ mod tests {
         assert!(granted < draining, "not oldest first:\n{text}");
         let none = render(&node, &[], &[], now).join("\n");
         assert!(none.contains("No Events about this node"), "{none}");
+    }
+
+    #[test]
+    fn what_a_node_wrote_cannot_steer_the_terminal() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "w-1", "annotations": {
+                "housekeeper.io/x": "a\u{1b}[2Jb",
+                annotations::PROGRESS: "staging\u{1b}]0;title\u{7}",
+            }},
+        }))
+        .unwrap();
+        let event: Event = serde_json::from_value(json!({
+            "metadata": {"name": "w-1.x", "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": "w-1"},
+            "reason": "Lie\u{1b}[31m", "message": "m\u{9b}2J\u{202e}", "type": "Normal",
+            "lastTimestamp": "2024-03-02T09:58:00Z", "source": {"component": "hkd\u{7}"},
+        }))
+        .unwrap();
+        let now: Timestamp = "2024-03-02T10:00:00Z".parse().unwrap();
+        let lines = render(&node, &[event], &[], now);
+        for line in &lines {
+            assert!(
+                !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{line:?}"
+            );
+        }
+        let text = lines.join("\n");
+        assert!(text.contains("housekeeper.io/x=a\u{fffd}[2Jb"), "{text}");
     }
 }

@@ -100,6 +100,15 @@ const VIEW_POLICY: ImagePolicy = ImagePolicy {
     allow_unverified: true,
 };
 
+/// A row's reason followed by the node's staging progress, when it stages.
+fn with_progress(reason: &str, progress: Option<&str>) -> String {
+    match progress {
+        Some(p) if reason.is_empty() => p.to_owned(),
+        Some(p) => format!("{reason}; {p}"),
+        None => reason.to_owned(),
+    }
+}
+
 /// Build the document. `nodes` are all Nodes; the Update's selector picks its own.
 pub fn build(update: &Update, nodes: &[NodeView], now: Timestamp) -> RolloutStatus {
     let stored = update.status.clone().unwrap_or_default();
@@ -126,11 +135,15 @@ pub fn build(update: &Update, nodes: &[NodeView], now: Timestamp) -> RolloutStat
                 },
                 current: view.and_then(|v| v.os_image.clone()),
                 since: if next { None } else { s.since.clone() },
-                reason: if next {
-                    "next: a slot is free".into()
-                } else {
-                    s.reason.clone()
-                },
+                reason: with_progress(
+                    if next {
+                        "next: a slot is free"
+                    } else {
+                        &s.reason
+                    },
+                    view.and_then(|v| v.progress.as_deref())
+                        .filter(|_| !matches!(s.phase.as_str(), "Done" | "Failed")),
+                ),
             }
         })
         .collect();
@@ -185,6 +198,58 @@ pub fn schema_json() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::cluster::annotations::{AgentPhase, Grant};
+    use serde_json::json;
+
+    #[test]
+    fn a_staging_node_shows_how_far_it_is() {
+        let mut u: Update = serde_json::from_value(json!({
+            "apiVersion": "housekeeper.io/v1alpha1", "kind": "Update",
+            "metadata": {"name": "os", "namespace": "hk", "uid": "u-1", "generation": 1},
+            "spec": {"osImageURL": "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:2",
+                     "maxUnavailable": 1},
+        }))
+        .unwrap();
+        u.metadata.uid = Some("u-1".into());
+        let staging = "staging: Receiving objects 43 %, 310.0 MiB at 2.0 MiB/s";
+        let node = |name: &str| NodeView {
+            name: name.into(),
+            ready: true,
+            os_image: Some("ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:1".into()),
+            progress: Some(staging.into()),
+            ..Default::default()
+        };
+        let g = Grant {
+            uid: "u-1".into(),
+            generation: 1,
+        };
+        let mut granted = node("a");
+        granted.grant = Some(g.clone());
+        granted.phase = Some(AgentPhase::Staging);
+        granted.phase_grant = Some(g.clone());
+        let mut done = node("c");
+        done.grant = Some(g.clone());
+        done.phase = Some(AgentPhase::Done);
+        done.phase_grant = Some(g);
+        let now = "2024-03-02T10:00:00Z".parse().unwrap();
+        let s = build(&u, &[granted, node("b"), done], now);
+        let reason = |name: &str| {
+            s.nodes
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.reason.clone())
+                .unwrap()
+        };
+        assert_eq!(reason("a"), staging, "in flight, staging its grant");
+        assert!(
+            reason("b").ends_with(&format!("; {staging}")) && reason("b").len() > staging.len(),
+            "waiting, pre-staging: {:?}",
+            reason("b")
+        );
+        assert!(!reason("c").contains("staging"), "{:?}", reason("c"));
+    }
+
     #[test]
     fn schema_matches_the_committed_one() {
         crate::testing::golden("schema/rollout-status.v1.json", &super::schema_json());

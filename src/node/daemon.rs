@@ -53,6 +53,9 @@ pub struct Seams {
     pub backend_name: String,
     pub rebooter: Box<dyn Rebooter>,
     pub observer: Box<dyn Observer>,
+    /// Where the backend reports its staging progress (the backend was given
+    /// [`ProgressSink::observer`]); shown by `hkd status` and on the Node.
+    pub progress: Option<ProgressSink>,
 }
 
 /// Runs the node agent until it fails. `root` is `/` on a host.
@@ -72,8 +75,9 @@ pub fn run(settings: &Settings, root: &Path, socket: &Path) -> anyhow::Result<()
         observer: Box::new(ProcBootId {
             proc_root: root.join("proc"),
         }),
+        progress: Some(progress),
     };
-    run_reporting(settings, root, socket, seams, Some(progress))
+    run_with(settings, root, socket, seams)
 }
 
 /// Runs the node agent on `seams` until it fails: everything of `hkd run` but the choice of
@@ -83,18 +87,6 @@ pub fn run_with(
     root: &Path,
     socket: &Path,
     seams: Seams,
-) -> anyhow::Result<()> {
-    run_reporting(settings, root, socket, seams, None)
-}
-
-/// [`run_with`], with the backend's staging progress (reported to `progress`) shown in the
-/// agent's status.
-fn run_reporting(
-    settings: &Settings,
-    root: &Path,
-    socket: &Path,
-    seams: Seams,
-    progress: Option<ProgressSink>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = metrics::bind(settings.metrics.listen)?;
@@ -134,7 +126,7 @@ fn run_reporting(
     };
     let (agent, first) = Agent::start(parts).context("starting the node agent")?;
     let shared = agent.shared();
-    if let Some(progress) = progress {
+    if let Some(progress) = seams.progress {
         progress.attach(shared.clone());
     }
     // A node that follows its cluster takes upgrades from its Update only: a local request
@@ -209,7 +201,8 @@ fn cluster_side(
         .coordinate
         .then(|| coordinator_config(settings, &node_name));
     tracing::info!("following the cluster as node {node_name}");
-    let settings = ClusterSettings {
+    #[allow(unused_mut)]
+    let mut settings = ClusterSettings {
         node_name,
         namespace: k.namespace.clone(),
         policy,
@@ -219,7 +212,20 @@ fn cluster_side(
         tuning: Tuning::default(),
         coordinator,
         liveness,
+        watchdog_bound: watchdog::DEFAULT_BOUND,
+        hang_follower: false,
     };
+    // Seams for the watchdog's end-to-end test only; a build without the test feature has none.
+    #[cfg(feature = "kube-tests")]
+    {
+        if let Some(s) = std::env::var("HKD_TEST_WATCHDOG_BOUND_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            settings.watchdog_bound = std::time::Duration::from_secs(s);
+        }
+        settings.hang_follower = std::env::var_os("HKD_TEST_HANG_FOLLOWER").is_some();
+    }
     Ok(Some(KubeNode::new(
         handle,
         client,

@@ -19,7 +19,10 @@
 //!   lifted, and a cordon hkd holds with no grant in progress is lifted too, so that no node is
 //!   left cordoned by a rollout that went away;
 //! - the coordinator may run here only while this node is not in flight: it steps down before
-//!   its own node drains.
+//!   its own node drains;
+//! - while the machine stages, how far it is goes to `progress`, at most once per
+//!   [`PROGRESS_EVERY`] (a few writes a minute, whatever the backend reports), and is removed
+//!   as soon as staging ends.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,8 @@ use jiff::Timestamp;
 
 use super::machine::{Event, Machine, State};
 use crate::cluster::annotations::{
-    AgentPhase, Grant, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, REASON, SINCE, STAGED,
+    shown_text, AgentPhase, Grant, NodeView, OS_IMAGE, PHASE, PHASE_GRANT, PROGRESS, REASON, SINCE,
+    STAGED,
 };
 use crate::cluster::selector::Selector;
 use crate::cluster::update::{target_image, validated_image, InFlight, Update};
@@ -48,7 +52,14 @@ pub struct Input<'a> {
     /// is retried at this pace, not in a loop.
     pub last_retry: Option<(&'a ImageRef, Timestamp)>,
     pub retry_after: jiff::SignedDuration,
+    /// How far staging is, in words, as the agent's status says (while it stages).
+    pub progress: Option<&'a str>,
+    /// When `progress` was last written to the Node.
+    pub progress_written: Option<Timestamp>,
 }
+
+/// The least time between two writes of a node's staging progress.
+pub const PROGRESS_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(20);
 
 /// How a grant ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +98,23 @@ pub struct Decision {
     pub wake_at: Option<Timestamp>,
     /// A grant not acted on, and why (one line for the log and the Node's Events).
     pub refused: Option<String>,
+}
+
+/// The change of the `progress` annotation, if one is due: the agent's words while the machine
+/// stages (as they will read back, so an unchanged text is not written again) once
+/// [`PROGRESS_EVERY`] has passed since the last write; removed at once when staging ends.
+fn progress(node: &NodeView, input: &Input<'_>) -> Option<Option<String>> {
+    let now = match (&input.machine.state, input.progress) {
+        (State::Staging { .. }, Some(p)) => Some(shown_text(&format!("staging: {p}"))),
+        _ => None,
+    };
+    if node.progress == now {
+        return None;
+    }
+    let due = input
+        .progress_written
+        .is_none_or(|at| input.now >= at + PROGRESS_EVERY);
+    (now.is_none() || due).then_some(now)
 }
 
 /// The Update this node works for, and the grant in progress under it.
@@ -209,6 +237,9 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     if node.staged != staged {
         d.annotations.insert(STAGED, staged);
+    }
+    if let Some(progress) = progress(node, &input) {
+        d.annotations.insert(PROGRESS, progress);
     }
 
     let Some(owner) = owner else {

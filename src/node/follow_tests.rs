@@ -68,6 +68,8 @@ fn input<'a>(node: Option<&'a NodeView>, updates: &'a [Update], m: &'a Machine) 
         now: now(),
         last_retry: None,
         retry_after: jiff::SignedDuration::from_secs(300),
+        progress: None,
+        progress_written: None,
     }
 }
 
@@ -395,4 +397,55 @@ fn a_grant_of_an_update_that_does_not_select_this_node_is_not_taken_up() {
     let begun = granted(node(), Some(AgentPhase::Draining));
     let d = run(Some(&begun), &[u], &machine(staged()));
     assert_eq!(d.refused, None);
+}
+
+#[test]
+fn staging_progress_is_shown_a_few_times_a_minute_and_removed_when_staging_ends() {
+    let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
+    let m = machine(State::Staging { target: img(IMG) });
+    let words = "Receiving objects 43 %, 310.0 MiB at 2.0 MiB/s";
+    let shown = Some(format!("staging: {words}"));
+    let n = node();
+    // First report: written at once.
+    let d = decide(Input {
+        progress: Some(words),
+        ..input(Some(&n), &u, &m)
+    });
+    assert_eq!(d.annotations.get(PROGRESS), Some(&shown));
+    // A newer report within PROGRESS_EVERY of the last write waits; after it, it is written.
+    let mut n = node();
+    n.progress = shown.clone();
+    let newer = "Receiving objects 80 %, 580.0 MiB at 2.0 MiB/s";
+    let recent = now() - jiff::SignedDuration::from_secs(5);
+    let d = decide(Input {
+        progress: Some(newer),
+        progress_written: Some(recent),
+        ..input(Some(&n), &u, &m)
+    });
+    assert_eq!(d.annotations.get(PROGRESS), None);
+    let d = decide(Input {
+        progress: Some(newer),
+        progress_written: Some(now() - PROGRESS_EVERY),
+        ..input(Some(&n), &u, &m)
+    });
+    assert_eq!(
+        d.annotations.get(PROGRESS),
+        Some(&Some(format!("staging: {newer}")))
+    );
+    // The same words are not written again, however long ago the last write was.
+    let d = decide(Input {
+        progress: Some(words),
+        ..input(Some(&n), &u, &m)
+    });
+    assert_eq!(d.annotations.get(PROGRESS), None);
+    // Staging over: removed at once, even right after a write.
+    let d = decide(Input {
+        progress: Some(words),
+        progress_written: Some(recent),
+        ..input(Some(&n), &u, &machine(staged()))
+    });
+    assert_eq!(d.annotations.get(PROGRESS), Some(&None));
+    // Nothing reported while staging: nothing written.
+    let d = run(Some(&node()), &u, &m);
+    assert_eq!(d.annotations.get(PROGRESS), None);
 }

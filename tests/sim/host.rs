@@ -6,15 +6,19 @@
 //! [`Observer`]): deployments are entries in `host.json`, staging sleeps `stage_ms` and makes
 //! a checksum from the image reference, a reboot boots the default deployment with a fresh
 //! boot id and ends the process (the simulation's supervisor starts hkd again, as systemd
-//! would at boot). An image reference containing `:bad` boots but fails the health gate
+//! would at boot). While it stages it reports its progress ten times, as rpm-ostree's
+//! transaction signals would, to the observer `hkd run` hands a backend. An image reference containing `:bad` boots but fails the health gate
 //! (its required check fails); one containing `:unstageable` fails to stage.
 
+use std::fmt;
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use housekeeper::image_ref::ImageRef;
 use housekeeper::node::agent::{Observer, RebootError, Rebooter};
+use housekeeper::os::rpmostree::{Observer as ProgressObserver, Progress};
 use housekeeper::os::{Backend, Deployment, Deployments, OsError};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +35,26 @@ pub struct HostState {
 pub struct SimHost {
     pub dir: PathBuf,
     pub stage_time: Duration,
+    pub reports: Reports,
 }
+
+/// Where staging reports its progress; none by default.
+#[derive(Clone, Default)]
+pub struct Reports(pub Option<Arc<ProgressObserver>>);
+
+impl fmt::Debug for Reports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Reports(on)"
+        } else {
+            "Reports(off)"
+        })
+    }
+}
+
+/// The size of a simulated pull, for its progress reports.
+const PULL_BYTES: u64 = 720 * 1024 * 1024;
+const PULL_OBJECTS: u32 = 180;
 
 fn checksum_of(image: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -120,7 +143,23 @@ impl Backend for SimHost {
     }
 
     fn stage(&self, target: &ImageRef) -> Result<String, OsError> {
-        std::thread::sleep(self.stage_time);
+        let step = self.stage_time / 10;
+        for tenth in 1..=10u32 {
+            std::thread::sleep(step);
+            if let Some(report) = &self.reports.0 {
+                report(&Progress::Percent {
+                    text: "Receiving objects".into(),
+                    percent: tenth * 10,
+                });
+                report(&Progress::Download {
+                    fetched: PULL_OBJECTS * tenth / 10,
+                    requested: PULL_OBJECTS,
+                    bytes: PULL_BYTES * u64::from(tenth) / 10,
+                    bytes_per_second: (PULL_BYTES as f64 / 10.0 / step.as_secs_f64().max(0.001))
+                        as u64,
+                });
+            }
+        }
         if target.raw.contains(":unstageable") {
             return Err(OsError::NotFound(format!(
                 "{}: manifest unknown",

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use host::{SimHost, SimReboot};
+use host::{Reports, SimHost, SimReboot};
 use housekeeper::config::hkd::Settings;
 use housekeeper::node::daemon::{run_with, Seams};
+use housekeeper::node::status::ProgressSink;
 
 /// Set in a re-executed test binary: run as the simulated node in this directory.
 pub const NODE_DIR_ENV: &str = "HOUSEKEEPER_SIM_NODE_DIR";
@@ -48,15 +49,19 @@ pub fn node_main_if_asked() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(200);
+    // The progress wiring of `hkd run`: the backend reports to the sink's observer.
+    let progress = ProgressSink::default();
     let host = SimHost {
         dir: dir.clone(),
         stage_time: Duration::from_millis(stage_ms),
+        reports: Reports(Some(progress.observer())),
     };
     let seams = Seams {
         backend: Box::new(host.clone()),
         backend_name: "simulated".into(),
         rebooter: Box::new(SimReboot { host: host.clone() }),
         observer: Box::new(host),
+        progress: Some(progress),
     };
     let result = run_with(&settings, &dir, &dir.join("hkd.sock"), seams);
     eprintln!("hkd ended: {result:?}");
@@ -171,6 +176,7 @@ retry = "1s"
             SimHost {
                 dir: dir.clone(),
                 stage_time: n.stage_time,
+                reports: Default::default(),
             }
             .create(&n.image)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -282,6 +288,7 @@ retry = "1s"
         SimHost {
             dir: self.root.join(name),
             stage_time: Duration::ZERO,
+            reports: Default::default(),
         }
     }
 

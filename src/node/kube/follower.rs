@@ -15,7 +15,7 @@ use kube::Api;
 
 use super::kubeadm::kubeadm;
 use super::{Inner, RETRY};
-use crate::cluster::annotations::CORDONED_BY_HKD;
+use crate::cluster::annotations::{CORDONED_BY_HKD, PROGRESS};
 use crate::cluster::ledger;
 use crate::cluster::update::Update;
 use crate::image_ref::ImageRef;
@@ -155,6 +155,8 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
     // The events last sent, and the machine state they were sent for.
     let mut sent: Option<(Vec<Event>, Machine)> = None;
     let mut last_retry: Option<(ImageRef, Timestamp)> = None;
+    // When the staging progress was last written to the Node (the decision paces it).
+    let mut progress_written: Option<Timestamp> = None;
     // What was last said about grants and annotations not acted on: each line once.
     let mut told: Vec<String> = Vec::new();
     // Nothing is decided on a half view: an Update not listed yet is not a withdrawn one.
@@ -165,6 +167,10 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
     inner.settings.liveness.start(super::FOLLOWER);
     loop {
         inner.follower_beat.beat();
+        if inner.settings.hang_follower {
+            tracing::warn!("the follower hangs on purpose (HKD_TEST_HANG_FOLLOWER)");
+            std::future::pending::<()>().await;
+        }
         // A refused credential: nothing is decided or taken up (an upgrade under way goes on
         // in the machine) until a watch is answered again.
         if refused_rx.borrow_and_update().is_some() {
@@ -185,6 +191,7 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
         let view = inner.node_view();
         let updates = inner.updates.borrow().clone();
         let booted = inner.booted_image();
+        let progress = inner.staging_progress();
         let now = Timestamp::now();
         let decision = follow::decide(follow::Input {
             node: view.as_ref(),
@@ -196,6 +203,8 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
             last_retry: last_retry.as_ref().map(|(t, at)| (t, *at)),
             retry_after: jiff::SignedDuration::try_from(inner.settings.stage_retry)
                 .unwrap_or(jiff::SignedDuration::from_secs(300)),
+            progress: progress.as_deref(),
+            progress_written,
         });
         let mut problems: Vec<(&str, String)> = view
             .iter()
@@ -223,6 +232,9 @@ pub(super) async fn follow_loop(inner: Arc<Inner>, inbox: Sender<Event>) {
             .map(|t| Duration::try_from(now.duration_until(t)).unwrap_or(Duration::ZERO));
         match perform(&inner, &decision).await {
             Ok(()) => {
+                if matches!(decision.annotations.get(PROGRESS), Some(Some(_))) {
+                    progress_written = Some(now);
+                }
                 let fresh = sent
                     .as_ref()
                     .is_none_or(|(e, m)| *e != decision.events || *m != machine);

@@ -46,7 +46,7 @@ use crate::cluster::kube_drain::{Drainer, Tuning};
 use crate::cluster::ledger;
 use crate::cluster::update::{InFlight, Update};
 use crate::image_ref::ImagePolicy;
-use crate::node::watchdog::{self, Liveness};
+use crate::node::watchdog::Liveness;
 use drain::drain;
 use follower::{follow_loop, watch_node, watch_updates};
 use supervise::supervise_coordinator;
@@ -88,6 +88,12 @@ pub struct Settings {
     pub coordinator: Option<coordinator::Config>,
     /// Where the follower, the drain and the coordinator show their progress (the watchdog).
     pub liveness: Arc<Liveness>,
+    /// A part silent for longer is taken for hung: [`crate::node::watchdog::DEFAULT_BOUND`] (the
+    /// watchdog's end-to-end test shortens it).
+    pub watchdog_bound: Duration,
+    /// The follower stops moving after its first round, as a loop stuck in an await would:
+    /// set only by the watchdog's end-to-end test, in builds with the test feature.
+    pub hang_follower: bool,
 }
 
 /// The state the follower, the drain and the coordinator supervisor share.
@@ -163,10 +169,11 @@ impl KubeNode {
         mut settings: Settings,
         inbox: Sender<Event>,
     ) -> (KubeNode, Starter) {
-        let follower_beat = settings.liveness.part(FOLLOWER, watchdog::DEFAULT_BOUND);
-        settings.tuning.heartbeat = settings.liveness.part(DRAIN, watchdog::DEFAULT_BOUND);
+        let bound = settings.watchdog_bound;
+        let follower_beat = settings.liveness.part(FOLLOWER, bound);
+        settings.tuning.heartbeat = settings.liveness.part(DRAIN, bound);
         if let Some(c) = settings.coordinator.as_mut() {
-            c.heartbeat = settings.liveness.part(COORDINATOR, watchdog::DEFAULT_BOUND);
+            c.heartbeat = settings.liveness.part(COORDINATOR, bound);
         }
         let inner = Arc::new(Inner {
             client,
@@ -274,6 +281,12 @@ impl Inner {
             .iter()
             .find(|d| d.booted)
             .and_then(|d| d.origin.clone())
+    }
+
+    /// How far staging is, in words, while the agent's status reports it.
+    fn staging_progress(&self) -> Option<String> {
+        let status = self.status.get()?.lock().ok()?;
+        status.progress.as_ref().map(|p| p.describe())
     }
 
     /// The Update that granted this node, when the grant is still open.
