@@ -928,3 +928,79 @@ fn a_finished_transaction_announces_the_changed_deployments() {
     assert_eq!(iface, "org.projectatomic.rpmostree1.Sysroot");
     assert!(changed.contains(&"Deployments".to_owned()), "{changed:?}");
 }
+
+/// `hkd run` itself over the stand-in on its system bus: the program's own wiring of the
+/// backend's progress signals to the status its socket serves, seen with `hkd status --json`
+/// while a slowed pull runs. (hkd is stopped before the stage ends: nothing here reboots.)
+#[test]
+fn hkd_run_serves_staging_progress_on_its_socket_while_it_pulls() {
+    use std::process::{Command, Stdio};
+
+    let lab = Lab::new();
+    lab.standin.model().pull_pause = Some(Duration::from_secs(20));
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/hkd/config.d")).unwrap();
+    std::fs::write(
+        r.join("etc/hkd/config.d/50-test.toml"),
+        "[os]\nbackend = \"rpm-ostree\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("proc/sys/kernel/random")).unwrap();
+    std::fs::write(r.join("proc/sys/kernel/random/boot_id"), "boot-0\n").unwrap();
+    let socket = r.join("hkd.sock");
+    let hkd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hkd"));
+        c.args(args)
+            .arg("--root")
+            .arg(r)
+            .arg("--socket")
+            .arg(&socket)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &lab.bus.address)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM");
+        c
+    };
+    let log = std::fs::File::create(r.join("hkd.log")).unwrap();
+    let mut daemon = hkd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(r.join("hkd.log")).unwrap_or_default();
+    let mut waited = 0;
+    while !socket.exists() {
+        assert!(waited < 300, "hkd run made no socket:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let asked = hkd(&["upgrade", SIGNED_V2]).output().unwrap();
+    assert!(asked.status.success(), "{asked:?}\n{}", log());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let json = loop {
+        let out = hkd(&["status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}\n{}", log());
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if json["progress"]["bytes"].as_u64().is_some_and(|b| b > 0) {
+            break json;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress in hkd status: {json}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(json["upgrade"]["phase"], "staging", "{json}");
+    assert_eq!(json["progress"]["task"], "Receiving objects", "{json}");
+    assert_eq!(json["progress"]["percent"], 50, "{json}");
+    assert_eq!(json["progress"]["objectsRequested"], 180, "{json}");
+    assert!(
+        log().contains("register"),
+        "hkd says whether it registered as the update driver:\n{}",
+        log()
+    );
+}
