@@ -25,7 +25,9 @@ use convert_support::{run, tool};
 
 const MIB: u64 = 1 << 20;
 
-/// A loop device over a file of `size` bytes filled with a pattern; detached on drop.
+/// A loop device over a file of `size` bytes filled with a pattern, its first 32 bytes unique
+/// to it (so that the installer can tell it from any other loop device of its size, as it
+/// can tell real disks apart); detached on drop.
 struct Loop {
     dev: String,
     file: PathBuf,
@@ -33,9 +35,23 @@ struct Loop {
 
 impl Loop {
     fn new(dir: &Path, name: &str, size: u64) -> Loop {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut pattern: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let stamp = Sha256::digest(format!(
+            "{} {} {:?} {}",
+            std::process::id(),
+            MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            std::time::SystemTime::now(),
+            dir.display()
+        ));
+        pattern[..32].copy_from_slice(&stamp);
+        Loop::over(dir, name, &pattern)
+    }
+
+    /// A loop device over a file holding exactly `bytes`.
+    fn over(dir: &Path, name: &str, bytes: &[u8]) -> Loop {
         let file = dir.join(name);
-        let pattern: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-        std::fs::write(&file, pattern).unwrap();
+        std::fs::write(&file, bytes).unwrap();
         let out = run(Command::new(tool("losetup", "mount"))
             .args(["--find", "--show"])
             .arg(&file));
@@ -43,6 +59,19 @@ impl Loop {
             dev: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
             file,
         }
+    }
+
+    fn read_all(&self) -> Vec<u8> {
+        std::fs::read(&self.dev).unwrap()
+    }
+
+    fn write_all(&self, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.dev)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
     }
 
     fn digest(&self) -> String {
@@ -467,7 +496,7 @@ fn a_url_that_stalls() {
     let disk = Loop::new(b.path(), "disk", 64 * MIB);
     let base = serve(|_, conn| {
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n\xFD7z");
-        std::thread::sleep(std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_secs(180));
     });
     let url = format!("{base}/metal.raw.xz");
     let started = std::time::Instant::now();
@@ -478,8 +507,10 @@ fn a_url_that_stalls() {
         )),
         "{line}"
     );
+    // The server holds the connection for 3 minutes; a run that ends well before (even on a
+    // loaded machine) was cut short by the 2 s stall timeout.
     assert!(
-        started.elapsed().as_secs() < 20,
+        started.elapsed().as_secs() < 90,
         "the stall was not cut short"
     );
 }
@@ -997,6 +1028,152 @@ fn install_refuses_a_corrupted_carried_image_before_writing() {
         console.contains(
             "bytes but the planned disk had 33554432: it is not the disk that was planned"
         ),
+        "{console}"
+    );
+    assert_eq!(disk.digest(), before);
+}
+
+// --- which disk: told apart by its first MiB, or not written -------------------------------
+
+impl Bench {
+    /// `plan -o json` for `disk`, made into the plan `convert` would carry (the image beside
+    /// it), written with an Ignition config; (plan path, Ignition path, the plan).
+    fn carried_plan(&self, disk: &Loop) -> (PathBuf, PathBuf, serde_json::Value) {
+        let out = x2nestos(&[
+            "plan",
+            "-o",
+            "json",
+            "--disk",
+            &disk.dev,
+            "--image",
+            self.image.to_str().unwrap(),
+            "--sha256",
+            &self.sha,
+            "--facts-root",
+            self.facts.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut plan = report["plan"].clone();
+        assert!(plan.is_object(), "no plan: {report}");
+        plan["image"]["carried"] = self.image.display().to_string().into();
+        let plan_path = self.path().join("plan.json");
+        std::fs::write(&plan_path, plan.to_string()).unwrap();
+        let ignition = self.path().join("config.ign");
+        std::fs::write(&ignition, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+        (plan_path, ignition, plan)
+    }
+}
+
+fn install(plan: &Path, ignition: &Path) -> (bool, String) {
+    let out = x2nestos(&[
+        "install",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+        "--device-wait",
+        "2",
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn two_disks_that_cannot_be_told_apart_are_refused_in_the_plan() {
+    let b = Bench::new();
+    // One size no other test uses, the same bytes on both: no serial, no by-id or by-path
+    // name, and the same first MiB.
+    let same = vec![0u8; (48 * MIB) as usize];
+    let disk = Loop::over(b.path(), "a", &same);
+    let twin = Loop::over(b.path(), "b", &same);
+    let line = b.refused(&disk, &[]);
+    assert!(
+        line.contains(&format!(
+            "{} cannot be told apart from {} after kexec",
+            disk.dev, twin.dev
+        )) && line.contains("write a partition table on the target first"),
+        "{line}"
+    );
+    // A partition table on the target tells it apart: planned, by its table id.
+    run(Command::new(tool("sfdisk", "fdisk"))
+        .arg(&disk.dev)
+        .stdin(std::fs::File::open(write_script(b.path(), "label: gpt\n")).unwrap()));
+    let (_, _, plan) = b.carried_plan(&disk);
+    let table = plan["disk"]["mark"]["table"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(table.starts_with("gpt:"), "{plan}");
+}
+
+fn write_script(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("sfdisk.script");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn after_a_swap_of_names_the_installer_writes_the_planned_disk_and_nothing_else() {
+    let b = Bench::new();
+    let planned = Loop::new(b.path(), "a", 56 * MIB);
+    let other = Loop::new(b.path(), "b", 56 * MIB);
+    let (plan_path, ignition, plan) = b.carried_plan(&planned);
+    assert_eq!(
+        plan["disk"]["mark"]["firstMibSha256"]
+            .as_str()
+            .map(str::len),
+        Some(64),
+        "{plan}"
+    );
+    // The two disks trade names, as kernel names may between boots: the planned disk's
+    // contents are now behind the other name.
+    let (a, o) = (planned.read_all(), other.read_all());
+    planned.write_all(&o);
+    other.write_all(&a);
+    let before = planned.digest();
+    let (ok, console) = install(&plan_path, &ignition);
+    assert!(ok, "{console}");
+    assert!(
+        console.contains(&format!("target {} (", other.dev)),
+        "found by its mark: {console}"
+    );
+    assert_eq!(
+        planned.digest(),
+        before,
+        "the disk under the planned name was written"
+    );
+    let raw = std::fs::read(b.path().join("metal.raw")).unwrap();
+    let written = other.read_all();
+    assert_eq!(written[..MIB as usize], raw[..MIB as usize], "first MiB");
+    // Run again in this boot (as after a failure past the first write): the same device is
+    // taken although its first MiB is the image's now.
+    let (ok, console) = install(&plan_path, &ignition);
+    assert!(ok, "{console}");
+    assert_eq!(planned.digest(), before);
+}
+
+#[test]
+fn a_disk_whose_first_mib_changed_after_the_plan_is_not_written() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "a", 56 * MIB);
+    let (plan_path, ignition, _) = b.carried_plan(&disk);
+    let mut bytes = disk.read_all();
+    bytes[4096..4112].copy_from_slice(b"someone was here");
+    disk.write_all(&bytes);
+    let before = disk.digest();
+    let (ok, console) = install(&plan_path, &ignition);
+    assert!(!ok, "{console}");
+    assert!(
+        console.contains("but the planned disk showed no partition table, first MiB sha256")
+            && console.contains("nothing was written: the disk is as it was"),
         "{console}"
     );
     assert_eq!(disk.digest(), before);

@@ -1,9 +1,12 @@
 //! Which whole disk the admin named, and what else lives on it.
 //!
-//! Reads a sysfs tree and /dev/disk/by-id links below a root directory (`/` on a machine, a
-//! temp dir in tests) and parses /proc/self/mountinfo and /proc/swaps from text. Nothing here
-//! opens a device. Device names change order between boots, so the disk is described by
-//! by-id names, serial and size too; the installer re-checks those after kexec.
+//! Reads a sysfs tree and /dev/disk/by-id and by-path links below a root directory (`/` on a
+//! machine, a temp dir in tests) and parses /proc/self/mountinfo and /proc/swaps from text.
+//! Device names change order between boots, so the disk is described by by-id and by-path
+//! names, serial and size too, and by its [`Mark`] — the partition table's id and a digest of
+//! its first MiB, the only thing here that opens a device (read-only, [`read_mark`]). The
+//! installer finds the disk again after kexec by these and re-checks them: two disks of one
+//! size without serial or stable names are told apart by their marks, or not written at all.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,12 +21,96 @@ pub struct Disk {
     pub dev: String,
     /// Names under /dev/disk/by-id pointing at it, sorted.
     pub by_id: Vec<String>,
+    /// Names under /dev/disk/by-path pointing at it (where it sits on its bus), sorted.
+    pub by_path: Vec<String>,
     pub serial: Option<String>,
     pub size_bytes: u64,
     pub logical_sector_size: u32,
     pub partitions: Vec<Partition>,
     /// Devices stacked on the disk or its partitions (LVM, MD, dm-crypt).
     pub holders: Vec<Holder>,
+    /// What its first MiB says, once read ([`read_mark`]); `None` until then.
+    pub mark: Option<Mark>,
+}
+
+/// What a disk's first MiB says about it: its partition table's id and a digest of the MiB.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mark {
+    /// `gpt:` and the disk GUID, `dos:` and the MBR disk signature; `None` without a table.
+    pub table: Option<String>,
+    /// SHA-256 of the first MiB (or the whole disk, when smaller), hex.
+    pub first_mib_sha256: String,
+}
+
+impl Mark {
+    /// Reads the mark from a disk's first bytes (`head`, up to 1 MiB) with `sector` bytes per
+    /// logical sector. Pure.
+    pub fn of(head: &[u8], sector: usize) -> Mark {
+        use sha2::{Digest, Sha256};
+        Mark {
+            table: gpt_guid(head, sector)
+                .map(|g| format!("gpt:{g}"))
+                .or_else(|| mbr_id(head).map(|id| format!("dos:{id:08x}"))),
+            first_mib_sha256: hex::encode(Sha256::digest(head)),
+        }
+    }
+
+    /// For people: the table id, else the digest's start.
+    pub fn describe(&self) -> String {
+        match &self.table {
+            Some(t) => t.clone(),
+            None => format!(
+                "no partition table, first MiB sha256 {}…",
+                &self.first_mib_sha256[..16]
+            ),
+        }
+    }
+}
+
+/// The GUID of a GPT whose header is in LBA 1 (`EFI PART`), in its usual text form.
+fn gpt_guid(head: &[u8], sector: usize) -> Option<String> {
+    let h = head.get(sector..sector + 72)?;
+    if &h[..8] != b"EFI PART" {
+        return None;
+    }
+    let g = &h[56..72];
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        g[3],
+        g[2],
+        g[1],
+        g[0],
+        g[5],
+        g[4],
+        g[7],
+        g[6],
+        g[8],
+        g[9],
+        hex::encode(&g[10..16])
+    ))
+}
+
+/// The disk signature of an MBR (boot signature 0x55AA), when it is not zero.
+fn mbr_id(head: &[u8]) -> Option<u32> {
+    let mbr = head.get(..512)?;
+    if mbr[510..512] != [0x55, 0xaa] {
+        return None;
+    }
+    let id = u32::from_le_bytes(mbr[440..444].try_into().ok()?);
+    (id != 0).then_some(id)
+}
+
+/// How much of a disk its [`Mark`] covers.
+pub const MARK_BYTES: usize = 1 << 20;
+
+/// Reads `disk`'s first MiB from `/dev/NAME` below `root` (read-only) and returns its mark.
+pub fn read_mark(root: &Path, disk: &Disk) -> std::io::Result<Mark> {
+    use std::io::Read;
+    let len = MARK_BYTES.min(disk.size_bytes as usize);
+    let mut head = vec![0u8; len];
+    fs::File::open(root.join("dev").join(&disk.name))?.read_exact(&mut head)?;
+    Ok(Mark::of(&head, disk.logical_sector_size.max(512) as usize))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +204,8 @@ pub fn resolve(root: &Path, named: &str) -> Result<Disk, Refusal> {
         .filter(|s| !s.is_empty());
     Ok(Disk {
         dev: read_trimmed(&dir.join("dev"))?,
-        by_id: by_id(root, &name),
+        by_id: links(root, "by-id", &name),
+        by_path: links(root, "by-path", &name),
         serial,
         size_bytes: sectors(&dir)?,
         logical_sector_size: read_trimmed(&dir.join("queue/logical_block_size"))?
@@ -126,7 +214,20 @@ pub fn resolve(root: &Path, named: &str) -> Result<Disk, Refusal> {
         partitions,
         holders,
         name,
+        mark: None,
     })
+}
+
+/// Every whole disk below `root`'s `/sys/block` that resolves (marks not read).
+pub fn all(root: &Path) -> Vec<Disk> {
+    let mut out: Vec<Disk> = fs::read_dir(root.join("sys/block"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| resolve(root, &format!("/dev/{}", e.file_name().to_string_lossy())).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// The kernel name (`vda`) behind a /dev path, following /dev/disk/* links below `root`.
@@ -155,8 +256,9 @@ fn kernel_name(root: &Path, named: &str) -> Result<String, Refusal> {
     Ok(name)
 }
 
-fn by_id(root: &Path, name: &str) -> Vec<String> {
-    let dir = root.join("dev/disk/by-id");
+/// The names under `/dev/disk/KIND` (below `root`) that point at the device `name`, sorted.
+fn links(root: &Path, kind: &str, name: &str) -> Vec<String> {
+    let dir = root.join("dev/disk").join(kind);
     let mut ids: Vec<String> = fs::read_dir(&dir)
         .into_iter()
         .flatten()
@@ -167,7 +269,7 @@ fn by_id(root: &Path, name: &str) -> Vec<String> {
                 .and_then(|t| t.file_name().map(|n| n == name))
                 .unwrap_or(false)
         })
-        .map(|e| format!("/dev/disk/by-id/{}", e.file_name().to_string_lossy()))
+        .map(|e| format!("/dev/disk/{kind}/{}", e.file_name().to_string_lossy()))
         .collect();
     ids.sort();
     ids
@@ -364,8 +466,11 @@ pub fn describe(disk: &Disk, uses: &[Use]) -> Vec<String> {
         disk.serial.as_deref().unwrap_or("unknown"),
         disk.by_id
             .first()
+            .into_iter()
+            .chain(disk.by_path.first())
             .map(|id| format!(", {id}"))
-            .unwrap_or_default()
+            .chain(disk.mark.as_ref().map(|m| format!(", {}", m.describe())))
+            .collect::<String>()
     )];
     for p in &disk.partitions {
         lines.push(format!("partition {} ({} bytes)", p.name, p.size_bytes));
@@ -625,6 +730,39 @@ Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
     }
 
     #[test]
+    fn a_mark_names_the_table_and_digests_the_first_mib() {
+        let mut head = vec![0u8; 64 << 10];
+        let blank = Mark::of(&head, 512);
+        assert_eq!(blank.table, None);
+        assert!(blank
+            .describe()
+            .starts_with("no partition table, first MiB sha256 "));
+        // An MBR with a disk signature.
+        head[440..444].copy_from_slice(&0x1234_abcdu32.to_le_bytes());
+        head[510] = 0x55;
+        head[511] = 0xaa;
+        let dos = Mark::of(&head, 512);
+        assert_eq!(dos.table.as_deref(), Some("dos:1234abcd"));
+        assert_ne!(dos.first_mib_sha256, blank.first_mib_sha256);
+        // A GPT header in LBA 1 wins over its protective MBR; the GUID's first three fields
+        // are little-endian on disk.
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[512 + 56..512 + 72].copy_from_slice(&[
+            0x78, 0x56, 0x34, 0x12, 0xbc, 0x9a, 0xf0, 0xde, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ]);
+        assert_eq!(
+            Mark::of(&head, 512).table.as_deref(),
+            Some("gpt:12345678-9abc-def0-0123-456789abcdef")
+        );
+        // On a 4Kn disk LBA 1 is at 4096.
+        assert_eq!(Mark::of(&head, 4096).table.as_deref(), Some("dos:1234abcd"));
+        // Short or empty input: no table, no panic.
+        assert_eq!(Mark::of(&head[..100], 512).table, None);
+        assert_eq!(Mark::of(&[], 512).table, None);
+    }
+
+    #[test]
     fn this_machines_mountinfo_parses() {
         // Real text from /proc: whatever is mounted, parsing it must not panic, and a disk
         // that does not exist matches nothing.
@@ -634,11 +772,13 @@ Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
             name: "nonexistent".into(),
             dev: "4095:4095".into(),
             by_id: vec![],
+            by_path: vec![],
             serial: None,
             size_bytes: 0,
             logical_sector_size: 512,
             partitions: vec![],
             holders: vec![],
+            mark: None,
         };
         assert_eq!(uses(&disk, &mountinfo, &swaps), vec![]);
     }

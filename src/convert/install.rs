@@ -166,6 +166,7 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     let expected = plan.image.sha256.map(Sha256Sum::bytes);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
     let target = WriteTarget::open(&device).map_err(|e| untouched(e.into()))?;
+    note_chosen(&plan, &disk).map_err(untouched)?;
     wipe(&disk, &target).map_err(touched)?;
     log.say(format!(
         "old signatures wiped ({} partition(s), backup partition table)",
@@ -201,18 +202,50 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     Ok(())
 }
 
-/// All whole disks the kernel shows now.
+/// All whole disks the kernel shows now, their marks read.
 fn disks() -> Vec<Disk> {
-    let mut out = Vec::new();
-    if let Ok(entries) = fs::read_dir("/sys/block") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Ok(d) = disk::resolve(Path::new("/"), &format!("/dev/{name}")) {
-                out.push(d);
-            }
-        }
-    }
-    out
+    let root = Path::new("/");
+    disk::all(root)
+        .into_iter()
+        .map(|mut d| {
+            d.mark = disk::read_mark(root, &d).ok();
+            d
+        })
+        .collect()
+}
+
+/// Where a run notes, before its first write, the device it chose for this plan in this boot:
+/// a later run in the same boot (after a failure past the first write, when the disk's first
+/// MiB may already be the new image's) takes the same device without comparing its mark.
+/// Named by a digest of the plan's disk; /run is root's, and a tmpfs a reboot empties.
+fn chosen_record(plan: &ConversionPlan) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let key = Sha256::digest(serde_json::to_vec(&plan.disk).unwrap_or_default());
+    PathBuf::from(format!("/run/x2nestos/chosen-{}", &hex::encode(key)[..16]))
+}
+
+fn this_boot() -> String {
+    crate::sys::boot_id(Path::new("/proc"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The device (`major:minor`) an earlier run in this boot chose for this plan.
+fn chosen_earlier(plan: &ConversionPlan) -> Option<String> {
+    let text = fs::read_to_string(chosen_record(plan)).ok()?;
+    let (boot, dev) = text.trim().split_once(' ')?;
+    (boot == this_boot()).then(|| dev.to_owned())
+}
+
+fn note_chosen(plan: &ConversionPlan, disk: &Disk) -> anyhow::Result<()> {
+    let path = chosen_record(plan);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create("/run/x2nestos")?;
+    fs::write(&path, format!("{} {}\n", this_boot(), disk.dev))
+        .with_context(|| format!("noting the chosen disk in {}", path.display()))
 }
 
 fn wait_for_disk(plan: &ConversionPlan, wait: Duration, log: &mut Log) -> anyhow::Result<Disk> {
@@ -220,10 +253,11 @@ fn wait_for_disk(plan: &ConversionPlan, wait: Duration, log: &mut Log) -> anyhow
     let mut said = false;
     loop {
         let all = disks();
-        let found = plan::find_disk(&plan.disk, &all).cloned();
+        let chosen = chosen_earlier(plan);
+        let found = plan::find_disk(&plan.disk, &all, chosen.as_deref()).cloned();
         let checked = found
             .as_ref()
-            .map(|d| plan::recheck(&plan.disk, d))
+            .map(|d| plan::recheck(&plan.disk, d, chosen.as_deref() == Some(d.dev.as_str())))
             .unwrap_or_else(|| {
                 Err(format!(
                     "no disk like the planned /dev/{} is present",

@@ -575,9 +575,11 @@ mod tests {
                 named: "/dev/disk/by-id/virtio-x".into(),
                 name: "vda".into(),
                 by_id: vec![],
+                by_path: vec![],
                 serial: Some("S1".into()),
                 size_bytes: 1 << 30,
                 sector_size: 512,
+                mark: None,
             },
             image: PlannedImage {
                 source: source::Source::File("/srv/metal.raw".into()),

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::disk::Disk;
+use super::disk::{Disk, Mark};
 use super::image::verify::Sha256Sum;
 use super::network::Capture;
 use super::preflight::{Finding, Severity, Signature};
@@ -98,9 +98,16 @@ pub struct PlannedDisk {
     pub name: String,
     #[serde(default)]
     pub by_id: Vec<String>,
+    /// Where it sat on its bus (`/dev/disk/by-path/…`): stable across boots of one machine.
+    #[serde(default)]
+    pub by_path: Vec<String>,
     pub serial: Option<String>,
     pub size_bytes: u64,
     pub sector_size: u32,
+    /// Its partition table's id and first MiB's digest at plan time, re-checked after kexec
+    /// (plans written before marks were recorded have none).
+    #[serde(default)]
+    pub mark: Option<Mark>,
 }
 
 impl PlannedDisk {
@@ -109,11 +116,31 @@ impl PlannedDisk {
             named: named.to_owned(),
             name: disk.name.clone(),
             by_id: disk.by_id.clone(),
+            by_path: disk.by_path.clone(),
             serial: disk.serial.clone(),
             size_bytes: disk.size_bytes,
             sector_size: disk.logical_sector_size,
+            mark: disk.mark.clone(),
         }
     }
+}
+
+/// The other disks the installer could take for `target` after kexec, when names may have
+/// changed: no by-id or by-path name of its own, the same size and serial (or none), and no
+/// mark that differs. A plan for such a disk is refused. Pure.
+pub fn confusable<'a>(target: &Disk, others: &'a [Disk]) -> Vec<&'a Disk> {
+    if !target.by_id.is_empty() || !target.by_path.is_empty() {
+        return Vec::new();
+    }
+    others
+        .iter()
+        .filter(|d| d.name != target.name)
+        .filter(|d| d.size_bytes == target.size_bytes && d.serial == target.serial)
+        .filter(|d| match (&d.mark, &target.mark) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        })
+        .collect()
 }
 
 /// How the installer gets the image.
@@ -308,7 +335,11 @@ pub fn install_links(capture: &Capture) -> Vec<InstallLink> {
 
 /// Checks, after kexec, that `found` is the disk that was planned: same size, and the same
 /// serial when the disk has one. One line saying what differs when it is not.
-pub fn recheck(planned: &PlannedDisk, found: &Disk) -> Result<(), String> {
+///
+/// `chosen_earlier`: an earlier run of the installer in this boot chose this very device for
+/// this plan before its first write; its first MiB may be the new image's since, so its mark
+/// is not compared (names do not change within a boot).
+pub fn recheck(planned: &PlannedDisk, found: &Disk, chosen_earlier: bool) -> Result<(), String> {
     if found.size_bytes != planned.size_bytes {
         return Err(format!(
             "/dev/{} has {} bytes but the planned disk had {}: it is not the disk that was planned; nothing was written, reboot and run x2nestos again",
@@ -323,21 +354,61 @@ pub fn recheck(planned: &PlannedDisk, found: &Disk) -> Result<(), String> {
             planned.serial.as_deref().unwrap_or("(none)")
         ));
     }
+    if let Some(mark) = planned.mark.as_ref().filter(|_| !chosen_earlier) {
+        if found.mark.as_ref() != Some(mark) {
+            return Err(format!(
+                "/dev/{} shows {} but the planned disk showed {}: it is not the disk that was planned, or its first MiB changed since; nothing was written, reboot and run x2nestos again",
+                found.name,
+                found
+                    .mark
+                    .as_ref()
+                    .map_or_else(|| "nothing readable".to_owned(), Mark::describe),
+                mark.describe()
+            ));
+        }
+    }
     Ok(())
 }
 
-/// Finds the planned disk among the disks present after kexec: by its by-id names first,
-/// then by kernel name, then by serial; the caller re-checks it with [`recheck`].
-pub fn find_disk<'a>(planned: &PlannedDisk, disks: &'a [Disk]) -> Option<&'a Disk> {
-    disks
-        .iter()
-        .find(|d| d.by_id.iter().any(|id| planned.by_id.contains(id)))
+/// Finds the planned disk among the disks present after kexec (their marks read): the device
+/// (`major:minor`) an earlier run in this boot `chosen` for this plan, if any; else by its
+/// by-id names, then by serial, by its by-path name, by its mark when exactly one disk shows
+/// it, and last by kernel name; the caller re-checks it with [`recheck`], so a disk found by
+/// name whose mark differs is not written.
+pub fn find_disk<'a>(
+    planned: &PlannedDisk,
+    disks: &'a [Disk],
+    chosen: Option<&str>,
+) -> Option<&'a Disk> {
+    chosen
+        .and_then(|dev| disks.iter().find(|d| d.dev == dev))
+        .or_else(|| {
+            disks
+                .iter()
+                .find(|d| d.by_id.iter().any(|id| planned.by_id.contains(id)))
+        })
         .or_else(|| {
             planned.serial.as_ref().and_then(|serial| {
                 disks.iter().find(|d| {
                     d.serial.as_ref() == Some(serial) && d.size_bytes == planned.size_bytes
                 })
             })
+        })
+        .or_else(|| {
+            disks
+                .iter()
+                .find(|d| d.by_path.iter().any(|p| planned.by_path.contains(p)))
+        })
+        .or_else(|| {
+            // Only a mark no other disk shows: two copies of one first MiB name neither.
+            let mark = planned.mark.as_ref()?;
+            let mut same = disks
+                .iter()
+                .filter(|d| d.mark.as_ref() == Some(mark) && d.size_bytes == planned.size_bytes);
+            match (same.next(), same.next()) {
+                (Some(d), None) => Some(d),
+                _ => None,
+            }
         })
         .or_else(|| disks.iter().find(|d| d.name == planned.name))
 }
@@ -429,6 +500,7 @@ mod tests {
             name: name.into(),
             dev: "253:0".into(),
             by_id: vec![format!("/dev/disk/by-id/virtio-{name}")],
+            by_path: vec![],
             serial: serial.map(str::to_owned),
             size_bytes: size,
             logical_sector_size: 512,
@@ -439,6 +511,7 @@ mod tests {
                 size_bytes: size - MIB,
             }],
             holders: vec![],
+            mark: None,
         }
     }
 
@@ -558,20 +631,110 @@ mod tests {
     #[test]
     fn the_disk_after_kexec_must_be_the_planned_one() {
         let planned = PlannedDisk::of("/dev/vda", &disk("vda", Some("S1"), 8 << 30));
-        assert_eq!(recheck(&planned, &disk("vda", Some("S1"), 8 << 30)), Ok(()));
-        let err = recheck(&planned, &disk("vda", Some("S1"), 4 << 30)).unwrap_err();
+        assert_eq!(
+            recheck(&planned, &disk("vda", Some("S1"), 8 << 30), false),
+            Ok(())
+        );
+        let err = recheck(&planned, &disk("vda", Some("S1"), 4 << 30), false).unwrap_err();
         assert!(
             err.contains("has 4294967296 bytes but the planned disk had 8589934592"),
             "{err}"
         );
         assert!(err.contains("nothing was written"), "{err}");
-        let err = recheck(&planned, &disk("vda", Some("S2"), 8 << 30)).unwrap_err();
+        let err = recheck(&planned, &disk("vda", Some("S2"), 8 << 30), false).unwrap_err();
         assert!(
             err.contains("serial S2 but the planned disk had S1"),
             "{err}"
         );
-        let err = recheck(&planned, &disk("vda", None, 8 << 30)).unwrap_err();
+        let err = recheck(&planned, &disk("vda", None, 8 << 30), false).unwrap_err();
         assert!(err.contains("serial (none)"), "{err}");
+    }
+
+    /// A disk as a loop device shows it: no by-id or by-path name, no serial.
+    fn bare(name: &str, size: u64, table: Option<&str>, digest: &str) -> Disk {
+        Disk {
+            by_id: vec![],
+            mark: Some(Mark {
+                table: table.map(str::to_owned),
+                first_mib_sha256: digest.into(),
+            }),
+            ..disk(name, None, size)
+        }
+    }
+
+    #[test]
+    fn disks_without_stable_names_are_told_apart_by_their_marks_or_refused() {
+        let a = bare("loop0", 8 << 30, Some("gpt:aaaa"), "d1");
+        let b = bare("loop1", 8 << 30, Some("gpt:bbbb"), "d2");
+        let blank_a = bare("loop0", 8 << 30, None, "zeros");
+        let blank_b = bare("loop1", 8 << 30, None, "zeros");
+        assert!(confusable(&a, &[a.clone(), b.clone()]).is_empty());
+        let same = confusable(&blank_a, std::slice::from_ref(&blank_b));
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0].name, "loop1");
+        // Another size, or a stable name of its own, is told apart.
+        assert!(confusable(&blank_a, &[bare("loop1", 4 << 30, None, "zeros")]).is_empty());
+        let mut named = blank_a.clone();
+        named.by_path = vec!["/dev/disk/by-path/pci-0000:00:05.0".into()];
+        assert!(confusable(&named, std::slice::from_ref(&blank_b)).is_empty());
+
+        // After kexec the names swapped: found by its mark, not by its old name.
+        let planned = PlannedDisk::of("/dev/loop0", &a);
+        let swapped = [
+            Disk {
+                name: "loop0".into(),
+                ..b.clone()
+            },
+            Disk {
+                name: "loop1".into(),
+                ..a.clone()
+            },
+        ];
+        let found = find_disk(&planned, &swapped, None).unwrap();
+        assert_eq!(found.name, "loop1");
+        assert_eq!(recheck(&planned, found, false), Ok(()));
+        // Its first MiB changed since the plan: found by name, refused by the recheck.
+        let changed = [bare("loop0", 8 << 30, Some("gpt:cccc"), "d3")];
+        let found = find_disk(&planned, &changed, None).unwrap();
+        let err = recheck(&planned, found, false).unwrap_err();
+        assert!(
+            err.contains("shows gpt:cccc but the planned disk showed gpt:aaaa")
+                && err.contains("nothing was written"),
+            "{err}"
+        );
+        // Two disks with the planned mark: neither is taken by it.
+        let twins = [
+            Disk {
+                name: "loop5".into(),
+                ..a.clone()
+            },
+            Disk {
+                name: "loop6".into(),
+                ..a.clone()
+            },
+        ];
+        assert_eq!(find_disk(&planned, &twins, None), None);
+        // The same device chosen by an earlier run in this boot, written since: found first,
+        // and taken.
+        let rerun = [
+            b.clone(),
+            Disk {
+                dev: "7:0".into(),
+                ..bare("loop0", 8 << 30, Some("gpt:image"), "new")
+            },
+        ];
+        let found = find_disk(&planned, &rerun, Some("7:0")).unwrap();
+        assert_eq!(
+            found.mark.as_ref().and_then(|m| m.table.as_deref()),
+            Some("gpt:image")
+        );
+        assert_eq!(recheck(&planned, found, true), Ok(()));
+        // A plan from before marks: checked as before.
+        let old = PlannedDisk {
+            mark: None,
+            ..planned.clone()
+        };
+        assert_eq!(recheck(&old, &changed[0], false), Ok(()));
     }
 
     #[test]
@@ -583,18 +746,20 @@ mod tests {
         let mut other = disk("vda", Some("S9"), 8 << 30);
         other.by_id = vec!["/dev/disk/by-id/virtio-another".into()];
         let disks = vec![other.clone(), moved.clone()];
-        assert_eq!(find_disk(&planned, &disks).unwrap().name, "vdb");
+        assert_eq!(find_disk(&planned, &disks, None).unwrap().name, "vdb");
         // No by-id names: serial and size.
         planned.by_id.clear();
         moved.by_id.clear();
         assert_eq!(
-            find_disk(&planned, &[other.clone(), moved]).unwrap().name,
+            find_disk(&planned, &[other.clone(), moved], None)
+                .unwrap()
+                .name,
             "vdb"
         );
         // Nothing but the name: found, and the recheck then says it is another disk.
-        let found = find_disk(&planned, std::slice::from_ref(&other)).unwrap();
-        assert!(recheck(&planned, found).is_err());
-        assert!(find_disk(&planned, &[]).is_none());
+        let found = find_disk(&planned, std::slice::from_ref(&other), None).unwrap();
+        assert!(recheck(&planned, found, false).is_err());
+        assert!(find_disk(&planned, &[], None).is_none());
     }
 
     #[test]

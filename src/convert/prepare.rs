@@ -86,8 +86,13 @@ pub fn prepare(opts: &Options) -> Prepared {
 pub struct Gathered {
     /// The preflight facts from the facts root (disk, memory and image figures are decided).
     pub facts: Facts,
-    /// The named disk, or why it cannot be one.
+    /// The named disk (its mark read), or why it cannot be one.
     pub disk: Result<Disk, disk::Refusal>,
+    /// Why the named disk's first MiB could not be read, if it could not.
+    pub mark_error: Option<String>,
+    /// The other disks of the named disk's size and serial, their marks read: the installer
+    /// must be able to tell it from each ([`plan::confusable`]).
+    pub lookalikes: Vec<Disk>,
     /// `/proc/self/mountinfo` and `/proc/swaps`: what else lives on the disk.
     pub mountinfo: String,
     pub swaps: String,
@@ -130,7 +135,23 @@ pub fn gather(opts: &Options) -> Gathered {
     let root = &opts.facts_root;
     let read = |rel: &str| fs::read_to_string(root.join(rel)).unwrap_or_default();
     let machine = Path::new("/");
-    let disk = disk::resolve(machine, &opts.disk);
+    let mut disk = disk::resolve(machine, &opts.disk);
+    let mut mark_error = None;
+    let mut lookalikes = Vec::new();
+    if let Ok(d) = &mut disk {
+        match disk::read_mark(machine, d) {
+            Ok(m) => d.mark = Some(m),
+            Err(e) => mark_error = Some(format!("reading /dev/{}'s first MiB: {e}", d.name)),
+        }
+        lookalikes = disk::all(machine)
+            .into_iter()
+            .filter(|o| o.name != d.name && o.size_bytes == d.size_bytes && o.serial == d.serial)
+            .map(|mut o| {
+                o.mark = disk::read_mark(machine, &o).ok();
+                o
+            })
+            .collect();
+    }
     let cmdline = read("proc/cmdline");
     let release = read("proc/sys/kernel/osrelease").trim().to_owned();
     let kernel = root.join(format!("boot/vmlinuz-{release}"));
@@ -148,6 +169,8 @@ pub fn gather(opts: &Options) -> Gathered {
         },
         image: gather_image(opts, disk.as_ref().ok(), &cmdline),
         disk,
+        mark_error,
+        lookalikes,
         kernel_present: kernel.exists(),
         kernel,
         release,
@@ -228,6 +251,25 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
             let uses: Vec<Use> = disk::uses(&disk, &g.mountinfo, &g.swaps);
             if let Err(e) = disk::check_in_use(&disk, &uses) {
                 facts.disk_refusal = Some(e.to_string());
+            }
+            if let Some(e) = &g.mark_error {
+                findings.push(blocking(
+                    "disk-identity",
+                    format!("{e}; the installer re-checks it after kexec, so it must be readable"),
+                ));
+            }
+            let alike = plan::confusable(&disk, &g.lookalikes);
+            if !alike.is_empty() {
+                let names: Vec<String> = alike.iter().map(|d| format!("/dev/{}", d.name)).collect();
+                findings.push(blocking(
+                    "disk-identity",
+                    format!(
+                        "/dev/{} cannot be told apart from {} after kexec (same size, no serial, no by-id or by-path name, the same first MiB); write a partition table on the target first (sgdisk -o /dev/{}) or detach the others",
+                        disk.name,
+                        names.join(", "),
+                        disk.name
+                    ),
+                ));
             }
             facts.disk_size = Some(disk.size_bytes);
             destroyed.extend(disk::describe(&disk, &uses));
@@ -624,12 +666,16 @@ mod tests {
                 name: "vda".into(),
                 dev: "253:0".into(),
                 by_id: vec!["/dev/disk/by-id/virtio-S1".into()],
+                by_path: vec![],
                 serial: Some("S1".into()),
                 size_bytes: 8 << 30,
                 logical_sector_size: 512,
                 partitions: vec![],
                 holders: vec![],
+                mark: None,
             }),
+            mark_error: None,
+            lookalikes: vec![],
             mountinfo: String::new(),
             swaps: String::new(),
             release: "6.1.0-test".into(),
