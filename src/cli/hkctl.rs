@@ -136,6 +136,19 @@ pub struct UpgradeArgs {
     /// Which nodes: a label selector (pool=a,zone in (x,y),!legacy)
     #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
     pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// At most N nodes out of service per zone (per value of --topology-key)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_unavailable_per_zone: Option<i32>,
+    /// At most N zones with a node out of service at once (1: one zone at a time)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_unavailable_zones: Option<i32>,
+    /// The node label the zone limits count by [default: topology.kubernetes.io/zone]
+    #[arg(long, value_name = "KEY")]
+    pub topology_key: Option<String>,
+    /// Hold each node while a pod matching this selector runs on it (app=backup)
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub blocking_pod_selector:
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     /// A maintenance window, repeatable: "[DAYS ]HH:MM-HH:MM[ ZONE]"
     #[arg(long = "window", value_name = "WINDOW", value_parser = parse_window)]
     pub windows: Vec<Window>,
@@ -297,6 +310,10 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 max_unavailable: a.max_unavailable,
                 max_failed: a.max_failed,
                 selector: a.selector,
+                max_unavailable_per_zone: a.max_unavailable_per_zone,
+                max_unavailable_zones: a.max_unavailable_zones,
+                topology_key: a.topology_key,
+                blocking_pod_selector: a.blocking_pod_selector,
                 windows: if a.no_windows {
                     Some(Vec::new())
                 } else {

@@ -57,7 +57,7 @@ use super::annotations::NodeView;
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::ledger::{self, Standing};
-use super::plan::{plan, RolloutPlan, COMPLETE, HALTED, PAUSED};
+use super::plan::{plan_with, RolloutPlan, COMPLETE, HALTED, PAUSED};
 use super::update::{ImagePolicy, Update, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
@@ -95,6 +95,9 @@ pub struct Config {
     pub wall_offset: jiff::SignedDuration,
     /// Beaten on every wake-up, leading or not (hkd's watchdog listens).
     pub heartbeat: super::heartbeat::Heartbeat,
+    /// How often an Update held by something no watch reports (a blocking pod) is planned
+    /// again: how long a node waits after its blocking pod is gone.
+    pub recheck_every: Duration,
     /// A seam for tests only: after this many ledger writes that record grants, the process
     /// stops itself (SIGSTOP) right before sending the next one, as a coordinator frozen
     /// between its last check of the term and its write would; a test continues it.
@@ -115,6 +118,7 @@ impl Config {
             wall_offset: jiff::SignedDuration::ZERO,
             stop_before_grant: None,
             heartbeat: Default::default(),
+            recheck_every: Duration::from_secs(10),
         }
     }
 }
@@ -469,6 +473,7 @@ impl Coordinator {
     ) -> Result<Option<Duration>> {
         let what = format!("Update {}/{}", self.config.namespace, updates[i].name_any());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
+        let pods_api = Api::all(self.client.clone());
         for attempt in 0..CONFLICT_RETRIES {
             if attempt > 0 {
                 let fresh = self
@@ -493,8 +498,14 @@ impl Coordinator {
                 tracing::warn!("{refused}");
             }
             let update = &updates[i];
+            let holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
             let now = self.now();
-            let mut p = plan(update, &views, now, self.config.image_policy);
+            let mut p = plan_with(update, &views, &holds, now, self.config.image_policy);
+            if !holds.is_empty() && p.status.state.as_deref() != Some(COMPLETE) {
+                // Nothing watched tells when a blocking pod is gone: look again.
+                let again = self.config.recheck_every;
+                p.wake_after = Some(p.wake_after.map_or(again, |w| w.min(again)));
+            }
             let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
             let stored = update.status.clone().unwrap_or_default();
             let generation = update.metadata.generation.unwrap_or(1);

@@ -10,6 +10,7 @@
 //! tests/cluster_coordinator.rs).
 
 pub mod annotations;
+pub mod blocking;
 pub mod connect;
 pub mod coordinator;
 pub mod drain;
@@ -21,10 +22,11 @@ pub mod ledger;
 pub mod plan;
 pub mod rbac;
 pub mod selector;
+pub mod topology;
 pub mod update;
 pub mod window;
 pub(crate) mod yaml;
 
 pub use annotations::{AgentPhase, Grant, NodeView};
-pub use plan::{plan, RolloutPlan};
+pub use plan::{plan, plan_with, RolloutPlan};
 pub use update::{validate, ImagePolicy, Update, UpdateSpec, UpdateStatus};

@@ -9,6 +9,7 @@
 //! | identity | authenticates as | may | why |
 //! |---|---|---|---|
 //! | coordinator | ServiceAccount `housekeeper-system/hkd-coordinator` | nodes: get, list, watch (cluster) | plan over every Node's phase |
+//! | | | pods: list (cluster), read only | find the pods `blockingPodSelector` matches |
 //! | | | updates: get, list, watch; updates/status: get, patch, update (hkd's namespace) | read the rollout, record grants and progress in its status |
 //! | | | leases: create; get, update, patch on `housekeeper-coordinator` only | election (`create` cannot be limited by name) |
 //! | | | events: create, patch (hkd's namespace and `default`) | Events on Updates and on Nodes, beside the kubelet's |
@@ -28,7 +29,9 @@
 //! nodes already hold cluster-admin power on disk (`/etc/kubernetes/admin.conf`, etcd's client
 //! keys, the CA key), so a coordinator credential there adds nothing a root on them lacks, and
 //! no container image or Deployment is needed on NestOS hosts. It no longer patches Nodes and
-//! never touches pods: grants live in the Update's status and each node drains itself.
+//! never writes pods: grants live in the Update's status and each node drains itself. It lists
+//! pods (read only) for `blockingPodSelector`; RBAC cannot narrow a list to a label, so it may
+//! read every pod's spec, as every node's kubelet may already.
 //!
 //! Discovery (`/api`, `/apis/policy`, used to pick the Eviction version) is open to every
 //! authenticated user through the cluster's own `system:discovery` binding; an impersonated
@@ -176,7 +179,11 @@ pub fn manifests() -> Vec<Value> {
         }),
         value(ClusterRole {
             metadata: meta(COORDINATOR_ROLE, None),
-            rules: Some(vec![rule("", &["nodes"], &["get", "list", "watch"], &[])]),
+            rules: Some(vec![
+                rule("", &["nodes"], &["get", "list", "watch"], &[]),
+                // Read only, for blockingPodSelector (src/cluster/blocking.rs).
+                rule("", &["pods"], &["list"], &[]),
+            ]),
             aggregation_rule: None,
         }),
         value(ClusterRoleBinding {
@@ -398,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn the_coordinator_may_exactly_what_it_calls_and_never_pods_or_node_writes() {
+    fn the_coordinator_may_exactly_what_it_calls_and_never_writes_pods_or_nodes() {
         let want = [
             "create /events@default",
             "create /events@housekeeper-system",
@@ -408,6 +415,7 @@ mod tests {
             "get housekeeper.io/updates/status@housekeeper-system",
             "get housekeeper.io/updates@housekeeper-system",
             "list /nodes@*",
+            "list /pods@*",
             "list housekeeper.io/updates@housekeeper-system",
             "patch /events@default",
             "patch /events@housekeeper-system",

@@ -35,6 +35,10 @@ pub struct Changes {
     pub max_unavailable: Option<i32>,
     pub max_failed: Option<i32>,
     pub selector: Option<LabelSelector>,
+    pub max_unavailable_per_zone: Option<i32>,
+    pub max_unavailable_zones: Option<i32>,
+    pub topology_key: Option<String>,
+    pub blocking_pod_selector: Option<LabelSelector>,
     /// `Some(empty)`: no windows.
     pub windows: Option<Vec<Window>>,
     pub drain_timeout_seconds: Option<i64>,
@@ -68,6 +72,18 @@ pub fn apply_changes(base: Option<&UpdateSpec>, changes: &Changes) -> Result<Upd
     }
     if let Some(s) = &changes.selector {
         spec.node_selector = Some(s.clone());
+    }
+    if let Some(m) = changes.max_unavailable_per_zone {
+        spec.max_unavailable_per_zone = Some(m);
+    }
+    if let Some(m) = changes.max_unavailable_zones {
+        spec.max_unavailable_zones = Some(m);
+    }
+    if let Some(k) = &changes.topology_key {
+        spec.topology_key = Some(k.clone());
+    }
+    if let Some(s) = &changes.blocking_pod_selector {
+        spec.blocking_pod_selector = Some(s.clone());
     }
     if let Some(w) = &changes.windows {
         spec.maintenance_windows = w.clone();
@@ -365,13 +381,23 @@ mod tests {
             &Changes {
                 image: Some("docker://nowhere".into()),
                 max_unavailable: Some(0),
+                max_unavailable_per_zone: Some(0),
+                blocking_pod_selector: Some(
+                    serde_json::from_value(json!({
+                        "matchExpressions": [{"key": "app", "operator": "Near"}]
+                    }))
+                    .unwrap(),
+                ),
                 ..Default::default()
             },
         )
         .unwrap();
         let e = check(&s, ImagePolicy::default()).unwrap_err().to_string();
         assert!(
-            e.contains("osImageURL") && e.contains("maxUnavailable is 0"),
+            e.contains("osImageURL")
+                && e.contains("maxUnavailable is 0")
+                && e.contains("maxUnavailablePerZone is 0")
+                && e.contains("blockingPodSelector: operator \"Near\""),
             "{e}"
         );
         assert!(e.ends_with("nothing was sent"));
