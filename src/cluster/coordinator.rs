@@ -498,11 +498,18 @@ impl Coordinator {
                 tracing::warn!("{refused}");
             }
             let update = &updates[i];
-            let holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
+            let mut holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
+            if let Some(gates) = &update.spec.gates {
+                let limit = self
+                    .limit()
+                    .min(Duration::from_secs(gates.timeout_seconds.clamp(1, 3) as u64));
+                let ns = &self.config.namespace;
+                holds.extend(super::gates::prometheus::find(&self.client, ns, gates, limit).await);
+            }
             let now = self.now();
             let mut p = plan_with(update, &views, &holds, now, self.config.image_policy);
             if !holds.is_empty() && p.status.state.as_deref() != Some(COMPLETE) {
-                // Nothing watched tells when a blocking pod is gone: look again.
+                // Nothing watched tells when a blocking pod is gone or a gate opens: look again.
                 let again = self.config.recheck_every;
                 p.wake_after = Some(p.wake_after.map_or(again, |w| w.min(again)));
             }

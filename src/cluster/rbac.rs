@@ -12,6 +12,7 @@
 //! | | | pods: list (cluster), read only | find the pods `blockingPodSelector` matches |
 //! | | | updates: get, list, watch; updates/status: get, patch, update (hkd's namespace) | read the rollout, record grants and progress in its status |
 //! | | | leases: create; get, update, patch on `housekeeper-coordinator` only | election (`create` cannot be limited by name) |
+//! | | | secrets: get on `housekeeper-prometheus` only (hkd's namespace) | Prometheus's credentials for the reboot gates |
 //! | | | events: create, patch (hkd's namespace and `default`) | Events on Updates and on Nodes, beside the kubelet's |
 //! | node `N` | ServiceAccount `housekeeper-system/hkd-node-N`, impersonating `system:node:N` in group `system:nodes` | impersonate user `system:node:N` and group `system:nodes`, nothing else | every request is authorized as node `N`'s kubelet is |
 //! | every node (group `system:nodes`) | the Node authorizer and the NodeRestriction admission plugin | its own Node: get, watch, patch annotations and `spec.unschedulable` (not its taints, not restricted labels); pods bound to it: evict, delete; Events | what the kubelet may anyway: report phases, cordon itself, drain itself |
@@ -58,6 +59,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use super::events::NODE_EVENT_NAMESPACE;
+use super::gates::CREDENTIALS_SECRET;
 use super::lease::LEASE_NAME;
 use super::update::NAMESPACE;
 
@@ -206,6 +208,9 @@ pub fn manifests() -> Vec<Value> {
                     &["get", "patch", "update"],
                     &[],
                 ),
+                // Prometheus's credentials for the reboot gates (src/cluster/gates), that one
+                // Secret only.
+                rule("", &["secrets"], &["get"], &[CREDENTIALS_SECRET]),
                 // `create` cannot be limited by name: the name is not known before.
                 rule("coordination.k8s.io", &["leases"], &["create"], &[]),
                 rule(
@@ -411,6 +416,7 @@ mod tests {
             "create /events@housekeeper-system",
             "create coordination.k8s.io/leases@housekeeper-system",
             "get /nodes@*",
+            "get /secrets@housekeeper-system[String(housekeeper-prometheus)]",
             "get coordination.k8s.io/leases@housekeeper-system[String(housekeeper-coordinator)]",
             "get housekeeper.io/updates/status@housekeeper-system",
             "get housekeeper.io/updates@housekeeper-system",

@@ -108,6 +108,10 @@ pub struct UpdateSpec {
     /// Failed) is not granted until the pod is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocking_pod_selector: Option<LabelSelector>,
+    /// Reboot gates: Prometheus queries and firing alerts that hold grants (see
+    /// [`super::gates`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<super::gates::Gates>,
 }
 
 /// An admin's abort of a rollout.
@@ -232,7 +236,7 @@ pub struct UpdateStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, GrantRecord>,
     /// What outside the Nodes holds grants, as the coordinator last looked: blocking pods
-    /// (per node). At most [`MAX_HOLDS`]; `hkctl status` plans with them.
+    /// (per node), gates (per node or for the whole rollout). At most [`MAX_HOLDS`]; `hkctl status` plans with them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<Hold>,
     /// Holds left out of `holds` for the bound.
@@ -250,7 +254,8 @@ pub struct Hold {
     /// The node held; absent: the whole rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// `BlockingPod`, or `BlockingPodsUnknown` when the pods could not be read.
+    /// `BlockingPod`, `BlockingPodsUnknown` (the pods could not be read), `GateFiring`,
+    /// `AlertFiring`, `GateRejected`, `PrometheusUnavailable`.
     pub reason: String,
     pub message: String,
 }
@@ -413,6 +418,9 @@ pub fn validated_image(spec: &UpdateSpec, policy: ImagePolicy) -> Result<ImageRe
                 "{field} is {v}; it must be at least 1 (or absent: no limit)"
             ));
         }
+    }
+    if let Some(g) = &spec.gates {
+        errors.extend(super::gates::check(g));
     }
     if let Some(key) = &spec.topology_key {
         if let Err(e) = super::selector::check_label_key(key) {

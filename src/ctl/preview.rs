@@ -189,6 +189,17 @@ pub fn describe(
             format!("a node running a pod matching {text} waits for it to go"),
         ));
     }
+    if let Some(g) = &spec.gates {
+        lines.push(field(
+            "gates",
+            format!(
+                "{} query(ies), {} alert filter(s) at {}; held while one fires or it does not answer",
+                g.queries.len(),
+                g.alerts.len(),
+                g.prometheus_url
+            ),
+        ));
+    }
     let room = width.saturating_sub(18);
     if !p.in_flight.is_empty() {
         lines.push(field("now", names_fitting(&p.in_flight, room)));
