@@ -90,6 +90,97 @@ impl Drop for Target {
     }
 }
 
+/// The webhook receiver: records every POST body; answers 500 to the first, 200 after.
+struct Webhook {
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Webhook {
+    async fn start() -> Result<Webhook> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let mut req = Vec::new();
+                let body = loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                    let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break Some(req[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                let Some(body) = body else { continue };
+                let first = {
+                    let mut got = g.lock().unwrap();
+                    got.push(serde_json::from_slice(&body).unwrap_or_default());
+                    got.len() == 1
+                };
+                let status = if first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        Ok(Webhook { got, port, task })
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["event"].as_str().unwrap_or("").to_owned(),
+                    v["id"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// hkd's own metrics server (the node's metrics and the rollouts' of this process's
+/// coordinator), as Prometheus scrapes it on a node.
+fn hkd_metrics() -> Result<u16> {
+    use housekeeper::node::metrics;
+    let m = std::sync::Arc::new(metrics::Metrics::new());
+    let listener = metrics::bind("127.0.0.1:0".parse()?)?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || m.serve(listener));
+    Ok(port)
+}
+
 /// A Prometheus this test started; killed on drop.
 struct Prometheus {
     dir: PathBuf,
@@ -107,14 +198,16 @@ impl Prometheus {
         bail!("prometheus is not installed: apt-get install prometheus (Debian 12's package; tools/test-all.sh installs it)")
     }
 
-    fn new(dir: &Path, target_port: u16, rules: &str) -> Result<Prometheus> {
+    fn new(dir: &Path, targets: &[u16], rules: &str) -> Result<Prometheus> {
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
                  rule_files: [rules.yml]\n\
                  scrape_configs:\n\
-                 - job_name: gatetest\n  static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
+                 - job_name: gatetest\n  static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
             ),
         )?;
         std::fs::write(dir.join("rules.yml"), rules)?;
@@ -262,7 +355,9 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "",
     ]
     .join("\n");
-    let mut prom = Prometheus::new(dir.path(), target.port, &rules)?;
+    let hkd_port = hkd_metrics()?;
+    let webhook = Webhook::start().await?;
+    let mut prom = Prometheus::new(dir.path(), &[target.port, hkd_port], &rules)?;
     prom.start().await?;
     wait_for("NodeBusy and NodeChatty firing", ROLLOUT, || async {
         Ok(prom.firing().await?.len() == 2)
@@ -287,6 +382,8 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "gate_hold > 0",
         "--gate-alert",
         r#"severity=~"critical|page",node="$node""#,
+        "--webhook",
+        &format!("http://127.0.0.1:{}/hook", webhook.port),
     ])
     .await?
     .ok()?;
@@ -327,6 +424,17 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         status.contains("held: gate gate_hold > 0 holds"),
         "{status}"
     );
+    // The coordinator's metrics, scraped by the same Prometheus, say so too.
+    let ns = rig.env.ns.clone();
+    wait_for(
+        "Prometheus to see the gate hold in hkd's metrics",
+        ROLLOUT,
+        || async {
+            let q = format!("hkd_rollout_holds{{namespace=\"{ns}\",reason=\"GateFiring\"}} == 1");
+            Ok(prom.query_len(&q).await? == 1)
+        },
+    )
+    .await?;
 
     // The gate false again: w3 goes (its info alert matches no filter); w1 stays held.
     target.set(metrics(0, &[(w1, 1), (w2, 0), (w3, 0)]));
@@ -383,6 +491,30 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         Ok(u.status.and_then(|s| s.state).as_deref() == Some("Complete"))
     })
     .await?;
+
+    wait_for(
+        "Prometheus to see 3 nodes done in hkd's metrics",
+        ROLLOUT,
+        || async {
+            let q = format!("hkd_rollout_nodes{{namespace=\"{ns}\",phase=\"done\"}} == 3");
+            Ok(prom.query_len(&q).await? == 1)
+        },
+    )
+    .await?;
+    // The webhook: Started (answered 500, then sent again with the same id and answered 200),
+    // then Complete.
+    wait_for("the Complete notification", ROLLOUT, || async {
+        Ok(webhook.events().iter().any(|(e, _)| e == "Complete"))
+    })
+    .await?;
+    let events = webhook.events();
+    ensure!(
+        events.len() == 3
+            && events[0].0 == "Started"
+            && events[1] == events[0]
+            && events[2].0 == "Complete",
+        "{events:?}"
+    );
 
     // An expression Prometheus rejects holds the next rollout, with Prometheus's error.
     let next = "ostree-image-signed:docker://hub.oepkgs.net/nestos/nestos:3";

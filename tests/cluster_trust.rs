@@ -496,6 +496,24 @@ async fn a_node_credential_is_its_kubelet_power_and_no_more() -> Result<()> {
             .list(&ListParams::default().labels("app=backup").limit(1))
             .await,
     )?;
+    // Prometheus's credentials: that one Secret may be read (absent here: 404 after the
+    // authorization passed), any other is refused.
+    refused(
+        "the coordinator reads Secret housekeeper-prometheus",
+        Api::<Secret>::namespaced(coord.clone(), NAMESPACE)
+            .get(housekeeper::cluster::gates::CREDENTIALS_SECRET)
+            .await,
+        404,
+        "not found",
+    )?;
+    refused(
+        "the coordinator reads another Secret",
+        Api::<Secret>::namespaced(coord.clone(), NAMESPACE)
+            .get("hkd-coordinator-token")
+            .await,
+        403,
+        "cannot get resource \"secrets\"",
+    )?;
     refused(
         "the coordinator reads one pod",
         Api::<Pod>::namespaced(coord.clone(), &env.ns)

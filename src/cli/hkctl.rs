@@ -164,6 +164,9 @@ pub struct UpgradeArgs {
     /// Firing alerts that hold, repeatable: matchers (severity="critical",node="$node")
     #[arg(long = "gate-alert", value_name = "MATCHERS", value_parser = crate::ctl::args::parse_alert_filter)]
     pub gate_alerts: Vec<crate::cluster::gates::AlertFilter>,
+    /// POST rollout events (started, node failed, halted, paused, complete) as JSON here
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
     /// A maintenance window, repeatable: "[DAYS ]HH:MM-HH:MM[ ZONE]"
     #[arg(long = "window", value_name = "WINDOW", value_parser = parse_window)]
     pub windows: Vec<Window>,
@@ -329,6 +332,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 max_unavailable_zones: a.max_unavailable_zones,
                 topology_key: a.topology_key,
                 blocking_pod_selector: a.blocking_pod_selector,
+                webhook: a.webhook,
                 gates: upgrade::GateChanges {
                     prometheus_url: a.prometheus,
                     credentials: a.prometheus_credentials.then_some(true),

@@ -58,7 +58,7 @@ use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::ledger::{self, Standing};
 use super::plan::{plan_with, RolloutPlan, COMPLETE, HALTED, PAUSED};
-use super::update::{ImagePolicy, Update, NAMESPACE};
+use super::update::{Hold, ImagePolicy, Update, UpdateStatus, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
 pub const COMPONENT: &str = "housekeeper-coordinator";
@@ -95,6 +95,8 @@ pub struct Config {
     pub wall_offset: jiff::SignedDuration,
     /// Beaten on every wake-up, leading or not (hkd's watchdog listens).
     pub heartbeat: super::heartbeat::Heartbeat,
+    /// The rollout metrics this coordinator updates (hkd serves them).
+    pub metrics: std::sync::Arc<super::rollout_metrics::RolloutMetrics>,
     /// How often an Update held by something no watch reports (a blocking pod) is planned
     /// again: how long a node waits after its blocking pod is gone.
     pub recheck_every: Duration,
@@ -119,6 +121,7 @@ impl Config {
             stop_before_grant: None,
             heartbeat: Default::default(),
             recheck_every: Duration::from_secs(10),
+            metrics: super::rollout_metrics::global(),
         }
     }
 }
@@ -162,6 +165,8 @@ pub struct Coordinator {
     leading: watch::Sender<bool>,
     /// Ledger writes with grants sent so far (for the `stop_before_grant` seam).
     grant_writes: std::sync::atomic::AtomicUsize,
+    /// Webhook deliveries, off this loop.
+    notifier: super::notify::Notifier,
 }
 
 impl Coordinator {
@@ -180,6 +185,7 @@ impl Coordinator {
             elector,
             leading: watch::channel(false).0,
             grant_writes: Default::default(),
+            notifier: Default::default(),
         }
     }
 
@@ -527,6 +533,7 @@ impl Coordinator {
             );
             match self.write_status(update, &p, term).await? {
                 Some(written) => {
+                    self.after_write(&updates[i], &stored, &p, &holds);
                     updates[i] = written;
                     self.announce_grants(&updates[i], &p, &views).await;
                     return Ok(p.wake_after);
@@ -537,6 +544,41 @@ impl Coordinator {
         Err(anyhow!(
             "planning {what}: its Nodes or status changed under {CONFLICT_RETRIES} attempts in a row"
         ))
+    }
+
+    /// What a written plan tells the metrics and the webhook (which never waits).
+    fn after_write(&self, update: &Update, stored: &UpdateStatus, p: &RolloutPlan, holds: &[Hold]) {
+        let ns = &self.config.namespace;
+        let name = update.name_any();
+        self.config
+            .metrics
+            .observe(ns, &name, &p.status, holds, p.grants.len());
+        let Some(n) = &update.spec.notifications else {
+            return;
+        };
+        let uid = update.metadata.uid.clone().unwrap_or_default();
+        let generation = p.status.target_generation.unwrap_or(0);
+        for (event, node, message) in super::notify::events(stored, &p.status, &p.grants) {
+            let id = match &node {
+                Some(node) => format!("{uid}/{generation}/{event}/{node}"),
+                None => format!("{uid}/{generation}/{event}"),
+            };
+            self.notifier.send(
+                &n.webhook_url,
+                super::notify::Notification {
+                    api_version: "housekeeper.io/v1alpha1".into(),
+                    kind: "RolloutNotification".into(),
+                    id,
+                    event: event.into(),
+                    namespace: ns.clone(),
+                    update: name.clone(),
+                    target: update.spec.os_image_url.clone(),
+                    node,
+                    message,
+                    time: self.now().to_string(),
+                },
+            );
+        }
     }
 
     /// The `stop_before_grant` seam (tests only; `None` in production).

@@ -112,6 +112,9 @@ pub struct UpdateSpec {
     /// [`super::gates`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<super::gates::Gates>,
+    /// A webhook the coordinator POSTs rollout events to (see [`super::notify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<super::notify::Notifications>,
 }
 
 /// An admin's abort of a rollout.
@@ -421,6 +424,9 @@ pub fn validated_image(spec: &UpdateSpec, policy: ImagePolicy) -> Result<ImageRe
     }
     if let Some(g) = &spec.gates {
         errors.extend(super::gates::check(g));
+    }
+    if let Some(e) = spec.notifications.as_ref().and_then(super::notify::check) {
+        errors.push(e);
     }
     if let Some(key) = &spec.topology_key {
         if let Err(e) = super::selector::check_label_key(key) {

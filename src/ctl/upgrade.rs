@@ -41,6 +41,7 @@ pub struct Changes {
     pub topology_key: Option<String>,
     pub blocking_pod_selector: Option<LabelSelector>,
     pub gates: GateChanges,
+    pub webhook: Option<String>,
     /// `Some(empty)`: no windows.
     pub windows: Option<Vec<Window>>,
     pub drain_timeout_seconds: Option<i64>,
@@ -95,6 +96,11 @@ pub fn apply_changes(base: Option<&UpdateSpec>, changes: &Changes) -> Result<Upd
     }
     if let Some(s) = &changes.blocking_pod_selector {
         spec.blocking_pod_selector = Some(s.clone());
+    }
+    if let Some(url) = &changes.webhook {
+        spec.notifications = Some(crate::cluster::notify::Notifications {
+            webhook_url: url.clone(),
+        });
     }
     let g = &changes.gates;
     if g.prometheus_url.is_some() || !g.queries.is_empty() || !g.alerts.is_empty() {
