@@ -164,6 +164,9 @@ pub struct UpgradeArgs {
     /// Firing alerts that hold, repeatable: matchers (severity="critical",node="$node")
     #[arg(long = "gate-alert", value_name = "MATCHERS", value_parser = crate::ctl::args::parse_alert_filter)]
     pub gate_alerts: Vec<crate::cluster::gates::AlertFilter>,
+    /// At most N nodes pull the target at once, ahead of their grants (front of the order first)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub staging_max_concurrent: Option<i32>,
     /// POST rollout events (started, node failed, halted, paused, complete) as JSON here
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
@@ -333,6 +336,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 topology_key: a.topology_key,
                 blocking_pod_selector: a.blocking_pod_selector,
                 webhook: a.webhook,
+                staging_max_concurrent: a.staging_max_concurrent,
                 gates: upgrade::GateChanges {
                     prometheus_url: a.prometheus,
                     credentials: a.prometheus_credentials.then_some(true),

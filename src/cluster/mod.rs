@@ -25,6 +25,7 @@ pub mod plan;
 pub mod rbac;
 pub mod rollout_metrics;
 pub mod selector;
+pub mod staging;
 pub mod topology;
 pub mod update;
 pub mod window;

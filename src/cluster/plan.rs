@@ -241,6 +241,16 @@ pub fn plan_with(
     counts.in_flight += granted_now;
     status.counts = counts.clone();
     let all_nodes = summaries(&selected, &grants, &pending_reason, &zone_waits, now);
+    if let Some(s) = &spec.staging {
+        status.staging_permits = staging_permits(
+            &selected,
+            &grants,
+            &prev,
+            target_generation,
+            s.max_concurrent.max(1) as usize,
+            &image,
+        );
+    }
     status.nodes_omitted = all_nodes.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
     status.nodes = all_nodes.iter().take(MAX_NODE_SUMMARIES).cloned().collect();
 
@@ -343,6 +353,31 @@ fn budget(selected: &[(&NodeView, Class)], max_unavailable: usize) -> (Counts, u
         out_of_service += usize::from(out_of_service_now(n, class));
     }
     (counts, max_unavailable.saturating_sub(out_of_service))
+}
+
+/// The staging permits after this plan ([`super::staging`]): candidates are the nodes not
+/// started and in service (Pending or Held, not granted now), in grant order.
+fn staging_permits(
+    selected: &[(&NodeView, Class)],
+    grants: &[String],
+    prev: &UpdateStatus,
+    generation: i64,
+    max: usize,
+    image: &ImageRef,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut order: Vec<&(&NodeView, Class)> = selected
+        .iter()
+        .filter(|(n, c)| matches!(c, Class::Pending | Class::Held(_)) && !grants.contains(&n.name))
+        .collect();
+    order.sort_by_key(|(n, _)| (!n.control_plane, n.name.as_str()));
+    let candidates: Vec<super::staging::Candidate<'_>> = order
+        .iter()
+        .map(|(n, _)| super::staging::Candidate {
+            name: &n.name,
+            staged: n.staged.as_deref().is_some_and(|s| image.is_same_as(s)),
+        })
+        .collect();
+    super::staging::permits(&candidates, &prev.staging_permits, generation, max)
 }
 
 /// Whether a node uses up `maxUnavailable` (and its zone's limit): everything in flight or

@@ -446,6 +446,32 @@ fn holds_in_status_are_bounded() {
     assert_eq!(p.status.holds_omitted, 3);
 }
 
+#[test]
+fn staging_permits_go_to_the_front_of_the_order_within_their_budget() {
+    let u = update(json!({"maxUnavailable": 1, "staging": {"maxConcurrent": 2}}));
+    let mut nodes: Vec<_> = (1..=4).map(|i| node(&format!("w-{i}"), false)).collect();
+    nodes.push(node("cp-1", true));
+    let p = plan(&u, &nodes, now(), strict());
+    // cp-1 is granted (it stages under its grant); the next two in order get permits.
+    assert_eq!(p.grants, vec!["cp-1"]);
+    assert_eq!(
+        p.status.staging_permits.keys().collect::<Vec<_>>(),
+        ["w-1", "w-2"]
+    );
+    let mut u = u;
+    u.status = Some(p.status.clone());
+    // w-1 staged: w-3 may start pulling; w-1 keeps its permit.
+    nodes[0].staged = Some(IMG.into());
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(
+        p.status.staging_permits.keys().collect::<Vec<_>>(),
+        ["w-1", "w-2", "w-3"]
+    );
+    // Without spec.staging: no permits at all (every node stages at once).
+    let p = plan(&update(json!({})), &nodes, now(), strict());
+    assert!(p.status.staging_permits.is_empty());
+}
+
 /// A random rollout: nodes, then a sequence of events; the planner is asked after each.
 #[derive(Debug, Clone)]
 enum Ev {
@@ -456,6 +482,8 @@ enum Ev {
     Pause(bool),
     /// A blocking pod starts on (true) or leaves (false) a node.
     Block(usize, bool),
+    /// A node's agent reports the target staged (when it holds a permit).
+    Stage(usize),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -466,6 +494,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => (0..40usize, any::<bool>()).prop_map(|(i, c)| Ev::Cordon(i, c)),
         1 => any::<bool>().prop_map(Ev::Pause),
         1 => (0..40usize, any::<bool>()).prop_map(|(i, b)| Ev::Block(i, b)),
+        2 => (0..40usize).prop_map(Ev::Stage),
     ]
 }
 
@@ -478,11 +507,13 @@ proptest! {
         max_failed in 0i32..4,
         per_zone in prop::option::of(1i32..3),
         max_zones in prop::option::of(1i32..3),
+        staging in prop::option::of(1i32..4),
         events in prop::collection::vec(ev(), 0..120),
     ) {
         let mut u = update(json!({"maxUnavailable": max_unavailable, "maxFailed": max_failed}));
         u.spec.max_unavailable_per_zone = per_zone;
         u.spec.max_unavailable_zones = max_zones;
+        u.spec.staging = staging.map(|m| crate::cluster::update::Staging { max_concurrent: m });
         let zoned = per_zone.is_some() || max_zones.is_some();
         let mut nodes: Vec<NodeView> = kinds
             .iter()
@@ -509,8 +540,32 @@ proptest! {
             n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))
         }).count();
         for e in events.iter().map(Some).chain(std::iter::once(None)) {
+            let prev_permits = u.status.as_ref().map(|s| s.staging_permits.clone()).unwrap_or_default();
             let p = plan_with(&u, &nodes, &holds, now(), strict());
             u.status = Some(p.status.clone());
+            // Bounded staging: never more than maxConcurrent permitted nodes pulling (not
+            // staged yet, not granted), and none permitted while one nearer the front of the
+            // order waits unstaged without a permit.
+            if let Some(max) = staging {
+                let permits = &p.status.staging_permits;
+                let open = |n: &&NodeView| n.grant.is_none() && n.ready && !n.cordoned_by_others()
+                    && n.os_image.as_deref() != Some(IMG) && !p.grants.contains(&n.name);
+                let pulling = nodes.iter().filter(open)
+                    .filter(|n| permits.contains_key(&n.name) && n.staged.as_deref() != Some(IMG))
+                    .count();
+                prop_assert!(pulling <= max as usize, "{pulling} pulling > staging.maxConcurrent {max}");
+                let mut order: Vec<&NodeView> = nodes.iter().filter(open).collect();
+                order.sort_by_key(|n| (!n.control_plane, n.name.clone()));
+                let unstaged: Vec<&&NodeView> = order.iter().filter(|n| n.staged.as_deref() != Some(IMG)).collect();
+                // A permit once given is kept (its pull is not wasted); a new one goes to the
+                // front of the unstaged nodes without one.
+                if let Some(last) = unstaged.iter().rposition(|n| permits.contains_key(&n.name) && !prev_permits.contains_key(&n.name)) {
+                    prop_assert!(unstaged[..last].iter().all(|n| permits.contains_key(&n.name)),
+                        "a new permit went past a node nearer the front: {permits:?}");
+                }
+            } else {
+                prop_assert!(p.status.staging_permits.is_empty());
+            }
             for name in &p.grants {
                 prop_assert!(!holds.iter().any(|h| h.node.as_deref() == Some(name)),
                     "{name} granted while a blocking pod runs on it");
@@ -570,6 +625,13 @@ proptest! {
                 Ev::Ready(i, r) => nodes[i % len].ready = r,
                 Ev::Cordon(i, c) => nodes[i % len].unschedulable = c,
                 Ev::Pause(p) => u.spec.paused = p,
+                Ev::Stage(i) => {
+                    let n = &mut nodes[i % len];
+                    let permitted = u.status.as_ref().is_some_and(|s| s.staging_permits.contains_key(&n.name));
+                    if staging.is_none() || permitted {
+                        n.staged = Some(IMG.into());
+                    }
+                }
                 Ev::Block(i, b) => {
                     let name = nodes[i % len].name.clone();
                     holds.retain(|h| h.node.as_deref() != Some(name.as_str()));

@@ -115,6 +115,18 @@ pub struct UpdateSpec {
     /// A webhook the coordinator POSTs rollout events to (see [`super::notify`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<super::notify::Notifications>,
+    /// Pre-staging ahead of the grants (see [`super::staging`]); absent: every selected node
+    /// stages as soon as the Update selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<Staging>,
+}
+
+/// How many nodes pull the target at once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Staging {
+    #[schemars(range(min = 1))]
+    pub max_concurrent: i32,
 }
 
 /// An admin's abort of a rollout.
@@ -242,6 +254,10 @@ pub struct UpdateStatus {
     /// (per node), gates (per node or for the whole rollout). At most [`MAX_HOLDS`]; `hkctl status` plans with them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<Hold>,
+    /// Staging permits (with `spec.staging`): per node, the target generation it may pre-stage
+    /// for. Agents stage ahead of their grant only under one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staging_permits: BTreeMap<String, i64>,
     /// Holds left out of `holds` for the bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub holds_omitted: i32,
@@ -427,6 +443,12 @@ pub fn validated_image(spec: &UpdateSpec, policy: ImagePolicy) -> Result<ImageRe
     }
     if let Some(e) = spec.notifications.as_ref().and_then(super::notify::check) {
         errors.push(e);
+    }
+    if let Some(s) = spec.staging.as_ref().filter(|s| s.max_concurrent < 1) {
+        errors.push(format!(
+            "staging.maxConcurrent is {}; it must be at least 1 (or no staging: every node at once)",
+            s.max_concurrent
+        ));
     }
     if let Some(key) = &spec.topology_key {
         if let Err(e) = super::selector::check_label_key(key) {

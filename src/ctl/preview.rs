@@ -189,6 +189,15 @@ pub fn describe(
             format!("a node running a pod matching {text} waits for it to go"),
         ));
     }
+    if let Some(s) = &spec.staging {
+        lines.push(field(
+            "staging",
+            format!(
+                "up to {} node(s) pull at once, front of the order first",
+                s.max_concurrent
+            ),
+        ));
+    }
     if let Some(g) = &spec.gates {
         lines.push(field(
             "gates",

@@ -42,6 +42,7 @@ pub struct Changes {
     pub blocking_pod_selector: Option<LabelSelector>,
     pub gates: GateChanges,
     pub webhook: Option<String>,
+    pub staging_max_concurrent: Option<i32>,
     /// `Some(empty)`: no windows.
     pub windows: Option<Vec<Window>>,
     pub drain_timeout_seconds: Option<i64>,
@@ -96,6 +97,9 @@ pub fn apply_changes(base: Option<&UpdateSpec>, changes: &Changes) -> Result<Upd
     }
     if let Some(s) = &changes.blocking_pod_selector {
         spec.blocking_pod_selector = Some(s.clone());
+    }
+    if let Some(m) = changes.staging_max_concurrent {
+        spec.staging = Some(crate::cluster::update::Staging { max_concurrent: m });
     }
     if let Some(url) = &changes.webhook {
         spec.notifications = Some(crate::cluster::notify::Notifications {
@@ -473,6 +477,7 @@ mod tests {
                 image: Some("docker://nowhere".into()),
                 max_unavailable: Some(0),
                 max_unavailable_per_zone: Some(0),
+                staging_max_concurrent: Some(0),
                 blocking_pod_selector: Some(
                     serde_json::from_value(json!({
                         "matchExpressions": [{"key": "app", "operator": "Near"}]
@@ -488,6 +493,7 @@ mod tests {
             e.contains("osImageURL")
                 && e.contains("maxUnavailable is 0")
                 && e.contains("maxUnavailablePerZone is 0")
+                && e.contains("staging.maxConcurrent is 0")
                 && e.contains("blockingPodSelector: operator \"Near\""),
             "{e}"
         );
