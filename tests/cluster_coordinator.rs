@@ -1084,3 +1084,49 @@ async fn a_blocking_pod_holds_its_node_only_and_zones_take_one_at_a_time() -> Re
     c.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_zone_staging_and_gate_limits_naming_the_field() -> Result<()> {
+    let rig = Rig::new("coord-schema", 0, 1).await?;
+    for (extra, field) in [
+        (
+            json!({"maxUnavailablePerZone": 0}),
+            "spec.maxUnavailablePerZone",
+        ),
+        (
+            json!({"maxUnavailableZones": 0}),
+            "spec.maxUnavailableZones",
+        ),
+        (json!({"topologyKey": ""}), "spec.topologyKey"),
+        (
+            json!({"staging": {"maxConcurrent": 0}}),
+            "spec.staging.maxConcurrent",
+        ),
+        (
+            json!({"gates": {"prometheusURL": "ftp://x", "queries": [{"expr": "up"}]}}),
+            "spec.gates.prometheusURL",
+        ),
+        (
+            json!({"gates": {"prometheusURL": "http://p:9090", "timeoutSeconds": 9}}),
+            "spec.gates.timeoutSeconds",
+        ),
+        (
+            json!({"notifications": {"webhookURL": "not a url"}}),
+            "spec.notifications.webhookURL",
+        ),
+    ] {
+        let err = rig
+            .create_update("bad", extra.clone())
+            .await
+            .err()
+            .with_context(|| format!("{extra}: accepted"))?;
+        let Some(kube::Error::Api(status)) = err.downcast_ref::<kube::Error>() else {
+            bail!("{extra}: {err:#}");
+        };
+        ensure!(
+            status.code == 422 && status.message.contains(field),
+            "{extra}: {status:?}"
+        );
+    }
+    Ok(())
+}

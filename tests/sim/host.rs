@@ -7,7 +7,8 @@
 //! a checksum from the image reference, a reboot boots the default deployment with a fresh
 //! boot id and ends the process (the simulation's supervisor starts hkd again, as systemd
 //! would at boot). An image reference containing `:bad` boots but fails the health gate
-//! (its required check fails); one containing `:unstageable` fails to stage.
+//! (its required check fails); one containing `:unstageable` fails to stage. While a stage
+//! runs, the file `staging` exists beside `host.json`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -120,7 +121,11 @@ impl Backend for SimHost {
     }
 
     fn stage(&self, target: &ImageRef) -> Result<String, OsError> {
+        // `staging` exists while a pull runs: the observer counts the hosts pulling at once.
+        let marker = self.dir.join("staging");
+        let _ = fs::write(&marker, target.raw.as_bytes());
         std::thread::sleep(self.stage_time);
+        let _ = fs::remove_file(&marker);
         if target.raw.contains(":unstageable") {
             return Err(OsError::NotFound(format!(
                 "{}: manifest unknown",
