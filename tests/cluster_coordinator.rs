@@ -50,6 +50,7 @@ fn config(env: &TestEnv, identity: &str) -> Config {
         lease_duration: LEASE_DURATION,
         renew_every: RENEW_EVERY,
         retry_after: Duration::from_millis(300),
+        recheck_every: Duration::from_millis(300),
         ..Config::new(identity)
     }
 }
@@ -297,6 +298,10 @@ struct Seen {
     violations: Vec<String>,
     /// From a node finishing (Done or Failed) to the next grant, as the observer saw them.
     handoffs: Vec<Duration>,
+    /// The most nodes in flight at once per zone (`topology.kubernetes.io/zone`).
+    max_in_flight_per_zone: BTreeMap<String, usize>,
+    /// When the observer saw each node's latest grant.
+    granted_at: BTreeMap<String, Instant>,
 }
 
 /// Watch the Nodes and check I1 (`max_unavailable`) and the order: a control-plane node is
@@ -351,6 +356,16 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                     })
                     .collect();
                 seen.max_in_flight = seen.max_in_flight.max(in_flight.len());
+                let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+                for n in &in_flight {
+                    if let Some(z) = n.labels.get("topology.kubernetes.io/zone") {
+                        *per_zone.entry(z.clone()).or_default() += 1;
+                    }
+                }
+                for (z, k) in per_zone {
+                    let max = seen.max_in_flight_per_zone.entry(z).or_default();
+                    *max = (*max).max(k);
+                }
                 let names: Vec<&str> = in_flight.iter().map(|n| n.name.as_str()).collect();
                 if in_flight.len() > max_unavailable {
                     seen.violations
@@ -359,6 +374,7 @@ fn observe(client: Client, rig: &Rig, max_unavailable: usize) -> (Arc<Mutex<Seen
                 if let Some(g) = v.grant.as_ref().filter(|g| Some(*g) != before.as_ref()) {
                     let g = g.to_string();
                     seen.grants.entry(v.name.clone()).or_default().push(g);
+                    seen.granted_at.insert(v.name.clone(), Instant::now());
                     if let Some(t) = last_finished.take() {
                         seen.handoffs.push(t.elapsed());
                     }
@@ -962,4 +978,155 @@ async fn a_frozen_coordinator_with_its_clock_30s_ahead_is_fenced() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_coordinator_with_its_clock_30s_behind_is_fenced() -> Result<()> {
     a_frozen_coordinators_late_grant_is_fenced("coord-fence-behind", -30).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_pod_holds_its_node_only_and_zones_take_one_at_a_time() -> Result<()> {
+    let rig = Rig::new("coord-block", 0, 4).await?;
+    let k = KubeletStandIn::new(rig.env.admin.clone());
+    // Zones a (w-1, w-2) and b (w-3, w-4).
+    for (i, node) in rig.workers.iter().enumerate() {
+        let zone = if i < 2 { "a" } else { "b" };
+        Api::<Node>::all(rig.env.admin.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {
+                    "topology.kubernetes.io/zone": zone}}})),
+            )
+            .await
+            .with_context(|| format!("labelling node {node}"))?;
+    }
+    // The label value is this test's namespace: the cluster is shared by parallel tests.
+    let app = format!("backup-{}", rig.env.ns);
+    let held = rig.workers[0].clone();
+    k.run_pod(&rig.env.ns, "backup", &held, &[("app", &app)])
+        .await?;
+    // A matching pod that finished holds nothing.
+    k.run_pod(&rig.env.ns, "backup-old", &rig.workers[2], &[("app", &app)])
+        .await?;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(rig.env.admin.clone(), &rig.env.ns)
+        .patch_status(
+            "backup-old",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+    let (seen, _observer) = observe(rig.env.admin.clone(), &rig, 4);
+    let _agents = rig.agents(&[]);
+    rig.create_update(
+        "to-v2",
+        json!({"maxUnavailable": 4, "maxUnavailablePerZone": 1,
+               "blockingPodSelector": {"matchLabels": {"app": app}}}),
+    )
+    .await?;
+    let c = start(&rig.env, "node-a");
+    // The other three finish; the held node waits, named with its pod.
+    let api = rig.updates();
+    wait_for("the three unblocked nodes to be done", ROLLOUT, || async {
+        let u = api.get("to-v2").await?;
+        Ok(counts(&u).done == 3)
+    })
+    .await?;
+    let u = rig.wait_state("to-v2", "Waiting").await?;
+    let status = u.status.clone().unwrap_or_default();
+    let pod = format!("{}/backup", rig.env.ns);
+    ensure!(
+        status.holds.len() == 1
+            && status.holds[0].node.as_deref() == Some(held.as_str())
+            && status.holds[0].message == format!("blocking pod {pod}"),
+        "{:?}",
+        status.holds
+    );
+    let row = status
+        .nodes
+        .iter()
+        .find(|n| n.name == held)
+        .context("row")?;
+    ensure!(
+        row.phase == "Waiting" && row.reason == format!("blocking pod {pod}"),
+        "{row:?}"
+    );
+    let progressing = condition(&u, "Progressing").context("Progressing")?;
+    ensure!(
+        progressing.reason == "NodesHeld"
+            && progressing.message == format!("held: {held} (blocking pod {pod})"),
+        "{progressing:?}"
+    );
+    ensure!(!rig.grants().await?.contains_key(&held), "{held} granted");
+    // The pod gone: the node is granted within the recheck period, and the rollout ends.
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(rig.env.admin.clone(), &rig.env.ns)
+        .delete(
+            "backup",
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await?;
+    let gone = Instant::now();
+    let u = rig.wait_state("to-v2", "Complete").await?;
+    ensure!(counts(&u).done == 4, "{:?}", counts(&u));
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    ensure!(seen.violations.is_empty(), "{:#?}", seen.violations);
+    ensure!(
+        seen.granted_at.get(&held).is_some_and(|t| *t >= gone),
+        "{held} granted before its blocking pod was gone"
+    );
+    // One at a time per zone, and both zones at once (the limit is per zone, not global).
+    ensure!(
+        seen.max_in_flight_per_zone == BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
+        "{:?}",
+        seen.max_in_flight_per_zone
+    );
+    ensure!(
+        seen.max_in_flight == 2,
+        "max in flight {}",
+        seen.max_in_flight
+    );
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_zone_staging_and_gate_limits_naming_the_field() -> Result<()> {
+    let rig = Rig::new("coord-schema", 0, 1).await?;
+    for (extra, field) in [
+        (
+            json!({"maxUnavailablePerZone": 0}),
+            "spec.maxUnavailablePerZone",
+        ),
+        (
+            json!({"maxUnavailableZones": 0}),
+            "spec.maxUnavailableZones",
+        ),
+        (json!({"topologyKey": ""}), "spec.topologyKey"),
+        (
+            json!({"staging": {"maxConcurrent": 0}}),
+            "spec.staging.maxConcurrent",
+        ),
+        (
+            json!({"gates": {"prometheusURL": "ftp://x", "queries": [{"expr": "up"}]}}),
+            "spec.gates.prometheusURL",
+        ),
+        (
+            json!({"gates": {"prometheusURL": "http://p:9090", "timeoutSeconds": 9}}),
+            "spec.gates.timeoutSeconds",
+        ),
+        (
+            json!({"notifications": {"webhookURL": "not a url"}}),
+            "spec.notifications.webhookURL",
+        ),
+    ] {
+        let err = rig
+            .create_update("bad", extra.clone())
+            .await
+            .err()
+            .with_context(|| format!("{extra}: accepted"))?;
+        let Some(kube::Error::Api(status)) = err.downcast_ref::<kube::Error>() else {
+            bail!("{extra}: {err:#}");
+        };
+        ensure!(
+            status.code == 422 && status.message.contains(field),
+            "{extra}: {status:?}"
+        );
+    }
+    Ok(())
 }

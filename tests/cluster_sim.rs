@@ -23,7 +23,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
@@ -1790,5 +1790,163 @@ async fn a_slow_staging_shows_its_progress_on_the_node_and_in_hkctl_status() -> 
     )
     .await;
     with_logs(gone, &rig, &sim)?;
+    Ok(())
+}
+
+/// 30 real agents in three zones with every limit at once: at most 2 nodes in flight per
+/// zone, one zone at a time, and at most 3 nodes pulling ahead of their grants. The
+/// observer checks the zone limits on every change of the Nodes and the Update, and the
+/// hosts pulling every 20 ms (a pull seen on a node without a grant in the ledger counts
+/// toward `staging.maxConcurrent`; one second of grace covers the observer's watch lagging
+/// behind the agent that just read its grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_agents_in_three_zones_keep_the_zone_and_staging_limits() -> Result<()> {
+    const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+    let (max_unavailable, per_zone, staging) = (6, 2, 3);
+    let rig = Rig::new("sim-zones", 3, 27).await?;
+    let zone_of = |i: usize| ["a", "b", "c"][i % 3];
+    for (i, n) in rig.nodes.iter().enumerate() {
+        Api::<Node>::all(rig.env.admin.clone())
+            .patch(
+                n,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {ZONE_KEY: zone_of(i)}}})),
+            )
+            .await
+            .with_context(|| format!("labelling {n}"))?;
+    }
+    let zones: BTreeMap<String, String> = rig
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), zone_of(i).to_owned()))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let sim = rig.sim(
+        dir.path(),
+        |_| Duration::from_millis(1500),
+        |i| rig.is_control_plane(i),
+    )?;
+    let u = rig
+        .create_update(
+            "roll",
+            json!({"maxUnavailable": max_unavailable, "maxUnavailablePerZone": per_zone,
+                   "maxUnavailableZones": 1, "staging": {"maxConcurrent": staging}}),
+        )
+        .await?;
+    let seen = observe(
+        rig.env.admin.clone(),
+        rig.nodes.clone(),
+        u,
+        max_unavailable,
+        dir.path().to_owned(),
+    );
+    // Zone limits on every change; the ledger's grants for the staging poller.
+    #[derive(Default)]
+    struct Limits {
+        violations: Vec<String>,
+        max_per_zone: usize,
+        max_zones: usize,
+        max_pulling: usize,
+        granted: BTreeSet<String>,
+    }
+    let limits = Arc::new(Mutex::new(Limits::default()));
+    let watcher = {
+        let (limits, zones, ns) = (limits.clone(), zones.clone(), rig.env.ns.clone());
+        let client = rig.env.admin.clone();
+        tokio::spawn(async move {
+            let mut stream = rollout_view::changes(client, &ns).boxed();
+            let mut view = RolloutView::default();
+            while let Some(change) = stream.next().await {
+                view.apply(change);
+                let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+                let mut granted = BTreeSet::new();
+                for v in view.views(|n| zones.contains_key(n)) {
+                    let Some(g) = &v.grant else { continue };
+                    granted.insert(v.name.clone());
+                    if !v.phase_for(g).is_some_and(AgentPhase::is_terminal) {
+                        *per.entry(zones[&v.name].as_str()).or_default() += 1;
+                    }
+                }
+                let mut l = limits.lock().unwrap();
+                for (z, k) in &per {
+                    l.max_per_zone = l.max_per_zone.max(*k);
+                    if *k > per_zone {
+                        l.violations
+                            .push(format!("{k} in flight in zone {z}: {per:?}"));
+                    }
+                }
+                l.max_zones = l.max_zones.max(per.len());
+                if per.len() > 1 {
+                    l.violations
+                        .push(format!("two zones in flight at once: {per:?}"));
+                }
+                l.granted = granted;
+            }
+        })
+    };
+    let poller = {
+        let (limits, root) = (limits.clone(), dir.path().to_owned());
+        let nodes = rig.nodes.clone();
+        tokio::spawn(async move {
+            let mut over_since: Option<Instant> = None;
+            loop {
+                let pulling: Vec<&String> = nodes
+                    .iter()
+                    .filter(|n| root.join(n.as_str()).join("staging").exists())
+                    .collect();
+                {
+                    let mut l = limits.lock().unwrap();
+                    let ahead: Vec<&&String> = pulling
+                        .iter()
+                        .filter(|n| !l.granted.contains(**n))
+                        .collect();
+                    l.max_pulling = l.max_pulling.max(ahead.len().min(staging));
+                    if ahead.len() > staging {
+                        let since = *over_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(1) {
+                            let line = format!(
+                                "{} nodes pulling ahead of their grants: {ahead:?}",
+                                ahead.len()
+                            );
+                            l.violations.push(line);
+                        }
+                    } else {
+                        over_since = None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let end = rig
+        .wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600))
+        .await;
+    watcher.abort();
+    poller.abort();
+    let u = with_logs(end, &rig, &sim)?;
+    check_seen(&seen)?;
+    ensure!(
+        u.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Complete"),
+        "{:?}",
+        u.status
+    );
+    let l = limits.lock().unwrap();
+    ensure!(l.violations.is_empty(), "{:#?}", l.violations);
+    eprintln!(
+        "30 nodes in 3 zones: at most {} in flight per zone, {} zone(s) at once, {} pulling ahead",
+        l.max_per_zone, l.max_zones, l.max_pulling
+    );
+    // The limits were reached, not kept by going slowly.
+    ensure!(
+        l.max_per_zone == per_zone,
+        "max per zone {}",
+        l.max_per_zone
+    );
+    ensure!(
+        l.max_pulling == staging,
+        "max pulling ahead {}",
+        l.max_pulling
+    );
     Ok(())
 }

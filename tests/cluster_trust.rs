@@ -10,7 +10,8 @@
 //! - What hkd does as that node works: read its Node and watch it, annotate it, cordon it,
 //!   drain it (hkd's own `Drainer`: list, evict its own pod), delete its own pod, Events, read
 //!   Updates.
-//! - The coordinator's credential: reads Nodes and writes Update status, never pods or Nodes.
+//! - The coordinator's credential: reads Nodes, lists pods (blocking pods), writes Update
+//!   status; never writes pods or Nodes, never reads one pod by name.
 //! - `hkctl revoke NODE`: that node's next request is 401; another node's still works.
 //!
 //! Stand-ins: the kubelet (`support::kubelet`) registers the Nodes and runs the pods.
@@ -488,6 +489,38 @@ async fn a_node_credential_is_its_kubelet_power_and_no_more() -> Result<()> {
         Api::<Node>::all(coord.clone())
             .list(&ListParams::default().limit(1))
             .await,
+    )?;
+    allowed(
+        "the coordinator lists pods (blockingPodSelector)",
+        Api::<Pod>::all(coord.clone())
+            .list(&ListParams::default().labels("app=backup").limit(1))
+            .await,
+    )?;
+    // Prometheus's credentials: that one Secret may be read (absent here: 404 after the
+    // authorization passed), any other is refused.
+    refused(
+        "the coordinator reads Secret housekeeper-prometheus",
+        Api::<Secret>::namespaced(coord.clone(), NAMESPACE)
+            .get(housekeeper::cluster::gates::CREDENTIALS_SECRET)
+            .await,
+        404,
+        "not found",
+    )?;
+    refused(
+        "the coordinator reads another Secret",
+        Api::<Secret>::namespaced(coord.clone(), NAMESPACE)
+            .get("hkd-coordinator-token")
+            .await,
+        403,
+        "cannot get resource \"secrets\"",
+    )?;
+    refused(
+        "the coordinator reads one pod",
+        Api::<Pod>::namespaced(coord.clone(), &env.ns)
+            .get("pod-b")
+            .await,
+        403,
+        "cannot get resource \"pods\"",
     )?;
     allowed(
         "the coordinator writes an Update's status",

@@ -7,6 +7,8 @@
 #   (b) from a node reporting Done to the next grant: median, p90, max (goal median <= 0.5 s);
 #   (c) draining a Node with 100 pods: our Drainer against `kubectl drain` on the same server
 #       and the same pods, recreated before each run (goal: ours not slower);
+#   (a') and (b') the same rollout with reboot gates (a query and an alert filter) asked of a
+#       real Prometheus before every plan (goal: within 10 % of (a) and (b));
 #   (d) the coordinator's peak RSS (VmHWM) in a process of its own while it plans a rollout
 #       over 2000 Nodes of a real node's size (goal <= 100 MiB).
 #
@@ -16,7 +18,7 @@
 # the production code and the node agents are simulated: each watches its own Node and answers
 # its grant with the phase annotations, Done 2 s after it saw the grant; no drain, no reboot.
 #
-# Usage: tools/bench-cluster.sh [rollout] [drain] [memory]     (none: all; about 3 minutes)
+# Usage: tools/bench-cluster.sh [rollout] [rollout-gated] [drain] [memory]     (none: all; about 3 minutes)
 # The figures depend on the machine's load: the load average is printed beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,9 @@ cd "$(dirname "$0")/.."
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh >&2
 # kubectl only for (c): from PATH, else built from the API server's Debian source (need_kubectl).
 wanted=" ${*:-all} "
+if [[ $wanted == *" rollout-gated "* || $wanted == *" all "* ]]; then
+    step "prometheus for the gated rollout" need_packages prometheus:prometheus >&2
+fi
 if [[ $wanted == *" drain "* || $wanted == *" all "* ]]; then
     step "kubectl for (c)" need_kubectl >&2
 fi

@@ -11,6 +11,9 @@
 //!   (b) from a node reporting Done to the next grant. The coordinator is the production one;
 //!   the node agents are *simulated*: each watches its own Node and answers its grant with the
 //!   phase annotations, spending exactly its fixed work time between the grant and Done.
+//! - `rollout-gated`: (a) and (b) again with reboot gates configured — one PromQL query and
+//!   one alert filter, asked of a real Prometheus (Debian's package, started here on
+//!   127.0.0.1, scraping itself) before every plan — to set beside `rollout`'s figures.
 //! - `drain`: (c) the production `Drainer` against `kubectl drain` on the same Node and the
 //!   same 100 pods, recreated before every run, in alternating order.
 //! - `memory`: (d) the coordinator's peak resident memory (VmHWM) in a process of its own
@@ -37,7 +40,7 @@ use anyhow::{bail, Result};
 /// just `--bench`, which means all. No argument at all is how `cargo test --all-targets` runs
 /// a bench target in test mode: that asks for none (see [`main`]).
 fn selected(args: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 3] = ["rollout", "drain", "memory"];
+    const ALL: [&str; 4] = ["rollout", "rollout-gated", "drain", "memory"];
     let mut out = Vec::new();
     for a in args.iter().filter(|a| !a.starts_with("--")) {
         if a == "all" {
@@ -47,7 +50,9 @@ fn selected(args: &[String]) -> Result<Vec<&'static str>> {
         match ALL.iter().find(|b| **b == a.as_str()) {
             Some(b) if !out.contains(b) => out.push(*b),
             Some(_) => {}
-            None => bail!("unknown benchmark {a:?}: choose from all, rollout, drain, memory"),
+            None => bail!(
+                "unknown benchmark {a:?}: choose from all, rollout, rollout-gated, drain, memory"
+            ),
         }
     }
     if out.is_empty() && args.iter().any(|a| a == "--bench") {
@@ -94,7 +99,8 @@ fn main() -> Result<()> {
         let mut failed = Vec::new();
         for b in which {
             let r = match b {
-                "rollout" => rollout::run().await,
+                "rollout" => rollout::run(None).await,
+                "rollout-gated" => rollout::run_gated().await,
                 "drain" => drain::run().await,
                 _ => memory::run().await,
             };

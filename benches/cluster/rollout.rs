@@ -54,11 +54,86 @@ struct Records {
     dones: Vec<(Instant, String)>,
 }
 
-pub async fn run() -> Result<()> {
+/// A Prometheus of this benchmark's own (scraping itself every second), killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_prometheus() -> Result<Prometheus> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n- job_name: prometheus\n  static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+        ),
+    )?;
+    let child = std::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context(
+            "starting prometheus (apt-get install prometheus; tools/bench-cluster.sh installs it)",
+        )?;
+    let url = format!("http://127.0.0.1:{port}");
+    let p = Prometheus {
+        child,
+        _dir: dir,
+        url,
+    };
+    let ready = format!("{}/-/ready", p.url);
+    for _ in 0..300 {
+        let r = ready.clone();
+        if tokio::task::spawn_blocking(move || ureq::get(&r).call().is_ok()).await? {
+            return Ok(p);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("prometheus at {} was not ready within 60 s", p.url)
+}
+
+/// (a) and (b) with reboot gates that never hold, asked before every plan.
+pub async fn run_gated() -> Result<()> {
+    let prom = start_prometheus().await?;
+    let gates = json!({
+        "prometheusURL": prom.url,
+        "queries": [{"expr": "up{job=\"prometheus\"} == 0", "nodeLabel": "node"}],
+        "alerts": [{"matchers": ["severity=\"critical\"", "node=\"$node\""]}],
+    });
+    run(Some(gates)).await
+}
+
+pub async fn run(gates: Option<serde_json::Value>) -> Result<()> {
     println!(
         "(a)+(b) rollout: {NODES} Nodes, maxUnavailable {MAX_UNAVAILABLE}, each node's work {} s \
-         (simulated agents: phase annotations, no drain or reboot); load average {}",
+         (simulated agents: phase annotations, no drain or reboot){}; load average {}",
         WORK.as_secs_f64(),
+        if gates.is_some() {
+            ", with a query and an alert filter asked of a real Prometheus before every plan"
+        } else {
+            ""
+        },
         load()
     );
     let env = TestEnv::new("bench-rollout").await?;
@@ -114,7 +189,7 @@ pub async fn run() -> Result<()> {
     // The watch runs before the Update exists, so Complete is seen as it happens.
     let complete = tokio::spawn(wait_complete(updates.clone(), "bench"));
     let t0 = Instant::now();
-    create_update(&updates, &names).await?;
+    create_update(&updates, &names, gates).await?;
     let t_complete = tokio::time::timeout(TIMEOUT, complete)
         .await
         .context("the rollout did not complete in time")???;
@@ -177,8 +252,12 @@ fn print_figures(r: &Records, t0: Instant, t_complete: Instant) -> Result<()> {
     Ok(())
 }
 
-async fn create_update(updates: &Api<Update>, names: &[String]) -> Result<()> {
-    let u: Update = serde_json::from_value(json!({
+async fn create_update(
+    updates: &Api<Update>,
+    names: &[String],
+    gates: Option<serde_json::Value>,
+) -> Result<()> {
+    let mut u = json!({
         "apiVersion": "housekeeper.io/v1alpha1", "kind": "Update",
         "metadata": {"name": "bench"},
         "spec": {
@@ -188,7 +267,11 @@ async fn create_update(updates: &Api<Update>, names: &[String]) -> Result<()> {
                 "key": "kubernetes.io/hostname", "operator": "In", "values": names,
             }]},
         },
-    }))?;
+    });
+    if let Some(g) = gates {
+        u["spec"]["gates"] = g;
+    }
+    let u: Update = serde_json::from_value(u)?;
     updates
         .create(&PostParams::default(), &u)
         .await

@@ -59,7 +59,7 @@ pub enum Command {
     /// Remove what install applied (refused while a rollout is in progress)
     Uninstall(UninstallArgs),
     /// Start a rollout to an image, or change the running one
-    Upgrade(UpgradeArgs),
+    Upgrade(Box<UpgradeArgs>),
     /// Show the rollout: target, conditions, progress, one row per node
     Status(StatusArgs),
     /// Stop new grants; nodes already granted finish
@@ -136,6 +136,40 @@ pub struct UpgradeArgs {
     /// Which nodes: a label selector (pool=a,zone in (x,y),!legacy)
     #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
     pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// At most N nodes out of service per zone (per value of --topology-key)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_unavailable_per_zone: Option<i32>,
+    /// At most N zones with a node out of service at once (1: one zone at a time)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_unavailable_zones: Option<i32>,
+    /// The node label the zone limits count by [default: topology.kubernetes.io/zone]
+    #[arg(long, value_name = "KEY")]
+    pub topology_key: Option<String>,
+    /// Hold each node while a pod matching this selector runs on it (app=backup)
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub blocking_pod_selector:
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Reboot gates: the Prometheus to ask before each grant (http://prometheus:9090)
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Authenticate with Secret housekeeper-prometheus (token, or username and password)
+    #[arg(long)]
+    pub prometheus_credentials: bool,
+    /// A PromQL gate, repeatable: a non-empty result holds the rollout
+    #[arg(long = "gate", value_name = "EXPR")]
+    pub gates: Vec<String>,
+    /// With --gate: a series with this label holds only the node it names
+    #[arg(long, value_name = "LABEL", requires = "gates")]
+    pub gate_node_label: Option<String>,
+    /// Firing alerts that hold, repeatable: matchers (severity="critical",node="$node")
+    #[arg(long = "gate-alert", value_name = "MATCHERS", value_parser = crate::ctl::args::parse_alert_filter)]
+    pub gate_alerts: Vec<crate::cluster::gates::AlertFilter>,
+    /// At most N nodes pull the target at once, ahead of their grants (front of the order first)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub staging_max_concurrent: Option<i32>,
+    /// POST rollout events (started, node failed, halted, paused, complete) as JSON here
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
     /// A maintenance window, repeatable: "[DAYS ]HH:MM-HH:MM[ ZONE]"
     #[arg(long = "window", value_name = "WINDOW", value_parser = parse_window)]
     pub windows: Vec<Window>,
@@ -297,6 +331,25 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 max_unavailable: a.max_unavailable,
                 max_failed: a.max_failed,
                 selector: a.selector,
+                max_unavailable_per_zone: a.max_unavailable_per_zone,
+                max_unavailable_zones: a.max_unavailable_zones,
+                topology_key: a.topology_key,
+                blocking_pod_selector: a.blocking_pod_selector,
+                webhook: a.webhook,
+                staging_max_concurrent: a.staging_max_concurrent,
+                gates: upgrade::GateChanges {
+                    prometheus_url: a.prometheus,
+                    credentials: a.prometheus_credentials.then_some(true),
+                    queries: a
+                        .gates
+                        .into_iter()
+                        .map(|expr| crate::cluster::gates::GateQuery {
+                            expr,
+                            node_label: a.gate_node_label.clone(),
+                        })
+                        .collect(),
+                    alerts: a.gate_alerts,
+                },
                 windows: if a.no_windows {
                     Some(Vec::new())
                 } else {

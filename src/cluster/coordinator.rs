@@ -57,8 +57,8 @@ use super::annotations::NodeView;
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::ledger::{self, Standing};
-use super::plan::{plan, RolloutPlan, COMPLETE, HALTED, PAUSED};
-use super::update::{ImagePolicy, Update, NAMESPACE};
+use super::plan::{plan_with, RolloutPlan, COMPLETE, HALTED, PAUSED};
+use super::update::{Hold, ImagePolicy, Update, UpdateStatus, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
 pub const COMPONENT: &str = "housekeeper-coordinator";
@@ -95,6 +95,11 @@ pub struct Config {
     pub wall_offset: jiff::SignedDuration,
     /// Beaten on every wake-up, leading or not (hkd's watchdog listens).
     pub heartbeat: super::heartbeat::Heartbeat,
+    /// The rollout metrics this coordinator updates (hkd serves them).
+    pub metrics: std::sync::Arc<super::rollout_metrics::RolloutMetrics>,
+    /// How often an Update held by something no watch reports (a blocking pod) is planned
+    /// again: how long a node waits after its blocking pod is gone.
+    pub recheck_every: Duration,
     /// A seam for tests only: after this many ledger writes that record grants, the process
     /// stops itself (SIGSTOP) right before sending the next one, as a coordinator frozen
     /// between its last check of the term and its write would; a test continues it.
@@ -115,6 +120,8 @@ impl Config {
             wall_offset: jiff::SignedDuration::ZERO,
             stop_before_grant: None,
             heartbeat: Default::default(),
+            recheck_every: Duration::from_secs(10),
+            metrics: super::rollout_metrics::global(),
         }
     }
 }
@@ -158,6 +165,8 @@ pub struct Coordinator {
     leading: watch::Sender<bool>,
     /// Ledger writes with grants sent so far (for the `stop_before_grant` seam).
     grant_writes: std::sync::atomic::AtomicUsize,
+    /// Webhook deliveries, off this loop.
+    notifier: super::notify::Notifier,
 }
 
 impl Coordinator {
@@ -176,6 +185,7 @@ impl Coordinator {
             elector,
             leading: watch::channel(false).0,
             grant_writes: Default::default(),
+            notifier: Default::default(),
         }
     }
 
@@ -469,6 +479,7 @@ impl Coordinator {
     ) -> Result<Option<Duration>> {
         let what = format!("Update {}/{}", self.config.namespace, updates[i].name_any());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
+        let pods_api = Api::all(self.client.clone());
         for attempt in 0..CONFLICT_RETRIES {
             if attempt > 0 {
                 let fresh = self
@@ -493,8 +504,21 @@ impl Coordinator {
                 tracing::warn!("{refused}");
             }
             let update = &updates[i];
+            let mut holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
+            if let Some(gates) = &update.spec.gates {
+                let limit = self
+                    .limit()
+                    .min(Duration::from_secs(gates.timeout_seconds.clamp(1, 3) as u64));
+                let ns = &self.config.namespace;
+                holds.extend(super::gates::prometheus::find(&self.client, ns, gates, limit).await);
+            }
             let now = self.now();
-            let mut p = plan(update, &views, now, self.config.image_policy);
+            let mut p = plan_with(update, &views, &holds, now, self.config.image_policy);
+            if !holds.is_empty() && p.status.state.as_deref() != Some(COMPLETE) {
+                // Nothing watched tells when a blocking pod is gone or a gate opens: look again.
+                let again = self.config.recheck_every;
+                p.wake_after = Some(p.wake_after.map_or(again, |w| w.min(again)));
+            }
             let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
             let stored = update.status.clone().unwrap_or_default();
             let generation = update.metadata.generation.unwrap_or(1);
@@ -509,6 +533,7 @@ impl Coordinator {
             );
             match self.write_status(update, &p, term).await? {
                 Some(written) => {
+                    self.after_write(&updates[i], &stored, &p, &holds);
                     updates[i] = written;
                     self.announce_grants(&updates[i], &p, &views).await;
                     return Ok(p.wake_after);
@@ -519,6 +544,41 @@ impl Coordinator {
         Err(anyhow!(
             "planning {what}: its Nodes or status changed under {CONFLICT_RETRIES} attempts in a row"
         ))
+    }
+
+    /// What a written plan tells the metrics and the webhook (which never waits).
+    fn after_write(&self, update: &Update, stored: &UpdateStatus, p: &RolloutPlan, holds: &[Hold]) {
+        let ns = &self.config.namespace;
+        let name = update.name_any();
+        self.config
+            .metrics
+            .observe(ns, &name, &p.status, holds, p.grants.len());
+        let Some(n) = &update.spec.notifications else {
+            return;
+        };
+        let uid = update.metadata.uid.clone().unwrap_or_default();
+        let generation = p.status.target_generation.unwrap_or(0);
+        for (event, node, message) in super::notify::events(stored, &p.status, &p.grants) {
+            let id = match &node {
+                Some(node) => format!("{uid}/{generation}/{event}/{node}"),
+                None => format!("{uid}/{generation}/{event}"),
+            };
+            self.notifier.send(
+                &n.webhook_url,
+                super::notify::Notification {
+                    api_version: "housekeeper.io/v1alpha1".into(),
+                    kind: "RolloutNotification".into(),
+                    id,
+                    event: event.into(),
+                    namespace: ns.clone(),
+                    update: name.clone(),
+                    target: update.spec.os_image_url.clone(),
+                    node,
+                    message,
+                    time: self.now().to_string(),
+                },
+            );
+        }
     }
 
     /// The `stop_before_grant` seam (tests only; `None` in production).

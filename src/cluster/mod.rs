@@ -10,21 +10,27 @@
 //! tests/cluster_coordinator.rs).
 
 pub mod annotations;
+pub mod blocking;
 pub mod connect;
 pub mod coordinator;
 pub mod drain;
 pub mod events;
+pub mod gates;
 pub mod heartbeat;
 pub mod kube_drain;
 pub mod lease;
 pub mod ledger;
+pub mod notify;
 pub mod plan;
 pub mod rbac;
+pub mod rollout_metrics;
 pub mod selector;
+pub mod staging;
+pub mod topology;
 pub mod update;
 pub mod window;
 pub(crate) mod yaml;
 
 pub use annotations::{AgentPhase, Grant, NodeView};
-pub use plan::{plan, RolloutPlan};
+pub use plan::{plan, plan_with, RolloutPlan};
 pub use update::{validate, ImagePolicy, Update, UpdateSpec, UpdateStatus};

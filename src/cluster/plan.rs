@@ -19,7 +19,12 @@
 //!   when the next one opens;
 //! - control-plane nodes first, one at a time; workers only once no control-plane node is
 //!   pending, waiting or in flight;
-//! - never more than `maxUnavailable` out of service (I1), counted as follows.
+//! - never more than `maxUnavailable` out of service (I1), counted as follows; with
+//!   `maxUnavailablePerZone` or `maxUnavailableZones`, never more than that per topology
+//!   domain or that many domains ([`super::topology`]), counted the same way;
+//! - a hold from outside the Nodes (a [`Hold`] the coordinator found: a blocking pod on a node)
+//!   keeps its node from a grant, or the whole rollout when it names no node; the node is
+//!   shown Waiting with the hold's message and does not count as out of service.
 //!
 //! **What counts as out of service.** Every selected node granted by this Update and not yet
 //! `Done`/`Failed` (in flight, whatever its generation), plus every other selected node that
@@ -41,9 +46,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::annotations::{AgentPhase, Grant, NodeView};
 use super::selector::Selector;
+use super::topology::{ZoneBudget, ZoneLimits};
 use super::update::{
-    validated_image, Counts, ImagePolicy, InFlight, NodeSummary, Update, UpdateCondition,
-    UpdateStatus, UpdateTarget, MAX_NODE_SUMMARIES,
+    validated_image, Counts, Hold, ImagePolicy, InFlight, NodeSummary, Update, UpdateCondition,
+    UpdateStatus, UpdateTarget, MAX_HOLDS, MAX_NODE_SUMMARIES,
 };
 use super::window;
 use crate::image_ref::ImageRef;
@@ -76,6 +82,9 @@ enum Class {
     Pending,
     /// Held back by its own state; it counts as out of service.
     Waiting(String),
+    /// In service, but held back by a hold from outside (a blocking pod) or by the zone
+    /// limits' need of its label.
+    Held(String),
 }
 
 pub const PROGRESSING: &str = "Progressing";
@@ -92,12 +101,25 @@ fn same_kube_version(a: &str, b: &str) -> bool {
     a.trim_start_matches('v') == b.trim_start_matches('v')
 }
 
-/// Decide. See the module documentation for the rules. The steps, each its own function:
-/// validate, [`classify`] the selected nodes, count them against the [`budget`], the
-/// [`halt_reason`], [`choose`] the grants, then the status ([`summaries`], [`progress`]).
+/// [`plan_with`] no holds from outside the Nodes.
 pub fn plan(
     update: &Update,
     nodes: &[NodeView],
+    now: Timestamp,
+    policy: ImagePolicy,
+) -> RolloutPlan {
+    plan_with(update, nodes, &[], now, policy)
+}
+
+/// Decide. See the module documentation for the rules. The steps, each its own function:
+/// validate, [`classify`] the selected nodes, count them against the [`budget`], the
+/// [`halt_reason`], [`choose`] the grants, then the status ([`summaries`], [`progress`]).
+/// `holds` are what the coordinator found outside the Nodes; they go into the status as given
+/// (bounded), so `hkctl status` plans with the same.
+pub fn plan_with(
+    update: &Update,
+    nodes: &[NodeView],
+    holds: &[Hold],
     now: Timestamp,
     policy: ImagePolicy,
 ) -> RolloutPlan {
@@ -106,6 +128,8 @@ pub fn plan(
     let generation = update.metadata.generation.unwrap_or(1);
     let mut status = UpdateStatus {
         observed_generation: Some(generation),
+        holds: holds.iter().take(MAX_HOLDS).cloned().collect(),
+        holds_omitted: holds.len().saturating_sub(MAX_HOLDS) as i32,
         ..Default::default()
     };
     let halt = |status: &mut UpdateStatus, reason: &str, message: String| {
@@ -152,7 +176,29 @@ pub fn plan(
         Some(s) => Selector::from_label_selector(s).unwrap_or_default(),
         None => Selector::default(),
     };
-    let selected = classify(nodes, &selector, &grant, target_generation, &image, &target);
+    let zones = ZoneLimits::from_spec(spec);
+    let held = |n: &NodeView| -> Option<String> {
+        let mut why: Vec<&str> = holds
+            .iter()
+            .filter(|h| h.node.as_deref() == Some(n.name.as_str()))
+            .map(|h| h.message.as_str())
+            .collect();
+        let no_label = zones
+            .as_ref()
+            .filter(|z| !n.labels.contains_key(&z.key))
+            .map(|z| super::topology::ZoneHold::NoLabel { key: z.key.clone() }.to_string());
+        why.extend(no_label.as_deref());
+        (!why.is_empty()).then(|| why.join("; "))
+    };
+    let selected = classify(
+        nodes,
+        &selector,
+        &grant,
+        target_generation,
+        &image,
+        &target,
+        held,
+    );
     let max_unavailable = spec.max_unavailable.max(1) as usize;
     let (mut counts, budget) = budget(&selected, max_unavailable);
     let halted = halt_reason(update, &selected, &counts, &target);
@@ -167,15 +213,23 @@ pub fn plan(
             d.unsigned_abs()
         }
     });
-    let (grants, holding) = if halted.is_some() {
-        (Vec::new(), None)
+    let Choice {
+        grants,
+        holding,
+        zone_waits,
+    } = if halted.is_some() {
+        Choice::default()
     } else {
         choose(
             update,
             &selected,
             &counts,
-            budget,
-            max_unavailable,
+            Limits {
+                budget,
+                max_unavailable,
+                zones: zones.as_ref(),
+                holds,
+            },
             window_open.then_some(()).ok_or(window_change),
         )
     };
@@ -186,7 +240,17 @@ pub fn plan(
     counts.pending -= granted_now;
     counts.in_flight += granted_now;
     status.counts = counts.clone();
-    let all_nodes = summaries(&selected, &grants, &pending_reason, now);
+    let all_nodes = summaries(&selected, &grants, &pending_reason, &zone_waits, now);
+    if let Some(s) = &spec.staging {
+        status.staging_permits = staging_permits(
+            &selected,
+            &grants,
+            &prev,
+            target_generation,
+            s.max_concurrent.max(1) as usize,
+            &image,
+        );
+    }
     status.nodes_omitted = all_nodes.len().saturating_sub(MAX_NODE_SUMMARIES) as i32;
     status.nodes = all_nodes.iter().take(MAX_NODE_SUMMARIES).cloned().collect();
 
@@ -217,7 +281,8 @@ fn at_target(n: &NodeView, image: &ImageRef, target: &UpdateTarget) -> bool {
         })
 }
 
-/// Where each node the selector picks stands, in name order.
+/// Where each node the selector picks stands, in name order. `held` says why a node in service
+/// is held back from outside, if it is.
 fn classify<'a>(
     nodes: &'a [NodeView],
     selector: &Selector,
@@ -225,6 +290,7 @@ fn classify<'a>(
     target_generation: i64,
     image: &ImageRef,
     target: &UpdateTarget,
+    held: impl Fn(&NodeView) -> Option<String>,
 ) -> Vec<(&'a NodeView, Class)> {
     let class_of = |n: &NodeView| -> Class {
         if let Some(g) = n.grant.as_ref().filter(|g| g.uid == grant.uid) {
@@ -254,6 +320,9 @@ fn classify<'a>(
         if n.cordoned_by_others() {
             return Class::Waiting("cordoned by someone else".into());
         }
+        if let Some(why) = held(n) {
+            return Class::Held(why);
+        }
         Class::Pending
     };
     let mut selected: Vec<(&NodeView, Class)> = nodes
@@ -279,16 +348,46 @@ fn budget(selected: &[(&NodeView, Class)], max_unavailable: usize) -> (Counts, u
             Class::Failed(_) => counts.failed += 1,
             Class::InFlight(_) => counts.in_flight += 1,
             Class::Pending => counts.pending += 1,
-            Class::Waiting(_) => counts.waiting += 1,
+            Class::Waiting(_) | Class::Held(_) => counts.waiting += 1,
         }
-        let unavailable = match class {
-            Class::InFlight(_) | Class::Waiting(_) => true,
-            Class::Done(_) | Class::Failed(_) => !n.ready || n.cordoned_by_others(),
-            Class::Pending => false,
-        };
-        out_of_service += usize::from(unavailable);
+        out_of_service += usize::from(out_of_service_now(n, class));
     }
     (counts, max_unavailable.saturating_sub(out_of_service))
+}
+
+/// The staging permits after this plan ([`super::staging`]): candidates are the nodes not
+/// started and in service (Pending or Held, not granted now), in grant order.
+fn staging_permits(
+    selected: &[(&NodeView, Class)],
+    grants: &[String],
+    prev: &UpdateStatus,
+    generation: i64,
+    max: usize,
+    image: &ImageRef,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut order: Vec<&(&NodeView, Class)> = selected
+        .iter()
+        .filter(|(n, c)| matches!(c, Class::Pending | Class::Held(_)) && !grants.contains(&n.name))
+        .collect();
+    order.sort_by_key(|(n, _)| (!n.control_plane, n.name.as_str()));
+    let candidates: Vec<super::staging::Candidate<'_>> = order
+        .iter()
+        .map(|(n, _)| super::staging::Candidate {
+            name: &n.name,
+            staged: n.staged.as_deref().is_some_and(|s| image.is_same_as(s)),
+        })
+        .collect();
+    super::staging::permits(&candidates, &prev.staging_permits, generation, max)
+}
+
+/// Whether a node uses up `maxUnavailable` (and its zone's limit): everything in flight or
+/// unavailable for reasons of its own.
+fn out_of_service_now(n: &NodeView, class: &Class) -> bool {
+    match class {
+        Class::InFlight(_) | Class::Waiting(_) => true,
+        Class::Done(_) | Class::Failed(_) => !n.ready || n.cordoned_by_others(),
+        Class::Pending | Class::Held(_) => false,
+    }
 }
 
 /// The failed nodes for a message, with their reasons: the first few and how many more.
@@ -360,22 +459,74 @@ fn halt_reason(
     }
 }
 
-/// The nodes to grant now, in order, and why no (more) are granted (the Progressing reason
-/// and message). `window` is Ok when a maintenance window is open, else when the next opens.
+/// What limits the grants of one plan.
+struct Limits<'a> {
+    /// How many more nodes may go out of service (I1).
+    budget: usize,
+    max_unavailable: usize,
+    zones: Option<&'a ZoneLimits>,
+    holds: &'a [Hold],
+}
+
+/// The nodes to grant now, in order; why no (more) are granted (the Progressing reason and
+/// message); and the pending nodes that wait for their zone, with why.
+#[derive(Debug, Default)]
+struct Choice {
+    grants: Vec<String>,
+    holding: Option<(String, String)>,
+    zone_waits: std::collections::BTreeMap<String, String>,
+}
+
+/// The Progressing reason of a rollout whose zone limits hold its pending nodes.
+pub const ZONE_LIMIT: &str = "ZoneLimit";
+/// The Progressing reason of a rollout held by a hold that names no node.
+pub const HELD: &str = "Held";
+/// The Progressing reason of a rollout whose only open nodes are held (blocking pods).
+pub const NODES_HELD: &str = "NodesHeld";
+
+/// Choose the grants. `window` is Ok when a maintenance window is open, else when the next
+/// opens.
 fn choose(
     update: &Update,
     selected: &[(&NodeView, Class)],
     counts: &Counts,
-    mut budget: usize,
-    max_unavailable: usize,
+    limits: Limits<'_>,
     window: Result<(), Option<Timestamp>>,
-) -> (Vec<String>, Option<(String, String)>) {
-    let mut grants = Vec::new();
+) -> Choice {
+    let Limits {
+        mut budget,
+        max_unavailable,
+        zones,
+        holds,
+    } = limits;
+    fn zone_of<'n>(zones: Option<&ZoneLimits>, n: &'n NodeView) -> Option<&'n str> {
+        zones.and_then(|z| n.labels.get(&z.key).map(String::as_str))
+    }
+    let mut zone_budget = zones.map(|z| {
+        ZoneBudget::new(
+            z,
+            selected
+                .iter()
+                .filter(|(n, c)| out_of_service_now(n, c))
+                .map(|(n, _)| zone_of(zones, n)),
+        )
+    });
+    let mut admit = |n: &NodeView| -> Result<(), String> {
+        let Some(zb) = zone_budget.as_mut() else {
+            return Ok(());
+        };
+        let zone = zone_of(zones, n);
+        zb.admit(zone).map_err(|e| e.to_string())?;
+        zb.take(zone.unwrap_or_default());
+        Ok(())
+    };
+    let mut choice = Choice::default();
+    let rollout_holds: Vec<&Hold> = holds.iter().filter(|h| h.node.is_none()).collect();
     let cp_open: Vec<&(&NodeView, Class)> = selected
         .iter()
         .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
         .collect();
-    let holding = if update.spec.paused {
+    choice.holding = if update.spec.paused {
         Some(("Paused".into(), "paused: no new grants".into()))
     } else if let Err(window_change) = window {
         let when = window_change
@@ -384,6 +535,16 @@ fn choose(
         Some((
             "OutsideMaintenanceWindow".into(),
             format!("outside every maintenance window{when}"),
+        ))
+    } else if let Some(first) = rollout_holds.first() {
+        let all: Vec<&str> = rollout_holds.iter().map(|h| h.message.as_str()).collect();
+        Some((
+            if first.reason.is_empty() {
+                HELD.into()
+            } else {
+                first.reason.clone()
+            },
+            format!("held: {}", all.join("; ")),
         ))
     } else if let Some((n, _)) = cp_open
         .iter()
@@ -394,16 +555,24 @@ fn choose(
             format!("control-plane node {} is upgrading; control-plane nodes go one at a time, workers after them", n.name),
         ))
     } else if let Some((n, _)) = cp_open.iter().find(|(_, c)| matches!(c, Class::Pending)) {
-        if budget >= 1 {
-            grants.push(n.name.clone());
-            None
-        } else {
+        if budget == 0 {
             Some((
                 "MaxUnavailable".into(),
                 unavailable_message(selected, max_unavailable),
             ))
+        } else if let Err(why) = admit(n) {
+            choice.zone_waits.insert(n.name.clone(), why.clone());
+            Some((
+                ZONE_LIMIT.into(),
+                format!("control-plane node {} waits: {why}", n.name),
+            ))
+        } else {
+            choice.grants.push(n.name.clone());
+            None
         }
-    } else if let Some((n, Class::Waiting(why))) = cp_open.first().map(|x| (x.0, x.1.clone())) {
+    } else if let Some((n, Class::Waiting(why) | Class::Held(why))) =
+        cp_open.first().map(|x| (x.0, x.1.clone()))
+    {
         Some((
             "ControlPlaneWaiting".into(),
             format!(
@@ -417,19 +586,54 @@ fn choose(
                 break;
             }
             if !n.control_plane && *c == Class::Pending {
-                grants.push(n.name.clone());
-                budget -= 1;
+                match admit(n) {
+                    Ok(()) => {
+                        choice.grants.push(n.name.clone());
+                        budget -= 1;
+                    }
+                    Err(why) => {
+                        choice.zone_waits.insert(n.name.clone(), why);
+                    }
+                }
             }
         }
-        let still_pending = counts.pending as usize > grants.len();
-        (still_pending && budget == 0).then(|| {
-            (
+        let still_pending = counts.pending as usize > choice.grants.len();
+        let held: Vec<String> = selected
+            .iter()
+            .filter_map(|(n, c)| match c {
+                Class::Held(why) => Some(format!("{} ({why})", n.name)),
+                _ => None,
+            })
+            .collect();
+        if still_pending && budget == 0 {
+            Some((
                 "MaxUnavailable".into(),
                 unavailable_message(selected, max_unavailable),
-            )
-        })
+            ))
+        } else if let Some((first, why)) = choice.zone_waits.iter().next() {
+            Some((
+                ZONE_LIMIT.into(),
+                format!(
+                    "{} node(s) wait for their zone; {first}: {why}",
+                    choice.zone_waits.len()
+                ),
+            ))
+        } else if !held.is_empty() && choice.grants.is_empty() && !still_pending {
+            let mut m = held
+                .iter()
+                .take(NAMED_IN_MESSAGE)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if held.len() > NAMED_IN_MESSAGE {
+                m.push_str(&format!(" and {} more", held.len() - NAMED_IN_MESSAGE));
+            }
+            Some((NODES_HELD.into(), format!("held: {m}")))
+        } else {
+            None
+        }
     };
-    (grants, holding)
+    choice
 }
 
 /// What a node that is only waiting for its turn waits for.
@@ -446,6 +650,7 @@ fn pending_reason(
             "OutsideMaintenanceWindow" => "window closed".to_owned(),
             "ControlPlaneInFlight" | "ControlPlaneWaiting" => "control plane first".to_owned(),
             "MaxUnavailable" => format!("no slot (maxUnavailable {max_unavailable})"),
+            ZONE_LIMIT | NODES_HELD => String::new(),
             _ => message.clone(),
         },
         (None, None) => String::new(),
@@ -457,6 +662,7 @@ fn summaries(
     selected: &[(&NodeView, Class)],
     grants: &[String],
     pending_reason: &str,
+    zone_waits: &std::collections::BTreeMap<String, String>,
     now: Timestamp,
 ) -> Vec<NodeSummary> {
     let mut summaries: Vec<(u8, NodeSummary)> = selected
@@ -466,8 +672,15 @@ fn summaries(
                 _ if grants.contains(&n.name) => (1, "Granted".to_owned(), String::new()),
                 Class::Failed(r) => (0, "Failed".into(), r.clone()),
                 Class::InFlight(p) => (1, p.clone(), n.reason.clone().unwrap_or_default()),
-                Class::Waiting(r) => (2, "Waiting".into(), r.clone()),
-                Class::Pending => (3, "Pending".into(), pending_reason.to_owned()),
+                Class::Waiting(r) | Class::Held(r) => (2, "Waiting".into(), r.clone()),
+                Class::Pending => (
+                    3,
+                    "Pending".into(),
+                    zone_waits
+                        .get(&n.name)
+                        .cloned()
+                        .unwrap_or_else(|| pending_reason.to_owned()),
+                ),
                 Class::Done(r) => (4, "Done".into(), r.clone()),
             };
             let mut reason = reason;
@@ -478,7 +691,7 @@ fn summaries(
                 reason.push_str(&n.problems.join("; "));
             }
             let since = match c {
-                Class::Pending | Class::Waiting(_) => None,
+                Class::Pending | Class::Waiting(_) | Class::Held(_) => None,
                 _ if grants.contains(&n.name) => Some(now),
                 _ => n.since,
             };

@@ -309,6 +309,169 @@ fn another_updates_node_is_out_of_service() {
     assert!(cond(&p, PROGRESSING).message.contains("another Update"));
 }
 
+fn in_zone(name: &str, zone: &str) -> NodeView {
+    let mut n = node(name, false);
+    n.labels
+        .insert("topology.kubernetes.io/zone".into(), zone.into());
+    n
+}
+
+fn pod_hold(node: &str, pod: &str) -> Hold {
+    Hold {
+        node: Some(node.into()),
+        reason: "BlockingPod".into(),
+        message: format!("blocking pod {pod}"),
+    }
+}
+
+#[test]
+fn at_most_n_per_zone_beside_max_unavailable() {
+    let u = update(json!({"maxUnavailable": 4, "maxUnavailablePerZone": 1}));
+    let mut nodes = vec![
+        in_zone("a-1", "a"),
+        in_zone("a-2", "a"),
+        in_zone("b-1", "b"),
+        in_zone("b-2", "b"),
+        in_zone("c-1", "c"),
+    ];
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["a-1", "b-1", "c-1"]);
+    assert_eq!(cond(&p, PROGRESSING).reason, ZONE_LIMIT);
+    let a2 = p.all_nodes.iter().find(|n| n.name == "a-2").unwrap();
+    assert_eq!(a2.reason, "zone a full (maxUnavailablePerZone 1)");
+    // A node of zone b gone NotReady by itself uses up zone b, as it uses up maxUnavailable.
+    nodes[2].ready = false;
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["a-1", "c-1"]);
+}
+
+#[test]
+fn never_two_zones_at_once_when_asked() {
+    let u = update(json!({"maxUnavailable": 3, "maxUnavailableZones": 1}));
+    let mut nodes = vec![
+        in_zone("a-1", "a"),
+        in_zone("a-2", "a"),
+        in_zone("b-1", "b"),
+    ];
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, vec!["a-1", "a-2"]);
+    let g = p.grant.clone().unwrap();
+    grant(&mut nodes[0], &g, Some(AgentPhase::Done));
+    grant(&mut nodes[1], &g, Some(AgentPhase::Draining));
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(
+        cond(&p, PROGRESSING).message,
+        "1 node(s) wait for their zone; b-1: zone(s) a out of service (maxUnavailableZones 1)"
+    );
+    grant(&mut nodes[1], &g, Some(AgentPhase::Done));
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["b-1"]);
+}
+
+#[test]
+fn a_topology_key_no_node_carries_holds_every_node_and_says_which_label() {
+    let u = update(json!({"maxUnavailablePerZone": 1, "topologyKey": "example.com/rack"}));
+    let nodes = vec![in_zone("a-1", "a"), in_zone("b-1", "b")];
+    let p = plan(&u, &nodes, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, NODES_HELD);
+    assert!(cond(&p, PROGRESSING)
+        .message
+        .contains("a-1 (no label example.com/rack; the zone limits need it)"));
+    assert_eq!(p.status.counts.waiting, 2);
+}
+
+#[test]
+fn a_blocking_pod_holds_its_node_only_and_is_named() {
+    let u = update(json!({"maxUnavailable": 2}));
+    let nodes = vec![node("w-1", false), node("w-2", false), node("w-3", false)];
+    let holds = [pod_hold("w-1", "backup/job-7")];
+    let p = plan_with(&u, &nodes, &holds, now(), strict());
+    assert_eq!(p.grants, vec!["w-2", "w-3"]);
+    let w1 = p.all_nodes.iter().find(|n| n.name == "w-1").unwrap();
+    assert_eq!(
+        (w1.phase.as_str(), w1.reason.as_str()),
+        ("Waiting", "blocking pod backup/job-7")
+    );
+    assert_eq!(p.status.holds, holds);
+    // Held is not out of service: it does not use up maxUnavailable.
+    assert_eq!(p.status.counts.waiting, 1);
+    // Once the others are done, the status names what holds the last one.
+    let mut nodes = nodes;
+    let g = p.grant.clone().unwrap();
+    grant(&mut nodes[1], &g, Some(AgentPhase::Done));
+    grant(&mut nodes[2], &g, Some(AgentPhase::Done));
+    let p = plan_with(&u, &nodes, &holds, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, NODES_HELD);
+    assert_eq!(
+        cond(&p, PROGRESSING).message,
+        "held: w-1 (blocking pod backup/job-7)"
+    );
+    assert_eq!(p.status.state.as_deref(), Some("Waiting"));
+    // The pod gone: granted.
+    assert_eq!(plan(&u, &nodes, now(), strict()).grants, vec!["w-1"]);
+}
+
+#[test]
+fn a_hold_on_the_whole_rollout_grants_nothing_and_says_why() {
+    let u = update(json!({"maxUnavailable": 2}));
+    let nodes = vec![node("w-1", false)];
+    let holds = [Hold {
+        node: None,
+        reason: "BlockingPodsUnknown".into(),
+        message: "the blocking pods could not be read: 403".into(),
+    }];
+    let p = plan_with(&u, &nodes, &holds, now(), strict());
+    assert!(p.grants.is_empty());
+    assert_eq!(cond(&p, PROGRESSING).reason, "BlockingPodsUnknown");
+    assert_eq!(
+        cond(&p, PROGRESSING).message,
+        "held: the blocking pods could not be read: 403"
+    );
+    assert_eq!(
+        p.all_nodes[0].reason,
+        "held: the blocking pods could not be read: 403"
+    );
+}
+
+#[test]
+fn holds_in_status_are_bounded() {
+    let u = update(json!({}));
+    let holds: Vec<Hold> = (0..MAX_HOLDS + 3)
+        .map(|i| pod_hold(&format!("n-{i}"), "p"))
+        .collect();
+    let p = plan_with(&u, &[], &holds, now(), strict());
+    assert_eq!(p.status.holds.len(), MAX_HOLDS);
+    assert_eq!(p.status.holds_omitted, 3);
+}
+
+#[test]
+fn staging_permits_go_to_the_front_of_the_order_within_their_budget() {
+    let u = update(json!({"maxUnavailable": 1, "staging": {"maxConcurrent": 2}}));
+    let mut nodes: Vec<_> = (1..=4).map(|i| node(&format!("w-{i}"), false)).collect();
+    nodes.push(node("cp-1", true));
+    let p = plan(&u, &nodes, now(), strict());
+    // cp-1 is granted (it stages under its grant); the next two in order get permits.
+    assert_eq!(p.grants, vec!["cp-1"]);
+    assert_eq!(
+        p.status.staging_permits.keys().collect::<Vec<_>>(),
+        ["w-1", "w-2"]
+    );
+    let mut u = u;
+    u.status = Some(p.status.clone());
+    // w-1 staged: w-3 may start pulling; w-1 keeps its permit.
+    nodes[0].staged = Some(IMG.into());
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(
+        p.status.staging_permits.keys().collect::<Vec<_>>(),
+        ["w-1", "w-2", "w-3"]
+    );
+    // Without spec.staging: no permits at all (every node stages at once).
+    let p = plan(&update(json!({})), &nodes, now(), strict());
+    assert!(p.status.staging_permits.is_empty());
+}
+
 /// A random rollout: nodes, then a sequence of events; the planner is asked after each.
 #[derive(Debug, Clone)]
 enum Ev {
@@ -317,6 +480,10 @@ enum Ev {
     Ready(usize, bool),
     Cordon(usize, bool),
     Pause(bool),
+    /// A blocking pod starts on (true) or leaves (false) a node.
+    Block(usize, bool),
+    /// A node's agent reports the target staged (when it holds a permit).
+    Stage(usize),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -326,6 +493,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => (0..40usize, any::<bool>()).prop_map(|(i, r)| Ev::Ready(i, r)),
         1 => (0..40usize, any::<bool>()).prop_map(|(i, c)| Ev::Cordon(i, c)),
         1 => any::<bool>().prop_map(Ev::Pause),
+        1 => (0..40usize, any::<bool>()).prop_map(|(i, b)| Ev::Block(i, b)),
+        2 => (0..40usize).prop_map(Ev::Stage),
     ]
 }
 
@@ -336,24 +505,74 @@ proptest! {
         kinds in prop::collection::vec((any::<bool>(), any::<bool>(), 0u8..10), 1..30),
         max_unavailable in 1i32..6,
         max_failed in 0i32..4,
+        per_zone in prop::option::of(1i32..3),
+        max_zones in prop::option::of(1i32..3),
+        staging in prop::option::of(1i32..4),
         events in prop::collection::vec(ev(), 0..120),
     ) {
         let mut u = update(json!({"maxUnavailable": max_unavailable, "maxFailed": max_failed}));
+        u.spec.max_unavailable_per_zone = per_zone;
+        u.spec.max_unavailable_zones = max_zones;
+        u.spec.staging = staging.map(|m| crate::cluster::update::Staging { max_concurrent: m });
+        let zoned = per_zone.is_some() || max_zones.is_some();
         let mut nodes: Vec<NodeView> = kinds
             .iter()
             .enumerate()
             .map(|(i, (cp, at_target, r))| {
                 let mut n = node(&format!("n-{i:02}"), *cp && *r < 3);
                 if *at_target && *r > 7 { n.os_image = Some(IMG.into()); }
+                // Three zones; every ninth node without the label.
+                if i % 9 != 8 {
+                    n.labels.insert("topology.kubernetes.io/zone".into(), format!("z{}", i % 3));
+                }
                 n
             })
             .collect();
+        let mut holds: Vec<Hold> = Vec::new();
+        let zone_in_flight = |nodes: &[NodeView]| {
+            let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+            for n in nodes.iter().filter(|n| n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))) {
+                *per.entry(n.labels.get("topology.kubernetes.io/zone").cloned().unwrap_or_default()).or_default() += 1;
+            }
+            per
+        };
         let in_flight = |nodes: &[NodeView]| nodes.iter().filter(|n| {
             n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))
         }).count();
         for e in events.iter().map(Some).chain(std::iter::once(None)) {
-            let p = plan(&u, &nodes, now(), strict());
+            let prev_permits = u.status.as_ref().map(|s| s.staging_permits.clone()).unwrap_or_default();
+            let p = plan_with(&u, &nodes, &holds, now(), strict());
             u.status = Some(p.status.clone());
+            // Bounded staging: never more than maxConcurrent permitted nodes pulling (not
+            // staged yet, not granted), and none permitted while one nearer the front of the
+            // order waits unstaged without a permit.
+            if let Some(max) = staging {
+                let permits = &p.status.staging_permits;
+                let open = |n: &&NodeView| n.grant.is_none() && n.ready && !n.cordoned_by_others()
+                    && n.os_image.as_deref() != Some(IMG) && !p.grants.contains(&n.name);
+                let pulling = nodes.iter().filter(open)
+                    .filter(|n| permits.contains_key(&n.name) && n.staged.as_deref() != Some(IMG))
+                    .count();
+                prop_assert!(pulling <= max as usize, "{pulling} pulling > staging.maxConcurrent {max}");
+                let mut order: Vec<&NodeView> = nodes.iter().filter(open).collect();
+                order.sort_by_key(|n| (!n.control_plane, n.name.clone()));
+                let unstaged: Vec<&&NodeView> = order.iter().filter(|n| n.staged.as_deref() != Some(IMG)).collect();
+                // A permit once given is kept (its pull is not wasted); a new one goes to the
+                // front of the unstaged nodes without one.
+                if let Some(last) = unstaged.iter().rposition(|n| permits.contains_key(&n.name) && !prev_permits.contains_key(&n.name)) {
+                    prop_assert!(unstaged[..last].iter().all(|n| permits.contains_key(&n.name)),
+                        "a new permit went past a node nearer the front: {permits:?}");
+                }
+            } else {
+                prop_assert!(p.status.staging_permits.is_empty());
+            }
+            for name in &p.grants {
+                prop_assert!(!holds.iter().any(|h| h.node.as_deref() == Some(name)),
+                    "{name} granted while a blocking pod runs on it");
+                let n = nodes.iter().find(|n| &n.name == name).unwrap();
+                prop_assert!(!zoned || n.labels.contains_key("topology.kubernetes.io/zone"),
+                    "{name} granted without a zone while zone limits are set");
+            }
             // Control-plane first: a worker is granted only when no control-plane node is
             // open; control-plane nodes one at a time and alone.
             let cp_open = nodes.iter().any(|n| n.control_plane && !n.grant.as_ref().is_some_and(|g| n.phase_for(g).is_some_and(AgentPhase::is_terminal)) && n.os_image.as_deref() != Some(IMG));
@@ -374,6 +593,16 @@ proptest! {
             // I1.
             prop_assert!(in_flight(&nodes) <= max_unavailable as usize,
                 "{} in flight > maxUnavailable {max_unavailable}", in_flight(&nodes));
+            // The zone limits, counted over the nodes in flight, as I1 is.
+            let per = zone_in_flight(&nodes);
+            if let Some(limit) = per_zone {
+                for (z, n) in &per {
+                    prop_assert!(*n <= limit as usize, "{n} in flight in zone {z:?} > {limit}");
+                }
+            }
+            if let Some(limit) = max_zones {
+                prop_assert!(per.len() <= limit as usize, "zones {per:?} in flight > {limit}");
+            }
             let cps = nodes.iter().filter(|n| n.control_plane && n.grant.as_ref().is_some_and(|g| !n.phase_for(g).is_some_and(AgentPhase::is_terminal))).count();
             prop_assert!(cps <= 1, "{cps} control-plane nodes in flight");
             let Some(e) = e else { break };
@@ -396,6 +625,18 @@ proptest! {
                 Ev::Ready(i, r) => nodes[i % len].ready = r,
                 Ev::Cordon(i, c) => nodes[i % len].unschedulable = c,
                 Ev::Pause(p) => u.spec.paused = p,
+                Ev::Stage(i) => {
+                    let n = &mut nodes[i % len];
+                    let permitted = u.status.as_ref().is_some_and(|s| s.staging_permits.contains_key(&n.name));
+                    if staging.is_none() || permitted {
+                        n.staged = Some(IMG.into());
+                    }
+                }
+                Ev::Block(i, b) => {
+                    let name = nodes[i % len].name.clone();
+                    holds.retain(|h| h.node.as_deref() != Some(name.as_str()));
+                    if b { holds.push(pod_hold(&name, "ns/p")); }
+                }
             }
         }
     }

@@ -9,8 +9,10 @@
 //! | identity | authenticates as | may | why |
 //! |---|---|---|---|
 //! | coordinator | ServiceAccount `housekeeper-system/hkd-coordinator` | nodes: get, list, watch (cluster) | plan over every Node's phase |
+//! | | | pods: list (cluster), read only | find the pods `blockingPodSelector` matches |
 //! | | | updates: get, list, watch; updates/status: get, patch, update (hkd's namespace) | read the rollout, record grants and progress in its status |
 //! | | | leases: create; get, update, patch on `housekeeper-coordinator` only | election (`create` cannot be limited by name) |
+//! | | | secrets: get on `housekeeper-prometheus` only (hkd's namespace) | Prometheus's credentials for the reboot gates |
 //! | | | events: create, patch (hkd's namespace and `default`) | Events on Updates and on Nodes, beside the kubelet's |
 //! | node `N` | ServiceAccount `housekeeper-system/hkd-node-N`, impersonating `system:node:N` in group `system:nodes` | impersonate user `system:node:N` and group `system:nodes`, nothing else | every request is authorized as node `N`'s kubelet is |
 //! | every node (group `system:nodes`) | the Node authorizer and the NodeRestriction admission plugin | its own Node: get, watch, patch annotations and `spec.unschedulable` (not its taints, not restricted labels); pods bound to it: evict, delete; Events | what the kubelet may anyway: report phases, cordon itself, drain itself |
@@ -28,7 +30,9 @@
 //! nodes already hold cluster-admin power on disk (`/etc/kubernetes/admin.conf`, etcd's client
 //! keys, the CA key), so a coordinator credential there adds nothing a root on them lacks, and
 //! no container image or Deployment is needed on NestOS hosts. It no longer patches Nodes and
-//! never touches pods: grants live in the Update's status and each node drains itself.
+//! never writes pods: grants live in the Update's status and each node drains itself. It lists
+//! pods (read only) for `blockingPodSelector`; RBAC cannot narrow a list to a label, so it may
+//! read every pod's spec, as every node's kubelet may already.
 //!
 //! Discovery (`/api`, `/apis/policy`, used to pick the Eviction version) is open to every
 //! authenticated user through the cluster's own `system:discovery` binding; an impersonated
@@ -55,6 +59,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use super::events::NODE_EVENT_NAMESPACE;
+use super::gates::CREDENTIALS_SECRET;
 use super::lease::LEASE_NAME;
 use super::update::NAMESPACE;
 
@@ -176,7 +181,11 @@ pub fn manifests() -> Vec<Value> {
         }),
         value(ClusterRole {
             metadata: meta(COORDINATOR_ROLE, None),
-            rules: Some(vec![rule("", &["nodes"], &["get", "list", "watch"], &[])]),
+            rules: Some(vec![
+                rule("", &["nodes"], &["get", "list", "watch"], &[]),
+                // Read only, for blockingPodSelector (src/cluster/blocking.rs).
+                rule("", &["pods"], &["list"], &[]),
+            ]),
             aggregation_rule: None,
         }),
         value(ClusterRoleBinding {
@@ -199,6 +208,9 @@ pub fn manifests() -> Vec<Value> {
                     &["get", "patch", "update"],
                     &[],
                 ),
+                // Prometheus's credentials for the reboot gates (src/cluster/gates), that one
+                // Secret only.
+                rule("", &["secrets"], &["get"], &[CREDENTIALS_SECRET]),
                 // `create` cannot be limited by name: the name is not known before.
                 rule("coordination.k8s.io", &["leases"], &["create"], &[]),
                 rule(
@@ -398,16 +410,18 @@ mod tests {
     }
 
     #[test]
-    fn the_coordinator_may_exactly_what_it_calls_and_never_pods_or_node_writes() {
+    fn the_coordinator_may_exactly_what_it_calls_and_never_writes_pods_or_nodes() {
         let want = [
             "create /events@default",
             "create /events@housekeeper-system",
             "create coordination.k8s.io/leases@housekeeper-system",
             "get /nodes@*",
+            "get /secrets@housekeeper-system[String(housekeeper-prometheus)]",
             "get coordination.k8s.io/leases@housekeeper-system[String(housekeeper-coordinator)]",
             "get housekeeper.io/updates/status@housekeeper-system",
             "get housekeeper.io/updates@housekeeper-system",
             "list /nodes@*",
+            "list /pods@*",
             "list housekeeper.io/updates@housekeeper-system",
             "patch /events@default",
             "patch /events@housekeeper-system",

@@ -89,6 +89,44 @@ pub struct UpdateSpec {
     /// the rollout anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<Abort>,
+    /// At most this many selected nodes out of service per topology domain (each value of
+    /// the node label `topologyKey`), beside `maxUnavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable_per_zone: Option<i32>,
+    /// At most this many topology domains with a node out of service at once (1: never two
+    /// zones at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable_zones: Option<i32>,
+    /// The node label whose values are the domains of the two limits above; absent:
+    /// `topology.kubernetes.io/zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 316))]
+    pub topology_key: Option<String>,
+    /// A node running a pod this selector matches (in any namespace, not yet Succeeded or
+    /// Failed) is not granted until the pod is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking_pod_selector: Option<LabelSelector>,
+    /// Reboot gates: Prometheus queries and firing alerts that hold grants (see
+    /// [`super::gates`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<super::gates::Gates>,
+    /// A webhook the coordinator POSTs rollout events to (see [`super::notify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<super::notify::Notifications>,
+    /// Pre-staging ahead of the grants (see [`super::staging`]); absent: every selected node
+    /// stages as soon as the Update selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<Staging>,
+}
+
+/// How many nodes pull the target at once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Staging {
+    #[schemars(range(min = 1))]
+    pub max_concurrent: i32,
 }
 
 /// An admin's abort of a rollout.
@@ -212,6 +250,33 @@ pub struct UpdateStatus {
     /// grants recorded here (see [`super::ledger`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, GrantRecord>,
+    /// What outside the Nodes holds grants, as the coordinator last looked: blocking pods
+    /// (per node), gates (per node or for the whole rollout). At most [`MAX_HOLDS`]; `hkctl status` plans with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<Hold>,
+    /// Staging permits (with `spec.staging`): per node, the target generation it may pre-stage
+    /// for. Agents stage ahead of their grant only under one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staging_permits: BTreeMap<String, i64>,
+    /// Holds left out of `holds` for the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holds_omitted: i32,
+}
+
+/// The bound on `status.holds`, for the same reasons as [`MAX_NODE_SUMMARIES`].
+pub const MAX_HOLDS: usize = 50;
+
+/// One thing outside the Nodes that holds grants.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    /// The node held; absent: the whole rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `BlockingPod`, `BlockingPodsUnknown` (the pods could not be read), `GateFiring`,
+    /// `AlertFiring`, `GateRejected`, `PrometheusUnavailable`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// One node's grant in the ledger: the Update's generation it was granted under (the grant is
@@ -353,6 +418,43 @@ pub fn validated_image(spec: &UpdateSpec, policy: ImagePolicy) -> Result<ImageRe
             errors.push(format!("nodeSelector: {e}"));
         }
     }
+    if let Some(sel) = &spec.blocking_pod_selector {
+        match super::selector::Selector::from_label_selector(sel) {
+            Ok(s) => {
+                if let Err(e) = s.to_query() {
+                    errors.push(format!("blockingPodSelector: {e}"));
+                }
+            }
+            Err(e) => errors.push(format!("blockingPodSelector: {e}")),
+        }
+    }
+    for (field, value) in [
+        ("maxUnavailablePerZone", spec.max_unavailable_per_zone),
+        ("maxUnavailableZones", spec.max_unavailable_zones),
+    ] {
+        if let Some(v) = value.filter(|v| *v < 1) {
+            errors.push(format!(
+                "{field} is {v}; it must be at least 1 (or absent: no limit)"
+            ));
+        }
+    }
+    if let Some(g) = &spec.gates {
+        errors.extend(super::gates::check(g));
+    }
+    if let Some(e) = spec.notifications.as_ref().and_then(super::notify::check) {
+        errors.push(e);
+    }
+    if let Some(s) = spec.staging.as_ref().filter(|s| s.max_concurrent < 1) {
+        errors.push(format!(
+            "staging.maxConcurrent is {}; it must be at least 1 (or no staging: every node at once)",
+            s.max_concurrent
+        ));
+    }
+    if let Some(key) = &spec.topology_key {
+        if let Err(e) = super::selector::check_label_key(key) {
+            errors.push(format!("topologyKey: {e}"));
+        }
+    }
     match image {
         Ok(image) if errors.is_empty() => Ok(image),
         _ => Err(errors),
@@ -411,6 +513,12 @@ mod tests {
         let props = &spec["properties"];
         assert_eq!(props["maxUnavailable"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(props["maxFailed"]["minimum"].as_f64(), Some(0.0));
+        assert_eq!(
+            props["maxUnavailablePerZone"]["minimum"].as_f64(),
+            Some(1.0)
+        );
+        assert_eq!(props["maxUnavailableZones"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(props["topologyKey"]["minLength"].as_f64(), Some(1.0));
         assert_eq!(
             props["drain"]["properties"]["onTimeout"]["enum"],
             json!(["abort", "deleteWithoutEviction", "proceed"])
@@ -476,6 +584,10 @@ mod tests {
                 {"start": "22:00", "end": "22:00", "timeZone": "Europe/Atlantis"},
             ],
             "nodeSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]},
+            "maxUnavailablePerZone": 0,
+            "maxUnavailableZones": -1,
+            "topologyKey": "not a key",
+            "blockingPodSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]},
         }));
         let errs = validate(&s, ImagePolicy::default()).unwrap_err();
         let all = errs.join("\n");
@@ -488,6 +600,10 @@ mod tests {
             "maintenanceWindows[0]: time zone \"Europe/Atlantis\"",
             "start and end are both 22:00",
             "nodeSelector",
+            "maxUnavailablePerZone is 0",
+            "maxUnavailableZones is -1",
+            "topologyKey: \"not a key\" is not a label key",
+            "blockingPodSelector: app In needs values",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }

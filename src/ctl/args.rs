@@ -193,6 +193,40 @@ fn parse_days(text: &str) -> Result<Vec<Day>, String> {
     Ok(out)
 }
 
+/// An alert filter as `--gate-alert` takes it: Alertmanager matchers separated by commas
+/// outside quotes, `severity="critical",node="$node"`; each checked as the coordinator checks
+/// it.
+pub fn parse_alert_filter(
+    text: &str,
+) -> Result<crate::cluster::gates::AlertFilter, crate::cluster::gates::BadMatcher> {
+    let mut matchers = Vec::new();
+    let (mut current, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in text.chars() {
+        match c {
+            ',' if !quoted => matchers.push(std::mem::take(&mut current)),
+            '"' if !escaped => {
+                quoted = !quoted;
+                current.push(c);
+            }
+            _ => current.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    matchers.push(current);
+    let matchers: Vec<String> = matchers
+        .into_iter()
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    for m in &matchers {
+        crate::cluster::gates::Matcher::parse(m)?;
+    }
+    if matchers.is_empty() {
+        return Err(crate::cluster::gates::BadMatcher::Syntax(text.to_owned()));
+    }
+    Ok(crate::cluster::gates::AlertFilter { matchers })
+}
+
 /// A duration in whole seconds, written `90s`, `10m`, `1h30m`.
 pub fn parse_seconds(what: &str, text: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(text)
@@ -215,6 +249,26 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn alert_filters_split_on_commas_outside_quotes() {
+        let f =
+            parse_alert_filter(r#"severity=~"critical|page",node="$node", team!="a,b""#).unwrap();
+        assert_eq!(
+            f.matchers,
+            [
+                r#"severity=~"critical|page""#,
+                r#"node="$node""#,
+                r#"team!="a,b""#
+            ]
+        );
+        let e = parse_alert_filter(r#"severity="critical",oops"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"matcher "oops" is not name="value" (or !=, =~, !~)"#
+        );
+        assert!(parse_alert_filter(" , ").is_err());
     }
 
     #[test]

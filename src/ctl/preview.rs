@@ -166,6 +166,49 @@ pub fn describe(
             spec.max_failed
         ),
     ));
+    if let Some(z) = crate::cluster::topology::ZoneLimits::from_spec(spec) {
+        let mut parts = Vec::new();
+        if let Some(n) = z.per_zone {
+            parts.push(format!("up to {n} node(s) per zone"));
+        }
+        if let Some(n) = z.zones {
+            parts.push(format!("up to {n} zone(s) at a time"));
+        }
+        lines.push(field(
+            "zones",
+            format!("{}; zone = label {}", parts.join(", "), z.key),
+        ));
+    }
+    if let Some(sel) = &spec.blocking_pod_selector {
+        let text = crate::cluster::selector::Selector::from_label_selector(sel)
+            .ok()
+            .and_then(|s| s.to_query().ok())
+            .unwrap_or_default();
+        lines.push(field(
+            "blocking",
+            format!("a node running a pod matching {text} waits for it to go"),
+        ));
+    }
+    if let Some(s) = &spec.staging {
+        lines.push(field(
+            "staging",
+            format!(
+                "up to {} node(s) pull at once, front of the order first",
+                s.max_concurrent
+            ),
+        ));
+    }
+    if let Some(g) = &spec.gates {
+        lines.push(field(
+            "gates",
+            format!(
+                "{} query(ies), {} alert filter(s) at {}; held while one fires or it does not answer",
+                g.queries.len(),
+                g.alerts.len(),
+                g.prometheus_url
+            ),
+        ));
+    }
     let room = width.saturating_sub(18);
     if !p.in_flight.is_empty() {
         lines.push(field("now", names_fitting(&p.in_flight, room)));
@@ -306,6 +349,31 @@ mod tests {
             "{text}"
         );
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{text}");
+    }
+
+    #[test]
+    fn preview_shows_the_zone_limits_in_its_waves_and_lines() {
+        let zone = |name: &str, z: &str| {
+            let mut n = node(name, false);
+            n.labels
+                .insert("topology.kubernetes.io/zone".into(), z.into());
+            n
+        };
+        let nodes = vec![zone("a-1", "a"), zone("a-2", "a"), zone("b-1", "b")];
+        let u = update(json!({"maxUnavailable": 3, "maxUnavailablePerZone": 1,
+            "maxUnavailableZones": 1, "blockingPodSelector": {"matchLabels": {"app": "backup"}}}));
+        let p = preview(&u, &nodes, now(), ImagePolicy::default());
+        assert_eq!(p.waves, vec![vec!["a-1"], vec!["a-2"], vec!["b-1"]]);
+        let text = describe(&u, &p, "created", now(), 80).join("\n");
+        assert!(
+            text.contains("zones      up to 1 node(s) per zone, up to 1 zone(s) at a time; zone = label topology.kubernetes.io/zone")
+                || text.contains("zones      up to 1 node(s) per zone, up to 1 zone(s) at a time; zone = l"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blocking   a node running a pod matching app in (backup) waits"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::preview::{describe, preview};
 use super::render::{self, Term};
 use super::view::{self, RolloutStatus};
 use super::Ctx;
+use crate::cluster::gates::{AlertFilter, GateQuery, Gates};
 use crate::cluster::update::{validate, ImagePolicy, Update, UpdateSpec};
 use crate::cluster::window::Window;
 
@@ -35,10 +36,26 @@ pub struct Changes {
     pub max_unavailable: Option<i32>,
     pub max_failed: Option<i32>,
     pub selector: Option<LabelSelector>,
+    pub max_unavailable_per_zone: Option<i32>,
+    pub max_unavailable_zones: Option<i32>,
+    pub topology_key: Option<String>,
+    pub blocking_pod_selector: Option<LabelSelector>,
+    pub gates: GateChanges,
+    pub webhook: Option<String>,
+    pub staging_max_concurrent: Option<i32>,
     /// `Some(empty)`: no windows.
     pub windows: Option<Vec<Window>>,
     pub drain_timeout_seconds: Option<i64>,
     pub evict_pod_force: Option<bool>,
+}
+
+/// The reboot gates the command line names; queries and alerts given replace the Update's.
+#[derive(Debug, Clone, Default)]
+pub struct GateChanges {
+    pub prometheus_url: Option<String>,
+    pub credentials: Option<bool>,
+    pub queries: Vec<GateQuery>,
+    pub alerts: Vec<AlertFilter>,
 }
 
 /// The spec after `changes`, over `base` (an existing Update's spec) or the defaults.
@@ -68,6 +85,53 @@ pub fn apply_changes(base: Option<&UpdateSpec>, changes: &Changes) -> Result<Upd
     }
     if let Some(s) = &changes.selector {
         spec.node_selector = Some(s.clone());
+    }
+    if let Some(m) = changes.max_unavailable_per_zone {
+        spec.max_unavailable_per_zone = Some(m);
+    }
+    if let Some(m) = changes.max_unavailable_zones {
+        spec.max_unavailable_zones = Some(m);
+    }
+    if let Some(k) = &changes.topology_key {
+        spec.topology_key = Some(k.clone());
+    }
+    if let Some(s) = &changes.blocking_pod_selector {
+        spec.blocking_pod_selector = Some(s.clone());
+    }
+    if let Some(m) = changes.staging_max_concurrent {
+        spec.staging = Some(crate::cluster::update::Staging { max_concurrent: m });
+    }
+    if let Some(url) = &changes.webhook {
+        spec.notifications = Some(crate::cluster::notify::Notifications {
+            webhook_url: url.clone(),
+        });
+    }
+    let g = &changes.gates;
+    if g.prometheus_url.is_some() || !g.queries.is_empty() || !g.alerts.is_empty() {
+        let mut gates = match (spec.gates.take(), &g.prometheus_url) {
+            (Some(old), _) => old,
+            (None, Some(url)) => Gates {
+                prometheus_url: url.clone(),
+                credentials: false,
+                timeout_seconds: 3,
+                queries: Vec::new(),
+                alerts: Vec::new(),
+            },
+            (None, None) => return Err("--gate and --gate-alert need --prometheus URL".into()),
+        };
+        if let Some(url) = &g.prometheus_url {
+            gates.prometheus_url = url.clone();
+        }
+        if !g.queries.is_empty() {
+            gates.queries = g.queries.clone();
+        }
+        if !g.alerts.is_empty() {
+            gates.alerts = g.alerts.clone();
+        }
+        spec.gates = Some(gates);
+    }
+    if let (Some(c), Some(gates)) = (g.credentials, spec.gates.as_mut()) {
+        gates.credentials = c;
     }
     if let Some(w) = &changes.windows {
         spec.maintenance_windows = w.clone();
@@ -112,11 +176,16 @@ pub async fn upgrade(
 ) -> Result<()> {
     // What can be checked without the cluster is checked first.
     if let Some(image) = &opts.changes.image {
+        let mut changes = opts.changes.clone();
+        if changes.gates.prometheus_url.is_none() {
+            // Gates named without a URL change the existing Update's: checked once it is read.
+            changes.gates = GateChanges::default();
+        }
         let probe = apply_changes(
             None,
             &Changes {
                 image: Some(image.clone()),
-                ..opts.changes.clone()
+                ..changes
             },
         )
         .map_err(|e| anyhow!("{e}"))?;
@@ -359,19 +428,73 @@ mod tests {
     }
 
     #[test]
+    fn gates_need_a_prometheus_and_replace_what_they_name() {
+        let q = |e: &str| GateQuery {
+            expr: e.into(),
+            node_label: None,
+        };
+        let mut changes = Changes {
+            image: Some(IMG.into()),
+            gates: GateChanges {
+                queries: vec![q("up == 0")],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(apply_changes(None, &changes)
+            .unwrap_err()
+            .contains("--prometheus URL"));
+        changes.gates.prometheus_url = Some("http://prometheus:9090".into());
+        let s = apply_changes(None, &changes).unwrap();
+        let g = s.gates.clone().unwrap();
+        assert_eq!((g.queries.len(), g.timeout_seconds), (1, 3));
+        check(&s, ImagePolicy::default()).unwrap();
+        // A later upgrade naming only an alert filter keeps the URL and the queries.
+        let later = Changes {
+            gates: GateChanges {
+                alerts: vec![AlertFilter {
+                    matchers: vec![r#"severity="critical""#.into()],
+                }],
+                credentials: Some(true),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = apply_changes(Some(&s), &later).unwrap();
+        let g = s.gates.unwrap();
+        assert_eq!(g.prometheus_url, "http://prometheus:9090");
+        assert_eq!(
+            (g.queries.len(), g.alerts.len(), g.credentials),
+            (1, 1, true)
+        );
+    }
+
+    #[test]
     fn check_is_the_coordinators_validation_in_one_line() {
         let s = apply_changes(
             None,
             &Changes {
                 image: Some("docker://nowhere".into()),
                 max_unavailable: Some(0),
+                max_unavailable_per_zone: Some(0),
+                staging_max_concurrent: Some(0),
+                blocking_pod_selector: Some(
+                    serde_json::from_value(json!({
+                        "matchExpressions": [{"key": "app", "operator": "Near"}]
+                    }))
+                    .unwrap(),
+                ),
                 ..Default::default()
             },
         )
         .unwrap();
         let e = check(&s, ImagePolicy::default()).unwrap_err().to_string();
         assert!(
-            e.contains("osImageURL") && e.contains("maxUnavailable is 0"),
+            e.contains("osImageURL")
+                && e.contains("maxUnavailable is 0")
+                && e.contains("maxUnavailablePerZone is 0")
+                && e.contains("staging.maxConcurrent is 0")
+                && e.contains("blockingPodSelector: operator \"Near\""),
             "{e}"
         );
         assert!(e.ends_with("nothing was sent"));

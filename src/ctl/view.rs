@@ -3,10 +3,10 @@
 //! schema/rollout-status.v1.json) built from the Update and the Nodes. Pure.
 //!
 //! The Update's conditions and state are the coordinator's, as stored. The per-node rows come
-//! from the same planner the coordinator runs ([`plan`]), over every selected Node (the
-//! stored status lists at most 50): a row's phase and reason are what the coordinator would
-//! say now. A node the planner would grant next is shown Pending ("next"): only the
-//! coordinator grants.
+//! from the same planner the coordinator runs ([`plan_with`]), over every selected Node (the
+//! stored status lists at most 50), with the holds it last found outside the Nodes (blocking
+//! pods): a row's phase and reason are what the coordinator would say now. A node the planner
+//! would grant next is shown Pending ("next"): only the coordinator grants.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::annotations::NodeView;
-use crate::cluster::plan::plan;
+use crate::cluster::plan::plan_with;
 use crate::cluster::update::{
     Counts, ImagePolicy, InFlight, Update, UpdateCondition, UpdateTarget,
 };
@@ -113,7 +113,8 @@ fn with_progress(reason: &str, progress: Option<&str>) -> String {
 pub fn build(update: &Update, nodes: &[NodeView], now: Timestamp) -> RolloutStatus {
     let stored = update.status.clone().unwrap_or_default();
     let generation = update.metadata.generation.unwrap_or(1);
-    let p = plan(update, nodes, now, VIEW_POLICY);
+    // The holds the coordinator found (blocking pods) are only in its status: plan with them.
+    let p = plan_with(update, nodes, &stored.holds, now, VIEW_POLICY);
     let by_name: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let nodes: Vec<NodeRow> = p
         .all_nodes

@@ -6,8 +6,9 @@
 //! the rollout. The follower in [`super::kube`] feeds it from watches and performs the result.
 //!
 //! The protocol (see [`crate::cluster::annotations`]):
-//! - a target is pre-staged as soon as an Update selects this node, so that the node's time
-//!   out of service is only drain, reboot and checks;
+//! - a target is pre-staged as soon as an Update selects this node (with `spec.staging`: as
+//!   soon as the Update's status holds a staging permit for this node and the current
+//!   target), so that the node's time out of service is only drain, reboot and checks;
 //! - a grant is *begun* by writing `phase-grant` = the grant before the machine is told
 //!   anything under it: after a restart the Node itself says whether the machine's state
 //!   belongs to this grant (a failure after the write is an answer to the grant; a failure
@@ -251,7 +252,9 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     let target = &owner.target;
     let Some(grant) = owner.grant.clone() else {
-        prestage(&input, target, &mut d);
+        if may_stage(owner.update, &node.name) {
+            prestage(&input, target, &mut d);
+        }
         d.uncordon = node.cordoned_by_hkd && at_rest(&machine.state);
         return d;
     };
@@ -365,6 +368,22 @@ pub fn answer_annotations(
         (SINCE, Some(now.to_string())),
         (REASON, reason),
     ])
+}
+
+/// Whether this node may stage ahead of its grant: always without `spec.staging`; with it,
+/// only under a permit for the current target (the coordinator bounds how many pull at once).
+fn may_stage(update: &Update, node: &str) -> bool {
+    if update.spec.staging.is_none() {
+        return true;
+    }
+    let Some(status) = &update.status else {
+        return false;
+    };
+    let current = status.target_generation.unwrap_or(i64::MAX);
+    status
+        .staging_permits
+        .get(node)
+        .is_some_and(|g| *g >= current)
 }
 
 /// No grant yet: stage the target ahead of it.

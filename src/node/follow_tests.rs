@@ -102,6 +102,39 @@ fn an_update_that_selects_the_node_is_staged_ahead_of_the_grant() {
 }
 
 #[test]
+fn with_bounded_staging_only_a_permit_for_the_current_target_stages() {
+    let mut u = update("roll", "uid-1", "2024-03-01T00:00:00Z");
+    u.spec.staging = Some(crate::cluster::update::Staging { max_concurrent: 2 });
+    let n = node();
+    // No status yet, no permit: nothing pulled.
+    let d = run(Some(&n), std::slice::from_ref(&u), &machine(State::Idle));
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    assert_eq!(d.following.as_deref(), Some("roll"));
+    // A permit for an older target: still nothing.
+    let mut status = crate::cluster::update::UpdateStatus {
+        target_generation: Some(2),
+        ..Default::default()
+    };
+    status.staging_permits.insert("w-1".into(), 1);
+    u.status = Some(status.clone());
+    let d = run(Some(&n), std::slice::from_ref(&u), &machine(State::Idle));
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    // Another node's permit: nothing.
+    status.staging_permits = [("w-2".to_owned(), 2)].into();
+    u.status = Some(status.clone());
+    assert!(
+        run(Some(&n), std::slice::from_ref(&u), &machine(State::Idle))
+            .events
+            .is_empty()
+    );
+    // Its own permit for the current target: staged.
+    status.staging_permits.insert("w-1".into(), 2);
+    u.status = Some(status);
+    let d = run(Some(&n), std::slice::from_ref(&u), &machine(State::Idle));
+    assert_eq!(d.events, vec![requested()]);
+}
+
+#[test]
 fn a_staged_target_is_shown_and_not_asked_for_again() {
     let u = [update("roll", "uid-1", "2024-03-01T00:00:00Z")];
     let d = run(Some(&node()), &u, &machine(staged()));

@@ -4,7 +4,9 @@
 //! - `hkd_transitions_total{from,to}`: phase changes;
 //! - `hkd_failures_total{reason}`: upgrades that ended failed or rolled back, by where they
 //!   failed (stage, drain, reboot, health, not_booted, rollback);
-//! - `hkd_last_success_timestamp_seconds`: when an upgrade last ended done.
+//! - `hkd_last_success_timestamp_seconds`: when an upgrade last ended done;
+//! - `hkd_rollout_*`: the rollouts, on the node whose coordinator leads
+//!   ([`crate::cluster::rollout_metrics`]).
 //!
 //! The server answers every request with the whole text and closes: a scrape is one request.
 //! Anyone who can reach the address can connect, so no client can hold it: each is answered
@@ -94,6 +96,8 @@ impl Metrics {
             "When an upgrade last ended done (Unix time)",
             last_success.clone(),
         );
+        // The rollouts, as this process's coordinator (when it leads) planned them.
+        crate::cluster::rollout_metrics::global().register(&mut registry);
         let metrics = Metrics {
             registry: Mutex::new(registry),
             phase,

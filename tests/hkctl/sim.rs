@@ -149,6 +149,7 @@ impl Rig {
             lease_duration: Duration::from_secs(2),
             renew_every: Duration::from_millis(400),
             retry_after: Duration::from_millis(300),
+            recheck_every: Duration::from_millis(300),
             ..Config::new("coordinator-under-test")
         };
         let (stop, stop_rx) = watch::channel(false);

@@ -6,9 +6,10 @@
 //! [`Observer`]): deployments are entries in `host.json`, staging sleeps `stage_ms` and makes
 //! a checksum from the image reference, a reboot boots the default deployment with a fresh
 //! boot id and ends the process (the simulation's supervisor starts hkd again, as systemd
-//! would at boot). While it stages it reports its progress ten times, as rpm-ostree's
-//! transaction signals would, to the observer `hkd run` hands a backend. An image reference containing `:bad` boots but fails the health gate
-//! (its required check fails); one containing `:unstageable` fails to stage.
+//! would at boot). An image reference containing `:bad` boots but fails the health gate
+//! (its required check fails); one containing `:unstageable` fails to stage. While a stage
+//! runs, the file `staging` exists beside `host.json`, and it reports its progress ten times,
+//! as rpm-ostree's transaction signals would, to the observer `hkd run` hands a backend.
 
 use std::fmt;
 use std::fs;
@@ -143,6 +144,9 @@ impl Backend for SimHost {
     }
 
     fn stage(&self, target: &ImageRef) -> Result<String, OsError> {
+        // `staging` exists while a pull runs: the observer counts the hosts pulling at once.
+        let marker = self.dir.join("staging");
+        let _ = fs::write(&marker, target.raw.as_bytes());
         let step = self.stage_time / 10;
         for tenth in 1..=10u32 {
             std::thread::sleep(step);
@@ -160,6 +164,7 @@ impl Backend for SimHost {
                 });
             }
         }
+        let _ = fs::remove_file(&marker);
         if target.raw.contains(":unstageable") {
             return Err(OsError::NotFound(format!(
                 "{}: manifest unknown",
