@@ -14,6 +14,7 @@ pub mod connect;
 pub mod coordinator;
 pub mod drain;
 pub mod events;
+pub mod fleetlock;
 pub mod heartbeat;
 pub mod kube_drain;
 pub mod lease;

@@ -19,7 +19,10 @@
 //!   when the next one opens;
 //! - control-plane nodes first, one at a time; workers only once no control-plane node is
 //!   pending, waiting or in flight;
-//! - never more than `maxUnavailable` out of service (I1), counted as follows.
+//! - never more than `maxUnavailable` out of service (I1), counted as follows;
+//! - a FleetLock node (label `housekeeper.io/fleetlock-group`) is granted only on its
+//!   client's request (`lock_wanted`, set by the FleetLock server); its lock counts in flight
+//!   like any grant, and without one it is shown done ("its Zincati asks").
 //!
 //! **What counts as out of service.** Every selected node granted by this Update and not yet
 //! `Done`/`Failed` (in flight, whatever its generation), plus every other selected node that
@@ -82,6 +85,10 @@ pub const PROGRESSING: &str = "Progressing";
 pub const COMPLETE: &str = "Complete";
 pub const HALTED: &str = "Halted";
 pub const PAUSED: &str = "Paused";
+/// The phase shown for a FleetLock node holding its lock.
+pub const FLEETLOCK_LOCKED: &str = "Locked (FleetLock)";
+/// The reason shown for a FleetLock node without a lock.
+pub const FLEETLOCK_IDLE: &str = "FleetLock: its Zincati asks before it reboots";
 /// The Halted reason of an aborted Update.
 pub const ABORTED: &str = "Aborted";
 
@@ -237,8 +244,16 @@ fn classify<'a>(
                 Some(AgentPhase::Failed) if current => return Class::Failed(reason),
                 Some(p) if p.is_terminal() => {} // an answer for an older target
                 Some(p) => return Class::InFlight(p.as_str().into()),
+                None if n.fleetlock_group.is_some() => {
+                    return Class::InFlight(FLEETLOCK_LOCKED.into())
+                }
                 None => return Class::InFlight("Granted".into()),
             }
+        }
+        // A FleetLock node is granted only when its Zincati asks (the FleetLock server plans
+        // with `lock_wanted` set on it); otherwise there is nothing for this Update to do there.
+        if n.fleetlock_group.is_some() && !n.lock_wanted {
+            return Class::Done(FLEETLOCK_IDLE.into());
         }
         if at_target(n, image, target) {
             return Class::Done("already at the target".into());
@@ -371,8 +386,14 @@ fn choose(
     window: Result<(), Option<Timestamp>>,
 ) -> (Vec<String>, Option<(String, String)>) {
     let mut grants = Vec::new();
+    // A FleetLock node asking now goes first among the pending (the others wait for the
+    // coordinator's next plan anyway); otherwise name order.
+    let all = selected;
+    let mut selected: Vec<&(&NodeView, Class)> = all.iter().collect();
+    selected.sort_by_key(|(n, _)| !n.lock_wanted);
     let cp_open: Vec<&(&NodeView, Class)> = selected
         .iter()
+        .copied()
         .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
         .collect();
     let holding = if update.spec.paused {
@@ -400,7 +421,7 @@ fn choose(
         } else {
             Some((
                 "MaxUnavailable".into(),
-                unavailable_message(selected, max_unavailable),
+                unavailable_message(all, max_unavailable),
             ))
         }
     } else if let Some((n, Class::Waiting(why))) = cp_open.first().map(|x| (x.0, x.1.clone())) {
@@ -412,7 +433,7 @@ fn choose(
             ),
         ))
     } else {
-        for (n, c) in selected {
+        for (n, c) in selected.iter().copied() {
             if budget == 0 {
                 break;
             }
@@ -425,7 +446,7 @@ fn choose(
         (still_pending && budget == 0).then(|| {
             (
                 "MaxUnavailable".into(),
-                unavailable_message(selected, max_unavailable),
+                unavailable_message(all, max_unavailable),
             )
         })
     };
