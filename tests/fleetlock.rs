@@ -663,3 +663,70 @@ async fn locks_of_deleted_and_silent_nodes_are_reclaimed() -> Result<()> {
     );
     Ok(())
 }
+
+/// `hkd coordinate` with `fleetlock.listen` set serves FleetLock on that address while it
+/// leads (the wiring a control-plane node's hkd uses too); an address that is none is a
+/// configuration error (exit 3) naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hkd_coordinate_serves_fleetlock_where_configured() -> Result<()> {
+    let rig = Rig::new("fleetlock-hkd", 0, 1).await?;
+    rig.create_update("os", 1).await?;
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("etc/hkd/config.d");
+    std::fs::create_dir_all(&conf)?;
+    std::fs::copy(
+        rig.env.cluster.admin_kubeconfig(),
+        dir.path().join("etc/hkd/coordinator.kubeconfig"),
+    )?;
+    let hkd = |listen: &str| -> Result<std::process::Child> {
+        std::fs::write(
+            conf.join("50-test.toml"),
+            format!(
+                "[kubernetes]\nnamespace = \"{}\"\nlease_duration = \"2s\"\n\n\
+                 [fleetlock]\nlisten = \"{listen}\"\n",
+                rig.env.ns
+            ),
+        )?;
+        std::process::Command::new(env!("CARGO_BIN_EXE_hkd"))
+            .args(["--root", &dir.path().display().to_string()])
+            .args(["coordinate", "--identity", "cp-hkd"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting hkd coordinate")
+    };
+    let bad = hkd("everywhere")?.wait_with_output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        bad.status.code() == Some(3)
+            && err.contains("fleetlock.listen")
+            && err.contains("ADDRESS:PORT"),
+        "({:?}) {err}",
+        bad.status.code()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut child = hkd(&addr.to_string())?;
+    let result = async {
+        wait_for("hkd's FleetLock server", WAIT, || async {
+            Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+        })
+        .await?;
+        let (status, err) = until_not_503(addr, "/v1/pre-reboot", &rig.id(0)).await?;
+        ensure!(status == 200, "{status} {err}");
+        ensure!(rig.ledger().await?.get(&rig.zincati[0].0) == Some(&true));
+        let (status, err) = until_not_503(addr, "/v1/steady-state", &rig.id(0)).await?;
+        ensure!(status == 200, "{status} {err}");
+        ensure!(rig.ledger().await?.is_empty());
+        Ok(())
+    }
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    result
+}

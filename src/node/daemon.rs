@@ -23,6 +23,7 @@ use super::status::ProgressSink;
 use super::watchdog::{self, Liveness};
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
+use crate::cluster::fleetlock::server::Config as FleetLockConfig;
 use crate::cluster::kube_drain::Tuning;
 use crate::config::hkd::Settings;
 use crate::image_ref::ImagePolicy;
@@ -208,6 +209,16 @@ fn cluster_side(
     let coordinator = k
         .coordinate
         .then(|| coordinator_config(settings, &node_name));
+    let fleetlock = if k.coordinate {
+        fleetlock_server(settings, &node_name)?
+    } else {
+        if !settings.fleetlock.listen.is_empty() {
+            tracing::warn!(
+                "fleetlock.listen is set but this node does not coordinate: only the coordinator serves FleetLock"
+            );
+        }
+        None
+    };
     tracing::info!("following the cluster as node {node_name}");
     let settings = ClusterSettings {
         node_name,
@@ -218,6 +229,7 @@ fn cluster_side(
         stage_retry: k.stage_retry,
         tuning: Tuning::default(),
         coordinator,
+        fleetlock,
         liveness,
     };
     Ok(Some(KubeNode::new(
@@ -226,6 +238,35 @@ fn cluster_side(
         coordinator_client,
         settings,
         inbox,
+    )))
+}
+
+/// The FleetLock server's address and settings, when `fleetlock.listen` asks for one.
+fn fleetlock_server(
+    settings: &Settings,
+    identity: &str,
+) -> anyhow::Result<Option<(std::net::SocketAddr, FleetLockConfig)>> {
+    let f = &settings.fleetlock;
+    if f.listen.is_empty() {
+        return Ok(None);
+    }
+    let listen = f
+        .listen
+        .parse()
+        .map_err(|e| crate::config::ConfigError::Unusable {
+            key: "fleetlock.listen".into(),
+            message: format!(
+                "{:?} is not ADDRESS:PORT ({e}); e.g. \"0.0.0.0:9808\", or empty for no server",
+                f.listen
+            ),
+        })?;
+    Ok(Some((
+        listen,
+        FleetLockConfig {
+            lock_timeout: f.lock_timeout,
+            image_policy: image_policy(settings),
+            ..FleetLockConfig::new(identity, &settings.kubernetes.namespace)
+        },
     )))
 }
 
@@ -305,6 +346,7 @@ pub fn coordinate(
             .context("reading the host name for the coordinator's name; pass --identity")?,
     };
     let path = coordinator_credential(settings, root, "kubernetes.coordinator_kubeconfig", "", "")?;
+    let fleetlock = fleetlock_server(settings, &identity)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -312,8 +354,17 @@ pub fn coordinate(
     runtime.block_on(async {
         let client = client_from_kubeconfig(&path).await?;
         let config = coordinator_config(settings, &identity);
-        let coordinator = crate::cluster::coordinator::Coordinator::new(client, config);
+        let coordinator = crate::cluster::coordinator::Coordinator::new(client.clone(), config);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some((listen, fl)) = fleetlock {
+            tokio::spawn(crate::cluster::fleetlock::server::serve_beside(
+                client,
+                listen,
+                fl,
+                coordinator.term(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -134,6 +134,27 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
         .map_err(|e| anyhow!("listening for FleetLock on {address}: {e}; change fleetlock.listen"))
 }
 
+/// Serve FleetLock on `listen` beside the coordinator whose term `leading` follows, until
+/// `stop`. A port that cannot be bound is said once, at error level; the coordinator goes on
+/// without its server (its hkd nodes need none).
+pub async fn serve_beside(
+    client: Client,
+    listen: SocketAddr,
+    config: Config,
+    leading: watch::Receiver<Option<Leading>>,
+    stop: watch::Receiver<bool>,
+) {
+    match bind(listen).await {
+        Ok(listener) => {
+            tracing::info!("FleetLock server on {listen} (answers while this coordinator leads)");
+            Arc::new(Server::new(client, config, leading))
+                .run(listener, stop)
+                .await
+        }
+        Err(e) => tracing::error!("{e:#}"),
+    }
+}
+
 impl Server {
     /// `leading` is the coordinator's [`crate::cluster::coordinator::Coordinator::term`].
     pub fn new(
