@@ -9,7 +9,12 @@
 //! FleetLock server run in the test, with the admin client (the RBAC of `hkctl install
 //! --fleetlock` is tested in tests/cluster_trust.rs). An observer watches the ledgers and the
 //! Nodes and checks I1 over both kinds of grant on every change.
+//!
+//! The client: two standalone hkd agents (`node::agent` with `node::fleetlock`'s client as
+//! their cluster side) on temporary OSTree sysroots (the real `ostree`, `ostree_host`), their
+//! reboots stood in for by a new boot id as in tests/node_agent.rs, ask this server.
 
+mod ostree_host;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +63,15 @@ impl Drop for Running {
 }
 
 async fn start(env: &TestEnv, identity: &str, lock_timeout: Duration) -> Result<Running> {
+    start_on(env, identity, lock_timeout, "127.0.0.1:0".parse()?).await
+}
+
+async fn start_on(
+    env: &TestEnv,
+    identity: &str,
+    lock_timeout: Duration,
+    listen: SocketAddr,
+) -> Result<Running> {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let c = Coordinator::new(
         env.admin.clone(),
@@ -82,7 +96,7 @@ async fn start(env: &TestEnv, identity: &str, lock_timeout: Duration) -> Result<
         },
         term,
     ));
-    let listener = server::bind("127.0.0.1:0".parse()?).await?;
+    let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
     let rx = stop_rx.clone();
     let tasks = vec![
@@ -729,4 +743,184 @@ async fn hkd_coordinate_serves_fleetlock_where_configured() -> Result<()> {
         .status();
     let _ = child.wait();
     result
+}
+
+/// The reboot of a simulated host: a new boot id, after a pause so that two reboots at once
+/// would overlap; counts the hosts down (from the reboot until their lock is given back).
+#[derive(Clone)]
+struct Host {
+    boots: Arc<Mutex<u32>>,
+    fleet: Arc<Fleet>,
+}
+
+#[derive(Default)]
+struct Fleet {
+    down: Mutex<usize>,
+    max_down: Mutex<usize>,
+}
+
+impl housekeeper::node::agent::Rebooter for Host {
+    fn reboot(&self, _why: &str) -> Result<(), housekeeper::node::agent::RebootError> {
+        {
+            let mut down = self.fleet.down.lock().unwrap();
+            *down += 1;
+            let mut max = self.fleet.max_down.lock().unwrap();
+            *max = (*max).max(*down);
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        *self.boots.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+impl housekeeper::node::agent::Observer for Host {
+    fn boot_id(&self) -> anyhow::Result<String> {
+        Ok(format!("boot-{}", self.boots.lock().unwrap()))
+    }
+}
+
+/// The real FleetLock client, with the host counted up when the upgrade ends (before the
+/// client gives its lock back).
+struct Side {
+    client: housekeeper::node::fleetlock::FleetLockClient,
+    host: Host,
+}
+
+impl housekeeper::node::agent::ClusterSide for Side {
+    fn drain(&self) -> Result<(), housekeeper::node::agent::DrainError> {
+        self.client.drain()
+    }
+    fn report(
+        &self,
+        outcome: &housekeeper::node::machine::UpgradeOutcome,
+        machine: &housekeeper::node::machine::Machine,
+    ) {
+        *self.host.fleet.down.lock().unwrap() -= 1;
+        self.client.report(outcome, machine)
+    }
+    fn after_step(
+        &self,
+        machine: &housekeeper::node::machine::Machine,
+    ) -> Vec<housekeeper::node::machine::Event> {
+        self.client.after_step(machine)
+    }
+    fn fleet_lock(&self) -> Option<housekeeper::node::status::FleetLockStatus> {
+        self.client.fleet_lock()
+    }
+}
+
+/// Two standalone hkd on temporary sysroots upgrade against one FleetLock server with one
+/// slot. The server is down at first: both stage and then wait, not rebooted, their status
+/// saying why; once it is up they reboot one after the other — never both down at once — and
+/// both end Done on v2 with their locks given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_standalone_hkd_with_one_slot_never_reboot_together() -> Result<()> {
+    use housekeeper::node::agent::{Agent, Parts};
+    use housekeeper::node::fleetlock::{Backoff, FleetLockClient};
+    use housekeeper::node::machine::{Event as MEvent, Limits, Phase};
+
+    let rig = Rig::new("fleetlock-client", 0, 2).await?;
+    rig.create_update("os", 1).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let fleet = Arc::new(Fleet::default());
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let os = ostree_host::Host::new().allowing_unverified();
+        let branch = "testos/x86_64/v2";
+        os.commit_upstream_to(branch, "2");
+        let host = Host {
+            boots: Arc::default(),
+            fleet: fleet.clone(),
+        };
+        let client = FleetLockClient::new(
+            &format!("http://{addr}/"),
+            GROUP,
+            &rig.id(i),
+            Backoff {
+                first: Duration::from_millis(200),
+                max: Duration::from_millis(500),
+            },
+        )?;
+        let parts = Parts {
+            backend: Box::new(os.backend.clone()),
+            backend_name: "ostree".into(),
+            rebooter: Box::new(host.clone()),
+            cluster: Box::new(Side {
+                client: client.clone(),
+                host: host.clone(),
+            }),
+            observer: Box::new(host.clone()),
+            gate: housekeeper::node::health::Gate {
+                root: os.dir.path().join("root"),
+                settings: housekeeper::config::hkd::Health {
+                    timeout: Duration::from_secs(5),
+                    interval: Duration::from_millis(20),
+                    check_timeout: Duration::from_secs(5),
+                    units: vec![],
+                },
+                extra: vec![],
+            },
+            journal: housekeeper::node::journal::Journal::open(&os.dir.path().join("var/lib/hkd"))?,
+            policy: housekeeper::image_ref::ImagePolicy::ALLOW_UNVERIFIED,
+            limits: Limits { health_timeout: 5 },
+            reboot_retry: Duration::ZERO,
+            metrics: Arc::new(housekeeper::node::metrics::Metrics::new()),
+        };
+        let (mut agent, first) = Agent::start(parts)?;
+        let shared = agent.shared();
+        client.attach(shared.clone());
+        let target = housekeeper::image_ref::ImageRef::parse_any(&format!("upstream:{branch}"))?;
+        let thread = std::thread::spawn(move || {
+            agent.handle(first).unwrap();
+            agent.handle(MEvent::TargetRequested { target }).unwrap();
+            agent.machine().state.phase()
+        });
+        agents.push((os, host, shared, thread));
+    }
+    // The server is down: both stage, then wait for their lock without rebooting.
+    wait_for("both staged and waiting for the lock", WAIT, || async {
+        Ok(agents.iter().all(|(_, _, shared, _)| {
+            let s = shared.lock().unwrap();
+            matches!(s.upgrade.phase, Phase::Granted | Phase::Draining)
+                && s.fleet_lock
+                    .as_ref()
+                    .and_then(|l| l.waiting.as_deref())
+                    .is_some_and(|w| w.contains("/v1/pre-reboot") && w.contains("onnection"))
+        }))
+    })
+    .await?;
+    for (os, host, shared, _) in &agents {
+        ensure!(*host.boots.lock().unwrap() == 0, "rebooted without a lock");
+        ensure!(
+            os.versions() == ["1", "2(staged)"],
+            "v2 staged, v1 booted, while the server was down: {:?}",
+            os.versions()
+        );
+        ensure!(!shared.lock().unwrap().fleet_lock.clone().unwrap().held);
+    }
+    // The server comes up on that address.
+    let _c = start_on(&rig.env, "coordinator-a", Duration::from_secs(600), addr).await?;
+    let mut phases = Vec::new();
+    for (os, host, shared, thread) in agents {
+        let phase = tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("an agent panicked"))?;
+        phases.push(phase);
+        ensure!(*host.boots.lock().unwrap() == 1);
+        ensure!(os.versions()[0] == "2");
+        drop(shared);
+    }
+    ensure!(phases == [Phase::Done, Phase::Done], "{phases:?}");
+    ensure!(
+        *fleet.max_down.lock().unwrap() == 1,
+        "two hosts were down at once"
+    );
+    wait_for("both locks given back", WAIT, || async {
+        Ok(rig.ledger().await?.is_empty())
+    })
+    .await?;
+    Ok(())
 }

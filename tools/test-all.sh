@@ -54,6 +54,7 @@ step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
+step "host packages for the FleetLock clients on temporary sysroots (tests/fleetlock.rs)" need_packages ostree:ostree
 step "kube-tests against a real API server" cargo nextest run --no-fail-fast --all-features --test kube_api --test cluster_drain --test cluster_coordinator --test fleetlock --test cluster_trust --test hkctl --test hkctl_fresh
 step "kube-tests: rollouts of real hkd agents over simulated hosts, with faults" cargo nextest run --no-fail-fast --all-features --test cluster_sim
 step "host packages for hkctl's terminal test" need_packages tmux:tmux

@@ -27,6 +27,7 @@ use crate::cluster::fleetlock::server::Config as FleetLockConfig;
 use crate::cluster::kube_drain::Tuning;
 use crate::config::hkd::Settings;
 use crate::image_ref::ImagePolicy;
+use crate::node::fleetlock::FleetLockClient;
 use crate::os::{detect, Backend};
 
 /// The running kernel's boot id, from /proc.
@@ -106,11 +107,22 @@ fn run_reporting(
     let (events, inbox) = mpsc::channel();
     let mut extra: Vec<Box<dyn Check>> = Vec::new();
     let liveness = Arc::new(Liveness::default());
+    let mut fleetlock = None;
     let (cluster, starter): (Box<dyn ClusterSide>, Option<Starter>) =
         match cluster_side(settings, root, events.clone(), liveness.clone())? {
             Some((node, starter)) => {
+                if !settings.fleetlock.url.is_empty() {
+                    tracing::warn!(
+                        "fleetlock.url is ignored: this node follows its cluster's grants"
+                    );
+                }
                 extra.push(node.ready_check());
                 (Box::new(node), Some(starter))
+            }
+            None if !settings.fleetlock.url.is_empty() => {
+                let client = fleetlock_client(settings, root)?;
+                fleetlock = Some(client.clone());
+                (Box::new(client), None)
             }
             None => (Box::new(Standalone), None),
         };
@@ -137,6 +149,10 @@ fn run_reporting(
     let shared = agent.shared();
     if let Some(progress) = progress {
         progress.attach(shared.clone());
+    }
+    if let Some(client) = &fleetlock {
+        client.attach(shared.clone());
+        client.release_if_at_rest(agent.machine());
     }
     // A node that follows its cluster takes upgrades from its Update only: a local request
     // could otherwise ride a cluster grant.
@@ -239,6 +255,26 @@ fn cluster_side(
         settings,
         inbox,
     )))
+}
+
+/// The FleetLock client of a standalone node: `fleetlock.url`, `fleetlock.group`, the id
+/// from the machine-id.
+fn fleetlock_client(settings: &Settings, root: &Path) -> anyhow::Result<FleetLockClient> {
+    let f = &settings.fleetlock;
+    let unusable = |key: &str, e: anyhow::Error| crate::config::ConfigError::Unusable {
+        key: key.into(),
+        message: format!("{e:#}"),
+    };
+    let id = crate::node::fleetlock::machine_id(root).map_err(|e| unusable("fleetlock.url", e))?;
+    let backoff = crate::node::fleetlock::Backoff::default();
+    let client = FleetLockClient::new(&f.url, &f.group, &id, backoff)
+        .map_err(|e| unusable("fleetlock.url", e))?;
+    tracing::info!(
+        "standalone with FleetLock: a lock from {} (group {}, id {id}) before each reboot",
+        f.url,
+        f.group
+    );
+    Ok(client)
 }
 
 /// The FleetLock server's address and settings, when `fleetlock.listen` asks for one.
