@@ -621,6 +621,16 @@ async fn bad_requests_get_the_protocols_errors() -> Result<()> {
     );
     let (status, err) = until_not_503(c.addr, "/v1/pre-reboot", &id).await?;
     ensure!(status == 200, "the leader still answers: {status} {err}");
+    // The Update goes away with the lock in its ledger: steady-state still lifts the cordon.
+    let z1 = rig.zincati[0].0.clone();
+    ensure!(cordoned(&rig.node(&z1).await?) == (true, true));
+    rig.updates().delete("os", &DeleteParams::default()).await?;
+    let (status, err) = until_not_503(c.addr, "/v1/steady-state", &id).await?;
+    ensure!(status == 200, "{status} {err}");
+    ensure!(
+        cordoned(&rig.node(&z1).await?) == (false, false),
+        "uncordoned although the lock went away with its Update"
+    );
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(15), stalled.read_to_end(&mut rest)).await;
     ensure!(

@@ -19,7 +19,9 @@
 //!   records, conditional on the resourceVersion it was decided on; a 409 is read and decided
 //!   again; a server that does not lead answers `failed_not_leader` and writes nothing;
 //! - recursive: a second `pre-reboot` of a holder answers from its lock; `steady-state`
-//!   without a lock is a success (the protocol's `UnlockIfHeld`);
+//!   without a lock is a success (the protocol's `UnlockIfHeld`), and still lifts hkd's
+//!   cordon of a Ready node (a lock that went away with its Update leaves none behind; a
+//!   FleetLock node runs no hkd, so hkd's mark on it is only ever this server's);
 //! - 200 on `pre-reboot` only after the Node's drain allows a reboot (I3's
 //!   `DrainOutcome::may_reboot`).
 //!
@@ -499,7 +501,7 @@ impl Server {
             let (updates, views) = self.read().await?;
             let node = decide::node_of(req, &views)?;
             let held = decide::locks_of(&node.name, &updates);
-            if held.is_empty() {
+            if held.is_empty() && !(node.ready && node.cordoned_by_hkd) {
                 return Ok(());
             }
             if !node.ready {
