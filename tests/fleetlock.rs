@@ -934,3 +934,39 @@ async fn two_standalone_hkd_with_one_slot_never_reboot_together() -> Result<()> 
     .await?;
     Ok(())
 }
+
+/// A client that restarts at rest gives back a lock it may still hold (Zincati's
+/// "initialization" state does the same): the lock taken before a crash is released without
+/// an upgrade, and a second release is a success too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_restarted_at_rest_gives_back_its_lock() -> Result<()> {
+    use housekeeper::node::agent::ClusterSide;
+    use housekeeper::node::fleetlock::{Backoff, FleetLockClient};
+    let rig = Rig::new("fleetlock-restart", 0, 1).await?;
+    rig.create_update("os", 1).await?;
+    let c = start(&rig.env, "coordinator-a", Duration::from_secs(600)).await?;
+    let url = format!("http://{}/", c.addr);
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_millis(500),
+    };
+    let before = FleetLockClient::new(&url, GROUP, &rig.id(0), backoff)?;
+    let took = before.clone();
+    tokio::task::spawn_blocking(move || took.drain())
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(before
+        .fleet_lock()
+        .is_some_and(|l| l.held && l.waiting.is_none()));
+    ensure!(rig.ledger().await?.get(&rig.zincati[0].0) == Some(&true));
+    // The process is gone; a new one starts with its machine at rest.
+    drop(before);
+    let after = FleetLockClient::new(&url, GROUP, &rig.id(0), backoff)?;
+    after.release_if_at_rest(&housekeeper::node::machine::Machine::new("boot-2"));
+    wait_for("the lock given back after the restart", WAIT, || async {
+        Ok(rig.ledger().await?.is_empty())
+    })
+    .await?;
+    ensure!(cordoned(&rig.node(&rig.zincati[0].0).await?) == (false, false));
+    Ok(())
+}
