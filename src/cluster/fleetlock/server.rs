@@ -83,7 +83,8 @@ pub struct Config {
     pub identity: String,
     /// A lock held this long without `steady-state` is reclaimed.
     pub lock_timeout: Duration,
-    /// How long a `pre-reboot` waits for its Node's drain before answering "ask again".
+    /// How long a `pre-reboot` waits for its Node's drain before answering "ask again": well
+    /// under any client's own request timeout.
     pub answer_within: Duration,
     /// How often locks are looked at for reclaiming.
     pub sweep_every: Duration,
@@ -103,7 +104,7 @@ impl Config {
             namespace: namespace.to_owned(),
             identity: identity.to_owned(),
             lock_timeout: Duration::from_secs(3600),
-            answer_within: Duration::from_secs(30),
+            answer_within: Duration::from_secs(10),
             sweep_every: Duration::from_secs(30),
             read_deadline: Duration::from_secs(5),
             request_timeout: Duration::from_secs(4),
