@@ -685,6 +685,16 @@ async fn locks_of_deleted_and_silent_nodes_are_reclaimed() -> Result<()> {
         cordoned(&rig.node(&z2).await?) == (true, false),
         "z-2 stays cordoned, the cordon no longer hkd's"
     );
+    // The Update's status (what hkctl status shows) says it on z-2's row.
+    wait_for("z-2's row to say its lock was reclaimed", WAIT, || async {
+        let u = rig.updates().get("os").await?;
+        Ok(u.status.iter().flat_map(|s| &s.nodes).any(|r| {
+            r.name == z2
+                && r.reason.contains("reclaimed")
+                && r.reason.contains("without steady-state")
+        }))
+    })
+    .await?;
     Ok(())
 }
 

@@ -253,7 +253,9 @@ fn classify<'a>(
         // A FleetLock node is granted only when its Zincati asks (the FleetLock server plans
         // with `lock_wanted` set on it); otherwise there is nothing for this Update to do there.
         if n.fleetlock_group.is_some() && !n.lock_wanted {
-            return Class::Done(FLEETLOCK_IDLE.into());
+            // The FleetLock server's last word on it (a reclaimed lock), else what it is.
+            let said = n.reason.clone().filter(|r| !r.is_empty());
+            return Class::Done(said.unwrap_or_else(|| FLEETLOCK_IDLE.into()));
         }
         if at_target(n, image, target) {
             return Class::Done("already at the target".into());

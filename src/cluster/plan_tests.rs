@@ -514,4 +514,12 @@ fn a_fleetlock_node_is_granted_only_when_it_asks_and_its_lock_uses_the_budget() 
     let row = p.all_nodes.iter().find(|r| r.name == "c-zincati").unwrap();
     assert_eq!(row.phase, FLEETLOCK_LOCKED);
     assert_eq!(p.status.counts.in_flight, 1);
+    // Its lock reclaimed, left cordoned: the server's word on its row, and out of service.
+    let mut reclaimed = nodes.clone();
+    reclaimed[0].reason = Some("FleetLock lock of node c-zincati reclaimed".into());
+    reclaimed[0].unschedulable = true;
+    let p = plan(&u, &reclaimed, now(), strict());
+    let row = p.all_nodes.iter().find(|r| r.name == "c-zincati").unwrap();
+    assert_eq!(row.reason, "FleetLock lock of node c-zincati reclaimed");
+    assert!(p.grants.is_empty(), "the cordoned node uses the one slot");
 }

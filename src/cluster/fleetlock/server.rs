@@ -11,7 +11,8 @@
 //! held). `steady-state` once the Node is Ready → uncordon (only hkd's cordon) → the record
 //! removed → 200. A sweep every `sweep_every` reclaims locks whose Node was deleted or that
 //! were held past `lock_timeout` (the cordon of such a node is handed over to the admin, the
-//! way a failed kubeadm step's is), with a Warning Event `LockReclaimed` and a log line.
+//! way a failed kubeadm step's is, and its `housekeeper.io/reason` says so: its row in
+//! `hkctl status`, until its next lock), with a Warning Event `LockReclaimed` and a log line.
 //!
 //! Guarantees:
 //! - a lock is a grant of the planner's (I1 and the rest hold as for hkd nodes) and is fenced
@@ -64,7 +65,7 @@ use tokio::time::Instant;
 
 use super::decide::{self, Lock, Reclaim};
 use super::wire::{self, Kind, Op, Rejection, Request};
-use crate::cluster::annotations::NodeView;
+use crate::cluster::annotations::{NodeView, REASON};
 use crate::cluster::coordinator::{node_views, Leading, COMPONENT};
 use crate::cluster::events::{self, brief, Reporter, NODE_EVENT_NAMESPACE};
 use crate::cluster::kube_drain::{DrainReport, Drainer, Tuning};
@@ -352,6 +353,12 @@ impl Server {
                     }
                     let grant = format!("{}/{generation}", u.metadata.uid.as_deref().unwrap_or(""));
                     tracing::info!("FleetLock: node {} locked ({grant})", node.name);
+                    if node.reason.is_some() {
+                        // A new lock: the word on an earlier reclaim is over.
+                        if let Err(e) = self.say_on_node(&node.name, None).await {
+                            tracing::warn!("{e:#}");
+                        }
+                    }
                     self.event_on_update(
                         u,
                         "Normal",
@@ -597,6 +604,8 @@ impl Server {
             if matches!(why, Reclaim::Expired { .. }) {
                 let drainer = Drainer::new(self.client.clone(), self.config.drain.clone());
                 drainer.hand_over(&node).await?;
+                self.say_on_node(&node, Some(&format!("{message} ({now})")))
+                    .await?;
             }
             match self
                 .write_grants(u, lead, json!({ node.as_str(): null }))
@@ -616,6 +625,23 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// Set (or clear) `housekeeper.io/reason` on a FleetLock node: what `hkctl status` shows
+    /// in its row (a FleetLock node has no agent of its own to write it).
+    async fn say_on_node(&self, node: &str, reason: Option<&str>) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {REASON: reason}}});
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match tokio::time::timeout(
+            self.config.request_timeout,
+            nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(anyhow!("annotating node {node}: {}", brief(&e))),
+            Err(_) => Err(anyhow!("annotating node {node}: no answer in time")),
+        }
     }
 
     fn reporter(&self) -> Reporter {
