@@ -11,7 +11,9 @@
 //!   drain it (hkd's own `Drainer`: list, evict its own pod), delete its own pod, Events, read
 //!   Updates.
 //! - The coordinator's credential: reads Nodes, lists pods (blocking pods), writes Update
-//!   status; never writes pods or Nodes, never reads one pod by name.
+//!   status; never writes pods or Nodes, never reads one pod by name; after `hkctl install
+//!   --fleetlock` it cordons and drains a node too (the FleetLock server's drain), and still
+//!   may not change an Update's spec.
 //! - `hkctl revoke NODE`: that node's next request is 401; another node's still works.
 //!
 //! Stand-ins: the kubelet (`support::kubelet`) registers the Nodes and runs the pods.
@@ -673,5 +675,73 @@ async fn a_node_credential_is_its_kubelet_power_and_no_more() -> Result<()> {
         "{}",
         dry.stdout
     );
+    ensure!(
+        !dry.stdout.contains("housekeeper-coordinator-fleetlock"),
+        "the FleetLock rights only with --fleetlock"
+    );
+
+    // --- the FleetLock opt-in: the coordinator may cordon and drain, nothing more ---
+    let run = hkctl(&admin_kc, &["install", "--fleetlock", "--no-credentials"]).await?;
+    ensure!(
+        run.code == 0,
+        "install --fleetlock: {} {}",
+        run.stdout,
+        run.stderr
+    );
+    for want in [
+        "ClusterRole housekeeper-coordinator-fleetlock",
+        "ClusterRoleBinding housekeeper-coordinator-fleetlock",
+    ] {
+        ensure!(run.stdout.contains(want), "{want} missing:\n{}", run.stdout);
+    }
+    let fleetlock = Drainer::new(coord.clone(), Tuning::default());
+    wait_for_rbac(|| async {
+        fleetlock
+            .cordon(b, "fleetlock/1")
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+    })
+    .await
+    .context("the coordinator cordons node b with --fleetlock")?;
+    let report = fleetlock
+        .drain(b, &policy)
+        .await
+        .context("the coordinator drains node b with --fleetlock")?;
+    ensure!(report.outcome.may_reboot(), "{}", report.summary());
+    eprintln!(
+        "allowed as it must be: the coordinator drains b: {}",
+        report.summary()
+    );
+    fleetlock.uncordon(b).await?;
+    refused(
+        "the coordinator (with --fleetlock) changes an Update's spec",
+        Api::<Update>::namespaced(coord.clone(), NAMESPACE)
+            .patch(
+                &update_name,
+                &pp,
+                &merge(json!({"spec": {"paused": false}})),
+            )
+            .await,
+        403,
+        "cannot patch resource \"updates\"",
+    )?;
     Ok(())
+}
+
+/// RBAC changes reach the authorizer within a moment: try `f` for up to 10 s.
+async fn wait_for_rbac<F, Fut>(f: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut last = None;
+    for _ in 0..50 {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("never tried")))
 }

@@ -793,13 +793,14 @@ async fn uninstall_is_refused_during_a_rollout() -> Result<()> {
         .await?
         .ok()?;
     let lines: Vec<&str> = dry.stdout.lines().collect();
-    // The nodes' own objects (as many as the run's tests made), then the 11 of install.
+    // The nodes' own objects (as many as the run's tests made), then the 11 of install and
+    // the 2 of `install --fleetlock` (removed whether or not they were installed).
     let shared: Vec<&&str> = lines
         .iter()
         .filter(|l| !l.contains(" hkd-node-") && !l.contains("/hkd-node-"))
         .collect();
     ensure!(
-        shared.len() == 11 && lines.iter().all(|l| l.ends_with("would be deleted")),
+        shared.len() == 13 && lines.iter().all(|l| l.ends_with("would be deleted")),
         "{}",
         dry.stdout
     );

@@ -4,7 +4,8 @@
 #   1. formatting and lints
 #   2. unit tests and the component-free integration tests (plain `cargo test` runs these too)
 #   3. integration tests against host tools: ignition-validate, loop devices (feature host-tests)
-#   4. integration tests against a real kube-apiserver       (feature kube-tests)
+#   4. integration tests against a real kube-apiserver       (feature kube-tests;
+#      a real Zincati against it: feature zincati-tests)
 #   5. whole-machine scenarios under QEMU                    (feature vm-tests)
 # Packages are named with the tools each step needs (PKG:TOOL, tools/lib.sh need_packages);
 # at the end, pass or fail, the wall time of every step is printed.
@@ -54,12 +55,18 @@ step "host-tests: the rpm-ostree backend and logind reboots against stand-ins on
 
 # --- tier: real Kubernetes API server (kube-tests) ---
 step "kube-apiserver, kube-controller-manager, etcd (tests/kube/build-kube.sh)" tests/kube/build-kube.sh
-step "kube-tests against a real API server" cargo nextest run --no-fail-fast --all-features --test kube_api --test cluster_drain --test cluster_coordinator --test cluster_trust --test hkctl --test hkctl_fresh
+step "host packages for the FleetLock clients on temporary sysroots (tests/fleetlock.rs)" need_packages ostree:ostree
+step "kube-tests against a real API server" cargo nextest run --no-fail-fast --all-features --test kube_api --test cluster_drain --test cluster_coordinator --test fleetlock --test cluster_trust --test hkctl --test hkctl_fresh
 step "kube-tests: rollouts of real hkd agents over simulated hosts, with faults" cargo nextest run --no-fail-fast --all-features --test cluster_sim
 step "host packages for the reboot gates' test (a real Prometheus)" need_packages prometheus:prometheus
 step "kube-tests: reboot gates against a real Prometheus" cargo nextest run --no-fail-fast --all-features --test cluster_gates
 step "host packages for hkctl's terminal test" need_packages tmux:tmux
 step "kube-tests: hkctl status --watch under tmux" cargo nextest run --no-fail-fast --all-features --test hkctl_watch
+
+# --- tier: a real Zincati against the FleetLock server (zincati-tests) ---
+step "host packages for building and confining Zincati (glib, libostree; unshare, setpriv)" need_packages libglib2.0-dev libostree-dev pkg-config:pkg-config util-linux:unshare,setpriv
+step "Zincati 0.0.32 (cargo install into ~/.cache/housekeeper/zincati; about 30 min on 2 cores the first time)" sh -c 'test -x "$HOME/.cache/housekeeper/zincati/bin/zincati" || cargo install --quiet zincati --version 0.0.32 --root "$HOME/.cache/housekeeper/zincati"'
+step "zincati-tests: a real Zincati gives back its lock through the coordinator's FleetLock server" cargo nextest run --no-fail-fast --all-features --test zincati
 
 # --- tier: QEMU machines (vm-tests) ---
 # shellcheck disable=SC2046 # one package per word

@@ -100,6 +100,9 @@ pub struct InstallArgs {
     /// Issue a new token even if the kubeconfig's is still good
     #[arg(long)]
     pub rotate_token: bool,
+    /// Let the coordinator cordon and drain FleetLock (Zincati) nodes: patch Nodes, evict pods
+    #[arg(long)]
+    pub fleetlock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -286,7 +289,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         if a.dry_run {
             // Works without a cluster: the per-node objects then say they are left out.
             let nodes = rt.block_on(install::dry_run_nodes(&target(&cli), &a.nodes));
-            return install::print_manifests(a.output, &nodes, out);
+            return install::print_manifests(a.output, &nodes, a.fleetlock, out);
         }
     }
     rt.block_on(dispatch(cli, out))
@@ -313,6 +316,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 token_ttl: a.token_ttl,
                 rotate_token: a.rotate_token,
                 context: cli.context,
+                fleetlock: a.fleetlock,
             };
             install::install(&ctx, &opts, out).await
         }

@@ -76,6 +76,10 @@ pub fn shown_text(text: &str) -> String {
     out
 }
 
+/// The label that makes a Node a FleetLock node (its Zincati, not hkd, updates it) and names
+/// its pool: the FleetLock group its Zincati sends (`src/cluster/fleetlock/`).
+pub const FLEETLOCK_GROUP: &str = "housekeeper.io/fleetlock-group";
+
 /// Labels kubeadm puts on control-plane nodes (`master` before 1.24, `control-plane` after).
 pub const CONTROL_PLANE_LABELS: &[&str] = &[
     "node-role.kubernetes.io/control-plane",
@@ -193,6 +197,13 @@ pub struct NodeView {
     pub progress: Option<String>,
     /// Annotations that did not parse, each as one line: shown in status, never guessed at.
     pub problems: Vec<String>,
+    /// `status.nodeInfo.machineID`: what a FleetLock client's id is derived from.
+    pub machine_id: Option<String>,
+    /// The pool of a FleetLock node (label [`FLEETLOCK_GROUP`]); `None` for an hkd node.
+    pub fleetlock_group: Option<String>,
+    /// Set only by the FleetLock server, on the one node whose Zincati asks for a lock now:
+    /// the planner treats that node as pending, every other FleetLock node as not its to grant.
+    pub lock_wanted: bool,
 }
 
 impl NodeView {
@@ -252,6 +263,7 @@ impl NodeView {
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .is_some_and(|c| c.status == "True");
+        let fleetlock_group = labels.get(FLEETLOCK_GROUP).cloned();
         NodeView {
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone(),
@@ -277,6 +289,12 @@ impl NodeView {
             staged: ann.get(STAGED).map(|v| printable(v)),
             progress: ann.get(PROGRESS).map(|v| shown_text(v)),
             problems,
+            machine_id: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.machine_id.clone())
+                .filter(|v| !v.is_empty()),
+            fleetlock_group,
+            lock_wanted: false,
         }
     }
 }

@@ -151,6 +151,23 @@ impl std::fmt::Display for Superseded {
 
 impl std::error::Error for Superseded {}
 
+/// The term this coordinator leads in, as others in the process see it (the FleetLock server
+/// writes to the ledger only under it): its number, when it ends unless renewed (monotonic)
+/// and the margin before that end within which nothing more is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Leading {
+    pub term: i64,
+    pub until: Instant,
+    pub margin: Duration,
+}
+
+impl Leading {
+    /// Whether a write may still go out under this term (see `Coordinator::holds`).
+    pub fn holds(&self) -> bool {
+        Instant::now() + self.margin < self.until
+    }
+}
+
 /// One term as leader: its number and when it ends unless renewed (monotonic).
 #[derive(Debug, Clone, Copy)]
 struct Term {
@@ -163,6 +180,7 @@ pub struct Coordinator {
     config: Config,
     elector: Elector,
     leading: watch::Sender<bool>,
+    term: watch::Sender<Option<Leading>>,
     /// Ledger writes with grants sent so far (for the `stop_before_grant` seam).
     grant_writes: std::sync::atomic::AtomicUsize,
     /// Webhook deliveries, off this loop.
@@ -184,6 +202,7 @@ impl Coordinator {
             config,
             elector,
             leading: watch::channel(false).0,
+            term: watch::channel(None).0,
             grant_writes: Default::default(),
             notifier: Default::default(),
         }
@@ -192,6 +211,19 @@ impl Coordinator {
     /// Whether this coordinator leads now (for metrics, status and tests).
     pub fn leading(&self) -> watch::Receiver<bool> {
         self.leading.subscribe()
+    }
+
+    /// The term this coordinator leads in now, `None` while it does not lead.
+    pub fn term(&self) -> watch::Receiver<Option<Leading>> {
+        self.term.subscribe()
+    }
+
+    fn publish(&self, term: Option<Term>) {
+        self.term.send_replace(term.map(|t| Leading {
+            term: t.number,
+            until: t.until,
+            margin: self.config.renew_every,
+        }));
     }
 
     /// Campaign, lead while elected, and campaign again after a lost term, until `stop` turns
@@ -216,6 +248,7 @@ impl Coordinator {
                         )
                         .await;
                     self.leading.send_replace(false);
+                    self.publish(None);
                     match end {
                         End::Stopped => {
                             if let Err(e) =
@@ -265,6 +298,7 @@ impl Coordinator {
         let mut events = futures::stream::select(nodes.boxed(), updates.boxed());
         let mut renew_at = Instant::now() + self.config.renew_every;
         let mut plan_at = Some(Instant::now());
+        self.publish(Some(term));
         loop {
             self.config.heartbeat.beat();
             let wake = plan_at.map_or(renew_at, |p| p.min(renew_at));
@@ -284,6 +318,7 @@ impl Coordinator {
                 match self.bounded("the Lease", self.elector.try_lead()).await {
                     Ok(Role::Leader { term: n, until }) if n == term.number => {
                         term.until = until;
+                        self.publish(Some(term));
                         renew_at = Instant::now() + self.config.renew_every;
                     }
                     Ok(_) => return End::Lost,

@@ -267,6 +267,27 @@ impl Drainer {
         .await
     }
 
+    /// Keep the cordon but give it up as hkd's: from now on it is the admin's to lift (I2).
+    /// Returns whether hkd held it. Used when a lock is reclaimed from a node that never came
+    /// back: the node stays out of workloads and counts as cordoned by someone else.
+    pub async fn hand_over(&self, node: &str) -> anyhow::Result<bool> {
+        self.node_write(node, "handing over the cordon of", |n| {
+            let ours = n
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(CORDONED_BY_HKD));
+            if !ours {
+                return (None, false);
+            }
+            (
+                Some(json!({"metadata": {"annotations": {CORDONED_BY_HKD: null}}})),
+                true,
+            )
+        })
+        .await
+    }
+
     /// Read the node, decide a merge patch, write it with the resourceVersion read; on 409
     /// read and decide again.
     async fn node_write(

@@ -58,7 +58,7 @@ pub fn standing(recorded: Option<i64>, mine: i64) -> Standing {
 }
 
 /// The ledger of the new status: the stored one with records of nodes that no longer exist
-/// dropped, this plan's grants recorded under `term` at `now` (replacing the node's earlier
+/// dropped (except FleetLock locks: the FleetLock server reclaims those and says so), this plan's grants recorded under `term` at `now` (replacing the node's earlier
 /// record of this Update), and the term recorded.
 pub fn record(
     new: &mut UpdateStatus,
@@ -73,7 +73,7 @@ pub fn record(
     new.grants = stored
         .grants
         .iter()
-        .filter(|(node, _)| exists(node))
+        .filter(|(node, r)| exists(node) || r.is_fleetlock())
         .map(|(node, r)| (node.clone(), r.clone()))
         .collect();
     for node in granted {
@@ -83,6 +83,7 @@ pub fn record(
                 generation,
                 term,
                 granted_at: Time(now),
+                source: None,
             },
         );
     }
@@ -183,6 +184,7 @@ mod tests {
             generation,
             term,
             granted_at: Time(t(at)),
+            source: None,
         }
     }
 
@@ -242,6 +244,29 @@ mod tests {
         assert_eq!(new.grants["a"], rec(1, 2, "2024-03-01T10:00:00Z"));
         assert_eq!(new.grants["b"], rec(2, 5, "2024-03-01T11:00:00Z"));
         assert_eq!(new.grants["c"], rec(2, 5, "2024-03-01T11:00:00Z"));
+    }
+
+    #[test]
+    fn a_fleetlock_lock_of_a_deleted_node_is_kept_for_the_fleetlock_server_to_reclaim() {
+        let mut stored = UpdateStatus::default();
+        let mut lock = rec(1, 2, "2024-03-01T10:00:00Z");
+        lock.source = Some(crate::cluster::update::FLEETLOCK.into());
+        stored.grants.insert("gone-zincati".into(), lock.clone());
+        stored
+            .grants
+            .insert("gone-hkd".into(), rec(1, 2, "2024-03-01T10:00:00Z"));
+        let mut new = UpdateStatus::default();
+        record(
+            &mut new,
+            &stored,
+            &[],
+            1,
+            3,
+            t("2024-03-01T11:00:00Z"),
+            |_| false,
+        );
+        assert_eq!(recorded_nodes(&new), ["gone-zincati"]);
+        assert_eq!(new.grants["gone-zincati"], lock);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod connect;
 pub mod coordinator;
 pub mod drain;
 pub mod events;
+pub mod fleetlock;
 pub mod gates;
 pub mod heartbeat;
 pub mod kube_drain;

@@ -251,6 +251,7 @@ mod tests {
                 generation: 1,
                 term: 1,
                 granted_at: t(),
+                source: None,
             },
         );
         assert!(events(&prev, &next, &["w-2".into()]).is_empty());

@@ -25,6 +25,9 @@
 //! - a hold from outside the Nodes (a [`Hold`] the coordinator found: a blocking pod on a node)
 //!   keeps its node from a grant, or the whole rollout when it names no node; the node is
 //!   shown Waiting with the hold's message and does not count as out of service.
+//! - a FleetLock node (label `housekeeper.io/fleetlock-group`) is granted only on its
+//!   client's request (`lock_wanted`, set by the FleetLock server); its lock counts in flight
+//!   like any grant, and without one it is shown done ("its Zincati asks").
 //!
 //! **What counts as out of service.** Every selected node granted by this Update and not yet
 //! `Done`/`Failed` (in flight, whatever its generation), plus every other selected node that
@@ -91,6 +94,10 @@ pub const PROGRESSING: &str = "Progressing";
 pub const COMPLETE: &str = "Complete";
 pub const HALTED: &str = "Halted";
 pub const PAUSED: &str = "Paused";
+/// The phase shown for a FleetLock node holding its lock.
+pub const FLEETLOCK_LOCKED: &str = "Locked (FleetLock)";
+/// The reason shown for a FleetLock node without a lock.
+pub const FLEETLOCK_IDLE: &str = "FleetLock: its Zincati asks before it reboots";
 /// The Halted reason of an aborted Update.
 pub const ABORTED: &str = "Aborted";
 
@@ -303,8 +310,18 @@ fn classify<'a>(
                 Some(AgentPhase::Failed) if current => return Class::Failed(reason),
                 Some(p) if p.is_terminal() => {} // an answer for an older target
                 Some(p) => return Class::InFlight(p.as_str().into()),
+                None if n.fleetlock_group.is_some() => {
+                    return Class::InFlight(FLEETLOCK_LOCKED.into())
+                }
                 None => return Class::InFlight("Granted".into()),
             }
+        }
+        // A FleetLock node is granted only when its Zincati asks (the FleetLock server plans
+        // with `lock_wanted` set on it); otherwise there is nothing for this Update to do there.
+        if n.fleetlock_group.is_some() && !n.lock_wanted {
+            // The FleetLock server's last word on it (a reclaimed lock), else what it is.
+            let said = n.reason.clone().filter(|r| !r.is_empty());
+            return Class::Done(said.unwrap_or_else(|| FLEETLOCK_IDLE.into()));
         }
         if at_target(n, image, target) {
             return Class::Done("already at the target".into());
@@ -520,10 +537,16 @@ fn choose(
         zb.take(zone.unwrap_or_default());
         Ok(())
     };
+    // A FleetLock node asking now goes first among the pending (the others wait for the
+    // coordinator's next plan anyway); otherwise name order.
+    let all = selected;
+    let mut selected: Vec<&(&NodeView, Class)> = all.iter().collect();
+    selected.sort_by_key(|(n, _)| !n.lock_wanted);
     let mut choice = Choice::default();
     let rollout_holds: Vec<&Hold> = holds.iter().filter(|h| h.node.is_none()).collect();
     let cp_open: Vec<&(&NodeView, Class)> = selected
         .iter()
+        .copied()
         .filter(|(n, c)| n.control_plane && !matches!(c, Class::Done(_) | Class::Failed(_)))
         .collect();
     choice.holding = if update.spec.paused {
@@ -558,7 +581,7 @@ fn choose(
         if budget == 0 {
             Some((
                 "MaxUnavailable".into(),
-                unavailable_message(selected, max_unavailable),
+                unavailable_message(all, max_unavailable),
             ))
         } else if let Err(why) = admit(n) {
             choice.zone_waits.insert(n.name.clone(), why.clone());
@@ -581,7 +604,7 @@ fn choose(
             ),
         ))
     } else {
-        for (n, c) in selected {
+        for (n, c) in selected.iter().copied() {
             if budget == 0 {
                 break;
             }
@@ -608,7 +631,7 @@ fn choose(
         if still_pending && budget == 0 {
             Some((
                 "MaxUnavailable".into(),
-                unavailable_message(selected, max_unavailable),
+                unavailable_message(all, max_unavailable),
             ))
         } else if let Some((first, why)) = choice.zone_waits.iter().next() {
             Some((

@@ -718,3 +718,49 @@ fn pending_nodes_say_what_they_wait_for() {
     assert_eq!(p.all_nodes.len(), MAX_NODE_SUMMARIES + 5);
     assert_eq!(p.status.nodes[..], p.all_nodes[..MAX_NODE_SUMMARIES]);
 }
+
+fn fleetlock(name: &str) -> NodeView {
+    NodeView {
+        fleetlock_group: Some("workers".into()),
+        os_image: None,
+        ..node(name, false)
+    }
+}
+
+#[test]
+fn a_fleetlock_node_is_granted_only_when_it_asks_and_its_lock_uses_the_budget() {
+    let u = update(json!({"maxUnavailable": 1}));
+    // Not asking: not the planner's to grant, shown as a FleetLock node, and the hkd node goes.
+    let nodes = vec![fleetlock("c-zincati"), node("b-hkd", false)];
+    let p = plan(&u, &nodes, now(), strict());
+    assert_eq!(p.grants, ["b-hkd"]);
+    let row = p.all_nodes.iter().find(|r| r.name == "c-zincati").unwrap();
+    assert_eq!(
+        (row.phase.as_str(), row.reason.as_str()),
+        ("Done", FLEETLOCK_IDLE)
+    );
+    // Asking: pending like any node, and it goes before the pending hkd node that sorts first
+    // (that one waits for the coordinator's next plan anyway).
+    let mut asking = nodes.clone();
+    asking[0].lock_wanted = true;
+    assert_eq!(plan(&u, &asking, now(), strict()).grants, ["c-zincati"]);
+    // Holding its lock: in flight, marked by its source, and the hkd node waits for a slot.
+    let mut locked = nodes.clone();
+    locked[0].grant = Some(Grant {
+        uid: "uid-1".into(),
+        generation: 1,
+    });
+    let p = plan(&u, &locked, now(), strict());
+    assert!(p.grants.is_empty(), "{:?}", p.grants);
+    let row = p.all_nodes.iter().find(|r| r.name == "c-zincati").unwrap();
+    assert_eq!(row.phase, FLEETLOCK_LOCKED);
+    assert_eq!(p.status.counts.in_flight, 1);
+    // Its lock reclaimed, left cordoned: the server's word on its row, and out of service.
+    let mut reclaimed = nodes.clone();
+    reclaimed[0].reason = Some("FleetLock lock of node c-zincati reclaimed".into());
+    reclaimed[0].unschedulable = true;
+    let p = plan(&u, &reclaimed, now(), strict());
+    let row = p.all_nodes.iter().find(|r| r.name == "c-zincati").unwrap();
+    assert_eq!(row.reason, "FleetLock lock of node c-zincati reclaimed");
+    assert!(p.grants.is_empty(), "the cordoned node uses the one slot");
+}

@@ -15,6 +15,7 @@
 //! | | | secrets: get on `housekeeper-prometheus` only (hkd's namespace) | Prometheus's credentials for the reboot gates |
 //! | | | events: create, patch (hkd's namespace and `default`) | Events on Updates and on Nodes, beside the kubelet's |
 //! | node `N` | ServiceAccount `housekeeper-system/hkd-node-N`, impersonating `system:node:N` in group `system:nodes` | impersonate user `system:node:N` and group `system:nodes`, nothing else | every request is authorized as node `N`'s kubelet is |
+//! | coordinator, with `hkctl install --fleetlock` only | ClusterRole `housekeeper-coordinator-fleetlock` | nodes: patch; pods: get, list, delete; pods/eviction: create (cluster) | cordon and drain the FleetLock nodes, which run Zincati and no hkd (`cluster::fleetlock`) |
 //! | every node (group `system:nodes`) | the Node authorizer and the NodeRestriction admission plugin | its own Node: get, watch, patch annotations and `spec.unschedulable` (not its taints, not restricted labels); pods bound to it: evict, delete; Events | what the kubelet may anyway: report phases, cordon itself, drain itself |
 //! | | Role `housekeeper-node` (hkd's namespace) | updates: get, list, watch | follow the rollout, read only |
 //!
@@ -30,9 +31,16 @@
 //! nodes already hold cluster-admin power on disk (`/etc/kubernetes/admin.conf`, etcd's client
 //! keys, the CA key), so a coordinator credential there adds nothing a root on them lacks, and
 //! no container image or Deployment is needed on NestOS hosts. It no longer patches Nodes and
-//! never writes pods: grants live in the Update's status and each node drains itself. It lists
-//! pods (read only) for `blockingPodSelector`; RBAC cannot narrow a list to a label, so it may
-//! read every pod's spec, as every node's kubelet may already.
+//! never touches pods' lifecycles: grants live in the Update's status and each node drains
+//! itself. It lists pods (read only) for `blockingPodSelector`; RBAC cannot narrow a list to a
+//! label, so it may read every pod's spec, as every node's kubelet may already. The one
+//! exception is opt-in: with the FleetLock server (`hkctl install --fleetlock`) a Zincati node
+//! has no hkd to drain it, so the coordinator cordons and drains it, and for that alone it is
+//! given the rights to patch Nodes and evict and delete pods, in a ClusterRole of its own. On
+//! control-plane nodes that adds nothing a root there lacks (admin.conf is on the disk); what
+//! it adds is that a stolen coordinator kubeconfig can now drain any node. A later install
+//! without the flag leaves the role as it is (`hkctl uninstall`, or deleting the
+//! ClusterRoleBinding `housekeeper-coordinator-fleetlock`, withdraws it).
 //!
 //! Discovery (`/api`, `/apis/policy`, used to pick the Eviction version) is open to every
 //! authenticated user through the cluster's own `system:discovery` binding; an impersonated
@@ -68,6 +76,9 @@ pub const COORDINATOR_SERVICE_ACCOUNT: &str = "hkd-coordinator";
 
 /// The name of the coordinator's ClusterRole, Roles and their bindings.
 pub const COORDINATOR_ROLE: &str = "housekeeper-coordinator";
+
+/// The ClusterRole (and binding) that lets the coordinator cordon and drain FleetLock nodes.
+pub const FLEETLOCK_ROLE: &str = "housekeeper-coordinator-fleetlock";
 
 /// The Role in hkd's namespace bound to every node (group `system:nodes`): read Updates.
 pub const NODE_ROLE: &str = "housekeeper-node";
@@ -254,6 +265,27 @@ pub fn manifests() -> Vec<Value> {
                 name: NODES_GROUP.into(),
                 namespace: None,
             }]),
+        }),
+    ]
+}
+
+/// The opt-in objects of `hkctl install --fleetlock`: the coordinator may cordon Nodes and
+/// evict (or, under `onTimeout: deleteWithoutEviction`, delete) pods, cluster-wide.
+pub fn fleetlock_manifests() -> Vec<Value> {
+    vec![
+        value(ClusterRole {
+            metadata: meta(FLEETLOCK_ROLE, None),
+            rules: Some(vec![
+                rule("", &["nodes"], &["patch"], &[]),
+                rule("", &["pods"], &["get", "list", "delete"], &[]),
+                rule("", &["pods/eviction"], &["create"], &[]),
+            ]),
+            aggregation_rule: None,
+        }),
+        value(ClusterRoleBinding {
+            metadata: meta(FLEETLOCK_ROLE, None),
+            role_ref: role_ref("ClusterRole", FLEETLOCK_ROLE),
+            subjects: Some(vec![service_account(COORDINATOR_SERVICE_ACCOUNT)]),
         }),
     ]
 }

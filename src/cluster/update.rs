@@ -287,6 +287,20 @@ pub struct GrantRecord {
     pub generation: i64,
     pub term: i64,
     pub granted_at: Time,
+    /// Who asked: absent for the planner's own grants to hkd nodes, [`FLEETLOCK`] for a lock a
+    /// FleetLock client (Zincati) took (`src/cluster/fleetlock/`), released by its
+    /// `steady-state` or reclaimed, never answered on the Node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// [`GrantRecord::source`] of a FleetLock lock.
+pub const FLEETLOCK: &str = "FleetLock";
+
+impl GrantRecord {
+    pub fn is_fleetlock(&self) -> bool {
+        self.source.as_deref() == Some(FLEETLOCK)
+    }
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -25,6 +25,7 @@ pub struct Settings {
     pub metrics: Metrics,
     pub health: Health,
     pub reboot: Reboot,
+    pub fleetlock: FleetLock,
 }
 
 impl Settings {
@@ -144,6 +145,35 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+        }
+    }
+}
+
+/// FleetLock (Zincati's reboot-lock protocol): the coordinator as a server for Zincati nodes,
+/// and hkd as a client where there is no Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetLock {
+    /// Where the coordinator serves FleetLock while it leads (`ADDRESS:PORT`); empty: no
+    /// server. Unauthenticated by protocol: listen where only the fleet reaches it.
+    pub listen: String,
+    /// A lock held this long without `steady-state` is reclaimed (its node left cordoned).
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// A standalone hkd (no kubeconfig): the FleetLock server's base URL to take a lock from
+    /// before each reboot; empty: reboot without asking.
+    pub url: String,
+    /// The group this node asks in (the server's node pool).
+    pub group: String,
+}
+
+impl Default for FleetLock {
+    fn default() -> Self {
+        FleetLock {
+            listen: String::new(),
+            lock_timeout: Duration::from_secs(3600),
+            url: String::new(),
+            group: "default".into(),
         }
     }
 }

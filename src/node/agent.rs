@@ -91,6 +91,10 @@ pub trait ClusterSide: Send + Sync {
     fn after_step(&self, _machine: &Machine) -> Vec<Event> {
         Vec::new()
     }
+    /// The FleetLock lock, for `hkd status` (a standalone node with `fleetlock.url`).
+    fn fleet_lock(&self) -> Option<crate::node::status::FleetLockStatus> {
+        None
+    }
 }
 
 /// A node without a cluster: grants itself once staged, drains nothing, reports to the log.
@@ -236,6 +240,7 @@ impl Agent {
             self.last_error.clone(),
         );
         status.waiting = self.waiting.clone();
+        status.fleet_lock = self.parts.cluster.fleet_lock();
         if let Ok(mut shared) = self.shared.lock() {
             *shared = status;
         }

@@ -23,9 +23,11 @@ use super::status::ProgressSink;
 use super::watchdog::{self, Liveness};
 use crate::cluster::connect::client_from_kubeconfig;
 use crate::cluster::coordinator::Config as CoordinatorConfig;
+use crate::cluster::fleetlock::server::Config as FleetLockConfig;
 use crate::cluster::kube_drain::Tuning;
 use crate::config::hkd::Settings;
 use crate::image_ref::ImagePolicy;
+use crate::node::fleetlock::FleetLockClient;
 use crate::os::{detect, Backend};
 
 /// The running kernel's boot id, from /proc.
@@ -97,11 +99,22 @@ pub fn run_with(
     let (events, inbox) = mpsc::channel();
     let mut extra: Vec<Box<dyn Check>> = Vec::new();
     let liveness = Arc::new(Liveness::default());
+    let mut fleetlock = None;
     let (cluster, starter): (Box<dyn ClusterSide>, Option<Starter>) =
         match cluster_side(settings, root, events.clone(), liveness.clone())? {
             Some((node, starter)) => {
+                if !settings.fleetlock.url.is_empty() {
+                    tracing::warn!(
+                        "fleetlock.url is ignored: this node follows its cluster's grants"
+                    );
+                }
                 extra.push(node.ready_check());
                 (Box::new(node), Some(starter))
+            }
+            None if !settings.fleetlock.url.is_empty() => {
+                let client = fleetlock_client(settings, root)?;
+                fleetlock = Some(client.clone());
+                (Box::new(client), None)
             }
             None => (Box::new(Standalone), None),
         };
@@ -128,6 +141,10 @@ pub fn run_with(
     let shared = agent.shared();
     if let Some(progress) = seams.progress {
         progress.attach(shared.clone());
+    }
+    if let Some(client) = &fleetlock {
+        client.attach(shared.clone());
+        client.release_if_at_rest(agent.machine());
     }
     // A node that follows its cluster takes upgrades from its Update only: a local request
     // could otherwise ride a cluster grant.
@@ -200,6 +217,16 @@ fn cluster_side(
     let coordinator = k
         .coordinate
         .then(|| coordinator_config(settings, &node_name));
+    let fleetlock = if k.coordinate {
+        fleetlock_server(settings, &node_name)?
+    } else {
+        if !settings.fleetlock.listen.is_empty() {
+            tracing::warn!(
+                "fleetlock.listen is set but this node does not coordinate: only the coordinator serves FleetLock"
+            );
+        }
+        None
+    };
     tracing::info!("following the cluster as node {node_name}");
     #[allow(unused_mut)]
     let mut settings = ClusterSettings {
@@ -211,6 +238,7 @@ fn cluster_side(
         stage_retry: k.stage_retry,
         tuning: Tuning::default(),
         coordinator,
+        fleetlock,
         liveness,
         watchdog_bound: watchdog::DEFAULT_BOUND,
         hang_follower: false,
@@ -232,6 +260,55 @@ fn cluster_side(
         coordinator_client,
         settings,
         inbox,
+    )))
+}
+
+/// The FleetLock client of a standalone node: `fleetlock.url`, `fleetlock.group`, the id
+/// from the machine-id.
+fn fleetlock_client(settings: &Settings, root: &Path) -> anyhow::Result<FleetLockClient> {
+    let f = &settings.fleetlock;
+    let unusable = |key: &str, e: anyhow::Error| crate::config::ConfigError::Unusable {
+        key: key.into(),
+        message: format!("{e:#}"),
+    };
+    let id = crate::node::fleetlock::machine_id(root).map_err(|e| unusable("fleetlock.url", e))?;
+    let backoff = crate::node::fleetlock::Backoff::default();
+    let client = FleetLockClient::new(&f.url, &f.group, &id, backoff)
+        .map_err(|e| unusable("fleetlock.url", e))?;
+    tracing::info!(
+        "standalone with FleetLock: a lock from {} (group {}, id {id}) before each reboot",
+        f.url,
+        f.group
+    );
+    Ok(client)
+}
+
+/// The FleetLock server's address and settings, when `fleetlock.listen` asks for one.
+fn fleetlock_server(
+    settings: &Settings,
+    identity: &str,
+) -> anyhow::Result<Option<(std::net::SocketAddr, FleetLockConfig)>> {
+    let f = &settings.fleetlock;
+    if f.listen.is_empty() {
+        return Ok(None);
+    }
+    let listen = f
+        .listen
+        .parse()
+        .map_err(|e| crate::config::ConfigError::Unusable {
+            key: "fleetlock.listen".into(),
+            message: format!(
+                "{:?} is not ADDRESS:PORT ({e}); e.g. \"0.0.0.0:9808\", or empty for no server",
+                f.listen
+            ),
+        })?;
+    Ok(Some((
+        listen,
+        FleetLockConfig {
+            lock_timeout: f.lock_timeout,
+            image_policy: image_policy(settings),
+            ..FleetLockConfig::new(identity, &settings.kubernetes.namespace)
+        },
     )))
 }
 
@@ -311,6 +388,7 @@ pub fn coordinate(
             .context("reading the host name for the coordinator's name; pass --identity")?,
     };
     let path = coordinator_credential(settings, root, "kubernetes.coordinator_kubeconfig", "", "")?;
+    let fleetlock = fleetlock_server(settings, &identity)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -318,8 +396,17 @@ pub fn coordinate(
     runtime.block_on(async {
         let client = client_from_kubeconfig(&path).await?;
         let config = coordinator_config(settings, &identity);
-        let coordinator = crate::cluster::coordinator::Coordinator::new(client, config);
+        let coordinator = crate::cluster::coordinator::Coordinator::new(client.clone(), config);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some((listen, fl)) = fleetlock {
+            tokio::spawn(crate::cluster::fleetlock::server::serve_beside(
+                client,
+                listen,
+                fl,
+                coordinator.term(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

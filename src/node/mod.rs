@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod fleetlock;
 pub mod follow;
 pub mod health;
 pub mod journal;

@@ -39,6 +39,28 @@ pub struct NodeStatus {
     /// Absent when nothing waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The FleetLock lock of a standalone node configured with `fleetlock.url`; absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_lock: Option<FleetLockStatus>,
+}
+
+/// Where this node stands with its FleetLock server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetLockStatus {
+    /// The server's base URL.
+    pub server: String,
+    pub group: String,
+    /// The id this node asks with (the app-specific machine id Zincati would send).
+    pub id: String,
+    /// Whether this node holds its lock: taken before the reboot, released once the health
+    /// gate passed (or the upgrade ended otherwise).
+    pub held: bool,
+    /// Why the lock is not taken or released yet: the server's answer, or why it was not
+    /// reached. Absent when nothing waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// How far the download of a staging target is, as the backend last reported it.
@@ -192,6 +214,7 @@ impl NodeStatus {
             last_error,
             progress: None,
             waiting: None,
+            fleet_lock: None,
         }
     }
 }
@@ -260,6 +283,17 @@ pub fn render(status: &NodeStatus, out: &mut dyn Write) -> io::Result<()> {
     }
     if let Some(waiting) = &status.waiting {
         writeln!(out, "  waiting: {waiting}")?;
+    }
+    if let Some(l) = &status.fleet_lock {
+        let held = if l.held { "held" } else { "not held" };
+        writeln!(
+            out,
+            "  fleetlock: lock {held} (group {} at {})",
+            l.group, l.server
+        )?;
+        if let Some(w) = &l.waiting {
+            writeln!(out, "  fleetlock waiting: {w}")?;
+        }
     }
     if let Some(failed) = &up.failed_target {
         writeln!(out, "  not retried: {failed} (failed here)")?;
@@ -468,5 +502,30 @@ mod tests {
         let json = serde_json::to_string(&sample()).unwrap();
         let back: NodeStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn the_fleetlock_lock_and_its_wait_are_shown() {
+        let mut st = NodeStatus::new("ostree", &Machine::new("b"), vec![], None);
+        st.fleet_lock = Some(FleetLockStatus {
+            server: "http://10.0.0.1:9808".into(),
+            group: "default".into(),
+            id: "975228d46dc94622b9bbe16671e2b58d".into(),
+            held: false,
+            waiting: Some(
+                "http://10.0.0.1:9808/v1/pre-reboot: failed_lock_semaphore_full: no slot".into(),
+            ),
+        });
+        let mut text = Vec::new();
+        render(&st, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("  fleetlock: lock not held (group default at http://10.0.0.1:9808)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  fleetlock waiting: http://10.0.0.1:9808/v1/pre-reboot: failed_lock_semaphore_full"), "{text}");
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["fleetLock"]["held"], false);
+        assert_eq!(json["fleetLock"]["group"], "default");
     }
 }

@@ -144,9 +144,13 @@ pub async fn dry_run_nodes(
 pub fn print_manifests(
     format: Format,
     nodes: &std::result::Result<Vec<String>, String>,
+    fleetlock: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let mut all = manifests();
+    if fleetlock {
+        all.extend(rbac::fleetlock_manifests());
+    }
     let note = match nodes {
         Ok(nodes) => {
             for n in nodes {
@@ -389,11 +393,16 @@ pub struct InstallOptions {
     pub token_ttl: Duration,
     pub rotate_token: bool,
     pub context: Option<String>,
+    /// Also give the coordinator the rights to cordon and drain FleetLock nodes.
+    pub fleetlock: bool,
 }
 
 /// `hkctl install`.
 pub async fn install(ctx: &Ctx, opts: &InstallOptions, out: &mut dyn Write) -> Result<()> {
-    let all = manifests();
+    let mut all = manifests();
+    if opts.fleetlock {
+        all.extend(rbac::fleetlock_manifests());
+    }
     let mut kinds = all.clone();
     kinds.extend(rbac::node_manifests("n"));
     ctx.require(
@@ -582,7 +591,8 @@ async fn node_objects(ctx: &Ctx) -> Result<Vec<Value>> {
 /// reverse order of install (the CRD last: deleting it deletes every Update), the nodes' own
 /// objects first.
 pub async fn uninstall(ctx: &Ctx, opts: UninstallOptions, out: &mut dyn Write) -> Result<()> {
-    let all = manifests();
+    let mut all = manifests();
+    all.extend(rbac::fleetlock_manifests());
     let busy = rollouts_in_progress(ctx).await?;
     if !busy.is_empty() && !opts.force {
         bail!(
@@ -653,12 +663,12 @@ mod tests {
         }
         let mut yaml = Vec::new();
         let nodes = Ok(vec!["a".to_owned(), "b".to_owned()]);
-        print_manifests(Format::Yaml, &nodes, &mut yaml).unwrap();
+        print_manifests(Format::Yaml, &nodes, false, &mut yaml).unwrap();
         let yaml = String::from_utf8(yaml).unwrap();
         assert_eq!(yaml.matches("\n---\n").count(), all.len() + 6);
         assert!(yaml.contains("name: \"hkd-node-b\""));
         let mut yaml = Vec::new();
-        print_manifests(Format::Yaml, &Err("no cluster".into()), &mut yaml).unwrap();
+        print_manifests(Format::Yaml, &Err("no cluster".into()), false, &mut yaml).unwrap();
         let yaml = String::from_utf8(yaml).unwrap();
         assert_eq!(yaml.matches("\n---\n").count(), all.len());
         assert!(yaml.contains(

@@ -86,6 +86,11 @@ pub struct Settings {
     pub tuning: Tuning,
     /// Stand as coordinator candidate with this configuration; `None`: never coordinate.
     pub coordinator: Option<coordinator::Config>,
+    /// Serve FleetLock beside the coordinator: where, and how.
+    pub fleetlock: Option<(
+        std::net::SocketAddr,
+        crate::cluster::fleetlock::server::Config,
+    )>,
     /// Where the follower, the drain and the coordinator show their progress (the watchdog).
     pub liveness: Arc<Liveness>,
     /// A part silent for longer is taken for hung: [`crate::node::watchdog::DEFAULT_BOUND`] (the

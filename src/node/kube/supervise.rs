@@ -26,6 +26,15 @@ pub(super) async fn supervise_coordinator(inner: Arc<Inner>) {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let coordinator = Coordinator::new(client.clone(), config.clone());
+        if let Some((listen, fl)) = inner.settings.fleetlock.clone() {
+            tokio::spawn(crate::cluster::fleetlock::server::serve_beside(
+                client.clone(),
+                listen,
+                fl,
+                coordinator.term(),
+                stop_rx.clone(),
+            ));
+        }
         inner.coordinating.send_replace(true);
         inner.settings.liveness.start(super::COORDINATOR);
         let mut task = tokio::spawn(coordinator.run(stop_rx));
