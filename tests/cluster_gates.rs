@@ -3,7 +3,8 @@
 //! server whose metrics the test flips), and a real coordinator asks it before each grant.
 //!
 //! Shown: a gate expression that turns true mid-rollout holds the next grant, named on the
-//! Update's status and in `hkctl status`; turning it false lets the rollout go on; an
+//! Update's status and in `hkctl status`; a per-node gate (`$node`) holds its node only,
+//! named on its row, though a slot is free; turning the gate false lets the rollout go on; an
 //! Alertmanager-style filter (`severity=~"critical|page",node="$node"`) over Prometheus's own
 //! `/api/v1/alerts` holds only the node its firing alert names, and an `info` alert on another
 //! node holds nothing; Prometheus stopped: the rollout is held and says so; started again:
@@ -338,7 +339,8 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         rig.workers[2].as_str(),
     );
     let target = Target::start().await?;
-    target.set(metrics(0, &[(w1, 1), (w2, 0), (w3, 0)]));
+    // node_busy 2: what the per-node gate `node_busy{node="$node"} == 2` holds.
+    target.set(metrics(0, &[(w1, 1), (w2, 0), (w3, 2)]));
     let dir = tempfile::tempdir()?;
     // NodeBusy (critical) fires for w1; NodeChatty (info) fires for w3 all along.
     let rules = [
@@ -350,7 +352,7 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "    expr: node_busy == 1",
         "    labels: {severity: critical}",
         "  - alert: NodeChatty",
-        &format!("    expr: node_busy{{node=\"{w3}\"}} == 0"),
+        &format!("    expr: node_busy{{node=\"{w3}\"}} >= 0"),
         "    labels: {severity: info}",
         "",
     ]
@@ -375,11 +377,13 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "--selector",
         &selector,
         "--max-unavailable",
-        "1",
+        "2",
         "--prometheus",
         &url,
         "--gate",
         "gate_hold > 0",
+        "--gate",
+        r#"node_busy{node="$node"} == 2"#,
         "--gate-alert",
         r#"severity=~"critical|page",node="$node""#,
         "--webhook",
@@ -395,7 +399,25 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "{w1} granted while its alert fires"
     );
     // The gate turns true while w2 is in flight.
-    target.set(metrics(1, &[(w1, 1), (w2, 0), (w3, 0)]));
+    // The per-node gate holds w3, though a slot is free, and says so on w3's row.
+    wait_for("w3 held by the per-node gate, said so", ROLLOUT, || async {
+        let u = rig.update("os").await?;
+        let row = u
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.name == w3).cloned());
+        Ok(row.is_some_and(|r| {
+            r.phase == "Waiting"
+                && r.reason
+                    .starts_with(&format!("gate node_busy{{node=\"{w3}\"}} == 2 holds:"))
+        }))
+    })
+    .await?;
+    ensure!(
+        !granted(&rig, w3).await?,
+        "{w3} granted while its gate holds"
+    );
+    target.set(metrics(1, &[(w1, 1), (w2, 0), (w3, 2)]));
     wait_for("Prometheus to see gate_hold 1", ROLLOUT, || async {
         Ok(prom.query_len("gate_hold > 0").await? == 1)
     })
