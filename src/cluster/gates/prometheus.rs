@@ -433,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn a_prometheus_that_accepts_and_never_answers_holds_within_the_limit() {
+        // Accepts connections (the kernel's backlog) and never reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let gates: Gates = serde_json::from_value(serde_json::json!({
+            "prometheusURL": format!("http://127.0.0.1:{port}"),
+            "queries": [{"expr": "up == 0"}, {"expr": "up == 1"}],
+            "alerts": [{"matchers": ["severity=\"critical\""]}],
+        }))
+        .unwrap();
+        let started = Instant::now();
+        let holds = look(&gates, &Auth::None, Duration::from_millis(500));
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        assert_eq!(holds.len(), 1, "{holds:?}");
+        assert_eq!(holds[0].reason, UNAVAILABLE);
+        assert_eq!(holds[0].node, None);
+        drop(silent);
+    }
+
+    #[test]
     fn nothing_listening_holds_and_says_so() {
         // A port nothing listens on: bind one, then drop it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
