@@ -57,7 +57,7 @@ use super::annotations::NodeView;
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::ledger::{self, Standing};
-use super::plan::{plan_with, RolloutPlan, COMPLETE, HALTED, PAUSED};
+use super::plan::{RolloutPlan, COMPLETE, HALTED, PAUSED};
 use super::update::{Hold, ImagePolicy, Update, UpdateStatus, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
@@ -68,10 +68,6 @@ pub use super::events::NODE_EVENT_NAMESPACE;
 /// How often a plan is retried after its writes met a 409 before the wake-up gives up (the
 /// next event or `retry_after` tries again).
 const CONFLICT_RETRIES: usize = 5;
-
-/// How many rounds of per-node gate questions one plan asks: each round asks for the nodes
-/// the plan would grant that were not asked yet.
-const PER_NODE_GATE_ROUNDS: usize = 4;
 
 /// Settings; [`Config::new`] has the production values, tests shorten the times.
 #[derive(Debug, Clone)]
@@ -483,7 +479,6 @@ impl Coordinator {
     ) -> Result<Option<Duration>> {
         let what = format!("Update {}/{}", self.config.namespace, updates[i].name_any());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
-        let pods_api = Api::all(self.client.clone());
         for attempt in 0..CONFLICT_RETRIES {
             if attempt > 0 {
                 let fresh = self
@@ -508,74 +503,18 @@ impl Coordinator {
                 tracing::warn!("{refused}");
             }
             let update = &updates[i];
-            let mut holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
-            if let Some(gates) = &update.spec.gates {
-                let limit = self
-                    .limit()
-                    .min(Duration::from_secs(gates.timeout_seconds.clamp(1, 3) as u64));
-                let ns = &self.config.namespace;
-                holds.extend(super::gates::prometheus::find(&self.client, ns, gates, limit).await);
-            }
             let now = self.now();
-            let mut p = plan_with(update, &views, &holds, now, self.config.image_policy);
-            // Per-node gates (`$node`) are asked for the nodes about to be granted; a node one
-            // holds is planned again without it. Each round only adds holds; a plan whose
-            // grants are still unasked after the last round grants nothing (fail closed) and
-            // is made again at the next look.
-            if let Some(gates) = update
-                .spec
-                .gates
-                .as_ref()
-                .filter(|g| g.queries.iter().any(super::gates::per_node))
-            {
-                let limit = self
-                    .limit()
-                    .min(Duration::from_secs(gates.timeout_seconds.clamp(1, 3) as u64));
-                let mut asked: HashSet<String> = HashSet::new();
-                for round in 0..=PER_NODE_GATE_ROUNDS {
-                    let unasked: Vec<String> = p
-                        .grants
-                        .iter()
-                        .filter(|g| !asked.contains(*g))
-                        .cloned()
-                        .collect();
-                    if unasked.is_empty() {
-                        break;
-                    }
-                    if round == PER_NODE_GATE_ROUNDS {
-                        holds.push(Hold {
-                            node: None,
-                            reason: super::gates::GATE.into(),
-                            message: format!(
-                                "per-node gates held nodes in {PER_NODE_GATE_ROUNDS} rounds of one \
-                                 plan; {} not asked yet, looking again",
-                                unasked.join(", ")
-                            ),
-                        });
-                    } else {
-                        let ns = &self.config.namespace;
-                        let more = super::gates::prometheus::find_nodes(
-                            &self.client,
-                            ns,
-                            gates,
-                            &unasked,
-                            limit,
-                        )
-                        .await;
-                        asked.extend(unasked);
-                        if more.is_empty() {
-                            continue;
-                        }
-                        holds.extend(more);
-                    }
-                    p = plan_with(update, &views, &holds, now, self.config.image_policy);
-                }
-            }
-            if !holds.is_empty() && p.status.state.as_deref() != Some(COMPLETE) {
-                // Nothing watched tells when a blocking pod is gone or a gate opens: look again.
-                let again = self.config.recheck_every;
-                p.wake_after = Some(p.wake_after.map_or(again, |w| w.min(again)));
-            }
+            let (mut p, holds) = super::outside::plan(
+                &self.client,
+                &self.config.namespace,
+                self.limit(),
+                self.config.recheck_every,
+                update,
+                &views,
+                now,
+                self.config.image_policy,
+            )
+            .await;
             let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
             let stored = update.status.clone().unwrap_or_default();
             let generation = update.metadata.generation.unwrap_or(1);
