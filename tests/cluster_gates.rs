@@ -3,12 +3,14 @@
 //! server whose metrics the test flips), and a real coordinator asks it before each grant.
 //!
 //! Shown: a gate expression that turns true mid-rollout holds the next grant, named on the
-//! Update's status and in `hkctl status`; turning it false lets the rollout go on; an
+//! Update's status and in `hkctl status`; a per-node gate (`$node`) holds its node only,
+//! named on its row, though a slot is free; turning the gate false lets the rollout go on; an
 //! Alertmanager-style filter (`severity=~"critical|page",node="$node"`) over Prometheus's own
 //! `/api/v1/alerts` holds only the node its firing alert names, and an `info` alert on another
 //! node holds nothing; Prometheus stopped: the rollout is held and says so; started again:
 //! it completes; an expression Prometheus rejects holds the next rollout with Prometheus's
-//! own error.
+//! own error. Against a Prometheus that requires basic auth: the credentials from Secret
+//! `housekeeper-prometheus` are let in, a wrong password (401) and a missing Secret hold.
 //!
 //! Stand-ins: the kubelet (`support::kubelet`) and hkd's agents (`hkctl/sim.rs`, which write
 //! the phase annotations); the API server, the coordinator, hkctl and Prometheus are real.
@@ -186,6 +188,8 @@ struct Prometheus {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// Basic auth required (`web.yml`).
+    web_config: bool,
 }
 
 impl Prometheus {
@@ -215,7 +219,18 @@ impl Prometheus {
             dir: dir.to_owned(),
             port: free_port()?,
             child: None,
+            web_config: false,
         })
+    }
+
+    /// Require HTTP basic auth of `user` (`hash`: bcrypt) on every request.
+    fn require_basic_auth(&mut self, user: &str, hash: &str) -> Result<()> {
+        std::fs::write(
+            self.dir.join("web.yml"),
+            format!("basic_auth_users:\n  {user}: {hash}\n"),
+        )?;
+        self.web_config = true;
+        Ok(())
     }
 
     fn url(&self) -> String {
@@ -227,7 +242,14 @@ impl Prometheus {
             .create(true)
             .append(true)
             .open(self.dir.join("prometheus.log"))?;
-        let child = Command::new(Self::binary()?)
+        let mut cmd = Command::new(Self::binary()?);
+        if self.web_config {
+            cmd.arg(format!(
+                "--web.config.file={}",
+                self.dir.join("web.yml").display()
+            ));
+        }
+        let child = cmd
             .arg(format!(
                 "--config.file={}",
                 self.dir.join("prometheus.yml").display()
@@ -247,14 +269,21 @@ impl Prometheus {
         wait_for("Prometheus to be ready", Duration::from_secs(60), || {
             let url = url.clone();
             async move {
-                Ok(tokio::task::spawn_blocking(move || ureq::get(&url).call().is_ok()).await?)
+                // Any HTTP answer (a 401 under basic auth too) says it is serving.
+                Ok(tokio::task::spawn_blocking(move || {
+                    matches!(ureq::get(&url).call(), Ok(_) | Err(ureq::Error::Status(..)))
+                })
+                .await?)
             }
         })
         .await
         .with_context(|| {
             let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            format!("prometheus's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            format!(
+                "prometheus's log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
         })
     }
 
@@ -338,7 +367,8 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         rig.workers[2].as_str(),
     );
     let target = Target::start().await?;
-    target.set(metrics(0, &[(w1, 1), (w2, 0), (w3, 0)]));
+    // node_busy 2: what the per-node gate `node_busy{node="$node"} == 2` holds.
+    target.set(metrics(0, &[(w1, 1), (w2, 0), (w3, 2)]));
     let dir = tempfile::tempdir()?;
     // NodeBusy (critical) fires for w1; NodeChatty (info) fires for w3 all along.
     let rules = [
@@ -350,7 +380,7 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "    expr: node_busy == 1",
         "    labels: {severity: critical}",
         "  - alert: NodeChatty",
-        &format!("    expr: node_busy{{node=\"{w3}\"}} == 0"),
+        &format!("    expr: node_busy{{node=\"{w3}\"}} >= 0"),
         "    labels: {severity: info}",
         "",
     ]
@@ -375,11 +405,13 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "--selector",
         &selector,
         "--max-unavailable",
-        "1",
+        "2",
         "--prometheus",
         &url,
         "--gate",
         "gate_hold > 0",
+        "--gate",
+        r#"node_busy{node="$node"} == 2"#,
         "--gate-alert",
         r#"severity=~"critical|page",node="$node""#,
         "--webhook",
@@ -395,7 +427,25 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
         "{w1} granted while its alert fires"
     );
     // The gate turns true while w2 is in flight.
-    target.set(metrics(1, &[(w1, 1), (w2, 0), (w3, 0)]));
+    // The per-node gate holds w3, though a slot is free, and says so on w3's row.
+    wait_for("w3 held by the per-node gate, said so", ROLLOUT, || async {
+        let u = rig.update("os").await?;
+        let row = u
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.name == w3).cloned());
+        Ok(row.is_some_and(|r| {
+            r.phase == "Waiting"
+                && r.reason
+                    .starts_with(&format!("gate node_busy{{node=\"{w3}\"}} == 2 holds:"))
+        }))
+    })
+    .await?;
+    ensure!(
+        !granted(&rig, w3).await?,
+        "{w3} granted while its gate holds"
+    );
+    target.set(metrics(1, &[(w1, 1), (w2, 0), (w3, 2)]));
     wait_for("Prometheus to see gate_hold 1", ROLLOUT, || async {
         Ok(prom.query_len("gate_hold > 0").await? == 1)
     })
@@ -534,6 +584,84 @@ async fn prometheus_gates_hold_grants_and_a_silent_prometheus_holds_the_rollout(
             .iter()
             .all(|(_, g)| g.as_deref().is_none_or(|g| g.ends_with("/1"))),
         "a grant of the new target under a rejected gate"
+    );
+    Ok(())
+}
+
+/// bcrypt of "s3cret" at cost 4 (cheap: Prometheus checks it on every request).
+const PASSWORD_HASH: &str = "$2b$04$LrVRXL9wUvFjF07d66f9COJF0/t4mAZzMRP.sQ0X.UfAwK7qHF5BO";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_credentials_come_from_their_secret_and_a_wrong_one_holds() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let rig = Rig::new("gates-auth", 0, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let mut prom = Prometheus::new(dir.path(), &[], "groups: []\n")?;
+    prom.require_basic_auth("hk", PASSWORD_HASH)?;
+    prom.start().await?;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(rig.env.admin.clone(), &rig.env.ns);
+    let secret = |password: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {"name": housekeeper::cluster::gates::CREDENTIALS_SECRET},
+            "stringData": {"username": "hk", "password": password},
+        }))?)
+    };
+    secrets
+        .create(&PostParams::default(), &secret("wrong")?)
+        .await?;
+    let _agents = rig.agents(STEP, &[]);
+    let _coordinator = rig.coordinator();
+    let selector = rig.selector();
+    let url = prom.url();
+    // `vector(1)` always has a result: once Prometheus answers, the gate holds.
+    rig.hkctl(&[
+        "upgrade",
+        "--image",
+        IMAGE,
+        "--selector",
+        &selector,
+        "--prometheus",
+        &url,
+        "--prometheus-credentials",
+        "--gate",
+        "vector(1)",
+    ])
+    .await?
+    .ok()?;
+    wait_for("a refused password to hold, said so", ROLLOUT, || async {
+        let (reason, message) = progressing(&rig.update("os").await?);
+        Ok(reason == "PrometheusUnavailable" && message.contains("HTTP 401"))
+    })
+    .await?;
+    secrets
+        .patch(
+            housekeeper::cluster::gates::CREDENTIALS_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"password": "s3cret"}})),
+        )
+        .await?;
+    wait_for("the right password to be let in", ROLLOUT, || async {
+        let (reason, message) = progressing(&rig.update("os").await?);
+        Ok(reason == "GateFiring" && message.contains("gate vector(1) holds"))
+    })
+    .await?;
+    // The Secret gone: held again, and the status names it.
+    secrets
+        .delete(
+            housekeeper::cluster::gates::CREDENTIALS_SECRET,
+            &Default::default(),
+        )
+        .await?;
+    wait_for("a missing Secret to hold, said so", ROLLOUT, || async {
+        let (reason, message) = progressing(&rig.update("os").await?);
+        Ok(reason == "PrometheusUnavailable"
+            && message.contains("reading Prometheus's credentials from Secret"))
+    })
+    .await?;
+    ensure!(
+        rig.grants().await?.iter().all(|(_, g)| g.is_none()),
+        "a grant under a gate that never answered open"
     );
     Ok(())
 }

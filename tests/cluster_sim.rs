@@ -1794,7 +1794,8 @@ async fn a_slow_staging_shows_its_progress_on_the_node_and_in_hkctl_status() -> 
 }
 
 /// 30 real agents in three zones with every limit at once: at most 2 nodes in flight per
-/// zone, one zone at a time, and at most 3 nodes pulling ahead of their grants. The
+/// zone, one zone at a time, at most 3 nodes pulling ahead of their grants, and a blocking pod
+/// that holds its node, and only it, until it is deleted. The
 /// observer checks the zone limits on every change of the Nodes and the Update, and the
 /// hosts pulling every 20 ms (a pull seen on a node without a grant in the ledger counts
 /// toward `staging.maxConcurrent`; one second of grace covers the observer's watch lagging
@@ -1821,6 +1822,13 @@ async fn thirty_agents_in_three_zones_keep_the_zone_and_staging_limits() -> Resu
         .enumerate()
         .map(|(i, n)| (n.clone(), zone_of(i).to_owned()))
         .collect();
+    // A backup job on one worker: its node waits for it (the cluster is shared: the label
+    // value is this test's namespace).
+    let held = rig.nodes[7].clone();
+    let app = format!("backup-{}", rig.env.ns);
+    KubeletStandIn::new(rig.env.admin.clone())
+        .run_pod(&rig.env.ns, "backup", &held, &[("app", &app)])
+        .await?;
     let dir = tempfile::tempdir()?;
     let sim = rig.sim(
         dir.path(),
@@ -1831,7 +1839,8 @@ async fn thirty_agents_in_three_zones_keep_the_zone_and_staging_limits() -> Resu
         .create_update(
             "roll",
             json!({"maxUnavailable": max_unavailable, "maxUnavailablePerZone": per_zone,
-                   "maxUnavailableZones": 1, "staging": {"maxConcurrent": staging}}),
+                   "maxUnavailableZones": 1, "staging": {"maxConcurrent": staging},
+                   "blockingPodSelector": {"matchLabels": {"app": app}}}),
         )
         .await?;
     let seen = observe(
@@ -1919,6 +1928,36 @@ async fn thirty_agents_in_three_zones_keep_the_zone_and_staging_limits() -> Resu
             }
         })
     };
+    // The 29 others finish; the held node waits, named with its pod.
+    let api = rig.updates();
+    let others = wait_for(
+        "the 29 unblocked nodes to be done",
+        Duration::from_secs(600),
+        || async {
+            let s = api.get("roll").await?.status.unwrap_or_default();
+            Ok(s.counts.done == 29 || s.state.as_deref() == Some("Halted"))
+        },
+    )
+    .await;
+    with_logs(others, &rig, &sim)?;
+    let s = api.get("roll").await?.status.unwrap_or_default();
+    let row = s.nodes.iter().find(|n| n.name == held).cloned();
+    let pod = format!("{}/backup", rig.env.ns);
+    ensure!(
+        row.as_ref()
+            .is_some_and(|r| r.phase == "Waiting" && r.reason == format!("blocking pod {pod}")),
+        "{row:?}"
+    );
+    ensure!(
+        !limits.lock().unwrap().granted.contains(&held),
+        "{held} granted under its pod"
+    );
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(rig.env.admin.clone(), &rig.env.ns)
+        .delete(
+            "backup",
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await?;
     let end = rig
         .wait_state("roll", &["Halted", "Complete"], Duration::from_secs(600))
         .await;

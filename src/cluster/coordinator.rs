@@ -57,7 +57,7 @@ use super::annotations::NodeView;
 use super::events::{self, brief, Reporter};
 use super::lease::{Elector, Role, LEASE_NAME};
 use super::ledger::{self, Standing};
-use super::plan::{plan_with, RolloutPlan, COMPLETE, HALTED, PAUSED};
+use super::plan::{RolloutPlan, COMPLETE, HALTED, PAUSED};
 use super::update::{Hold, ImagePolicy, Update, UpdateStatus, NAMESPACE};
 
 /// The `source.component` and `reportingComponent` of the Events written.
@@ -514,7 +514,6 @@ impl Coordinator {
     ) -> Result<Option<Duration>> {
         let what = format!("Update {}/{}", self.config.namespace, updates[i].name_any());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
-        let pods_api = Api::all(self.client.clone());
         for attempt in 0..CONFLICT_RETRIES {
             if attempt > 0 {
                 let fresh = self
@@ -539,21 +538,18 @@ impl Coordinator {
                 tracing::warn!("{refused}");
             }
             let update = &updates[i];
-            let mut holds = super::blocking::find(&pods_api, &update.spec, self.limit()).await;
-            if let Some(gates) = &update.spec.gates {
-                let limit = self
-                    .limit()
-                    .min(Duration::from_secs(gates.timeout_seconds.clamp(1, 3) as u64));
-                let ns = &self.config.namespace;
-                holds.extend(super::gates::prometheus::find(&self.client, ns, gates, limit).await);
-            }
             let now = self.now();
-            let mut p = plan_with(update, &views, &holds, now, self.config.image_policy);
-            if !holds.is_empty() && p.status.state.as_deref() != Some(COMPLETE) {
-                // Nothing watched tells when a blocking pod is gone or a gate opens: look again.
-                let again = self.config.recheck_every;
-                p.wake_after = Some(p.wake_after.map_or(again, |w| w.min(again)));
-            }
+            let (mut p, holds) = super::outside::plan(
+                &self.client,
+                &self.config.namespace,
+                self.limit(),
+                self.config.recheck_every,
+                update,
+                &views,
+                now,
+                self.config.image_policy,
+            )
+            .await;
             let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
             let stored = update.status.clone().unwrap_or_default();
             let generation = update.metadata.generation.unwrap_or(1);

@@ -8,6 +8,12 @@
 //! act against the API server: [`kube_drain`] (cordon, evict, wait; tests/cluster_drain.rs),
 //! [`lease`]'s [`lease::Elector`] and [`coordinator`] (the elected coordinator's loop;
 //! tests/cluster_coordinator.rs).
+//!
+//! Rollout policy: [`topology`] (zone limits) and [`staging`] (staging permits) decide, inside
+//! the planner; [`blocking`] (blocking pods) and [`gates`] (reboot gates from Prometheus) each
+//! decide in plain functions and ask their outside system in one place, gathered for each plan
+//! by [`outside`] (tests/cluster_gates.rs against a real Prometheus); [`notify`] (webhook) and
+//! [`rollout_metrics`] report what the coordinator wrote.
 
 pub mod annotations;
 pub mod blocking;
@@ -22,6 +28,7 @@ pub mod kube_drain;
 pub mod lease;
 pub mod ledger;
 pub mod notify;
+pub mod outside;
 pub mod plan;
 pub mod rbac;
 pub mod rollout_metrics;

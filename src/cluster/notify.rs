@@ -286,6 +286,37 @@ mod tests {
     }
 
     #[test]
+    fn send_never_waits_for_a_webhook_that_hangs() {
+        // A receiver that accepts and never answers: every POST waits for its timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let n = Notifier::start(Duration::from_secs(2), vec![Duration::from_secs(1)]);
+        let note = Notification {
+            api_version: "housekeeper.io/v1alpha1".into(),
+            kind: "RolloutNotification".into(),
+            id: "u/1/Started".into(),
+            event: "Started".into(),
+            namespace: "ns".into(),
+            update: "os".into(),
+            target: "img".into(),
+            node: None,
+            message: "first grant(s): w-1".into(),
+            time: "2024-03-02T10:00:00Z".into(),
+        };
+        let started = std::time::Instant::now();
+        // More than the queue holds: the rest are dropped, none waited for.
+        for _ in 0..QUEUE + 10 {
+            n.send(&url, note.clone());
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "send waited {:?}",
+            started.elapsed()
+        );
+        drop(silent);
+    }
+
+    #[test]
     fn check_names_the_field() {
         let bad = Notifications {
             webhook_url: "hooks.example.com/x".into(),

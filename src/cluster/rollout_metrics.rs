@@ -247,5 +247,34 @@ mod tests {
             text.contains(r#"hkd_rollout_halted{namespace="ns",update="os"} 0"#),
             "{text}"
         );
+        // A node Done 90 s after its grant: one observation, counted once however often seen.
+        use crate::cluster::update::{GrantRecord, NodeSummary};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let t = |s: &str| Time(s.parse().unwrap());
+        s.grants.insert(
+            "w-1".into(),
+            GrantRecord {
+                generation: 1,
+                term: 1,
+                granted_at: t("2024-03-02T10:00:00Z"),
+            },
+        );
+        s.nodes.push(NodeSummary {
+            name: "w-1".into(),
+            phase: "Done".into(),
+            reason: String::new(),
+            since: Some(t("2024-03-02T10:01:30Z")),
+        });
+        m.observe("ns", "os", &s, &[], 0);
+        m.observe("ns", "os", &s, &[], 0);
+        let text = render(&m);
+        assert!(
+            text.contains(r#"hkd_rollout_node_seconds_count{namespace="ns",update="os"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hkd_rollout_node_seconds_sum{namespace="ns",update="os"} 90.0"#),
+            "{text}"
+        );
     }
 }

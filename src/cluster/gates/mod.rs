@@ -5,6 +5,10 @@
 //! ([`super::plan`]):
 //! - a query (`/api/v1/query`) with a non-empty result holds; a series that carries the
 //!   query's `nodeLabel` holds only the node of that name, any other series the whole rollout;
+//! - a query whose expression holds `$node` is asked once per node about to be granted, with
+//!   `$node` replaced by the node's name, and a non-empty result holds that node only (a
+//!   Node's name is a DNS subdomain — lower-case letters, digits, `-` and `.` — so it cannot
+//!   change what the expression means inside a quoted label value);
 //! - an alert filter holds while an alert Prometheus reports firing (`/api/v1/alerts`) matches
 //!   every matcher of the filter; matchers are Alertmanager's (`name="v"`, `!=`, `=~`, `!~`,
 //!   regexes anchored); a matcher `name="$node"` scopes the filter to nodes: the alert holds
@@ -244,6 +248,26 @@ fn named(items: &[String]) -> String {
     m
 }
 
+/// Whether a query is asked per node (`$node` in its expression).
+pub fn per_node(query: &GateQuery) -> bool {
+    query.expr.contains(NODE_PLACEHOLDER)
+}
+
+/// The expression of a per-node query for `node`.
+pub fn for_node(query: &GateQuery, node: &str) -> String {
+    query.expr.replace(NODE_PLACEHOLDER, node)
+}
+
+/// The hold of a per-node query's answer for `node`, if it holds.
+pub fn node_query_hold(query: &GateQuery, node: &str, result: &[Labels]) -> Option<Hold> {
+    let series: Vec<String> = result.iter().map(series).collect();
+    (!series.is_empty()).then(|| Hold {
+        node: Some(node.to_owned()),
+        reason: GATE.into(),
+        message: format!("gate {} holds: {}", for_node(query, node), named(&series)),
+    })
+}
+
 /// The holds of one query's answer.
 pub fn query_holds(query: &GateQuery, result: &[Labels]) -> Vec<Hold> {
     let mut by_node: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
@@ -412,6 +436,27 @@ mod tests {
             .map(|i| labels(json!({"i": i.to_string()})))
             .collect();
         assert!(query_holds(&q, &many)[0].message.ends_with("and 2 more"));
+    }
+
+    #[test]
+    fn a_per_node_query_is_asked_with_the_node_and_holds_it_only() {
+        let q = GateQuery {
+            expr: r#"node_busy{node="$node"} == 2"#.into(),
+            node_label: None,
+        };
+        assert!(per_node(&q));
+        assert_eq!(for_node(&q, "w-3"), r#"node_busy{node="w-3"} == 2"#);
+        let hold = node_query_hold(&q, "w-3", &[labels(json!({"node": "w-3"}))]).unwrap();
+        assert_eq!(hold.node.as_deref(), Some("w-3"));
+        assert_eq!(
+            hold.message,
+            r#"gate node_busy{node="w-3"} == 2 holds: {node="w-3"}"#
+        );
+        assert_eq!(node_query_hold(&q, "w-3", &[]), None);
+        assert!(!per_node(&GateQuery {
+            expr: "up == 0".into(),
+            node_label: None
+        }));
     }
 
     #[test]

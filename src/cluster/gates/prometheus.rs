@@ -187,6 +187,51 @@ fn get(
         .map_err(|e| unavailable(format!("reading the answer: {e}")))
 }
 
+/// Ask every per-node query (`$node`) for each of `nodes`, within `limit` in all; the holds.
+/// Blocking: run it off the async runtime.
+pub fn look_nodes(gates: &Gates, auth: &Auth, nodes: &[String], limit: Duration) -> Vec<Hold> {
+    let deadline = Instant::now() + limit;
+    let url = gates.prometheus_url.as_str();
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(limit)
+        .redirects(0)
+        .build();
+    let mut holds = Vec::new();
+    for q in gates.queries.iter().filter(|q| super::per_node(q)) {
+        for node in nodes {
+            let expr = super::for_node(q, node);
+            let what = format!("query {expr}");
+            let got = get(
+                &agent,
+                url,
+                "/api/v1/query",
+                &[("query", expr.as_str())],
+                auth,
+                deadline,
+                &what,
+            )
+            .and_then(|body| parse_query(&body, &expr, url));
+            match got {
+                Ok(result) => holds.extend(super::node_query_hold(q, node, &result)),
+                Err(e) => {
+                    let reason = match e {
+                        AskError::Rejected { .. } => REJECTED,
+                        AskError::Unavailable { .. } => UNAVAILABLE,
+                    };
+                    // Fail closed: the whole rollout, as for any other question.
+                    holds.push(Hold {
+                        node: None,
+                        reason: reason.into(),
+                        message: format!("{e}; nothing is granted until it answers"),
+                    });
+                    return holds;
+                }
+            }
+        }
+    }
+    holds
+}
+
 /// The credentials from Secret [`super::CREDENTIALS_SECRET`]'s data: `token`, or `username`
 /// and `password`; `None` when it holds neither.
 pub fn auth_from_secret(
@@ -213,6 +258,27 @@ pub async fn find(
     client: &kube::Client,
     namespace: &str,
     gates: &Gates,
+    limit: Duration,
+) -> Vec<Hold> {
+    find_for(client, namespace, gates, None, limit).await
+}
+
+/// [`find`] for the per-node queries (`$node`) and `nodes` only.
+pub async fn find_nodes(
+    client: &kube::Client,
+    namespace: &str,
+    gates: &Gates,
+    nodes: &[String],
+    limit: Duration,
+) -> Vec<Hold> {
+    find_for(client, namespace, gates, Some(nodes), limit).await
+}
+
+async fn find_for(
+    client: &kube::Client,
+    namespace: &str,
+    gates: &Gates,
+    nodes: Option<&[String]>,
     limit: Duration,
 ) -> Vec<Hold> {
     let started = Instant::now();
@@ -253,7 +319,11 @@ pub async fn find(
     };
     let left = limit.saturating_sub(started.elapsed());
     let g = gates.clone();
-    let asked = tokio::task::spawn_blocking(move || look(&g, &auth, left));
+    let nodes = nodes.map(<[String]>::to_vec);
+    let asked = tokio::task::spawn_blocking(move || match nodes {
+        Some(nodes) => look_nodes(&g, &auth, &nodes, left),
+        None => look(&g, &auth, left),
+    });
     // The blocking look keeps its own deadline; this one is the backstop.
     match tokio::time::timeout(left + Duration::from_millis(200), asked).await {
         Ok(Ok(holds)) => holds,
@@ -289,7 +359,7 @@ pub fn look(gates: &Gates, auth: &Auth, limit: Duration) -> Vec<Hold> {
             message: format!("{e}; nothing is granted until it answers"),
         }
     };
-    for q in &gates.queries {
+    for q in gates.queries.iter().filter(|q| !super::per_node(q)) {
         let what = format!("query {}", q.expr);
         let got = get(
             &agent,
@@ -360,6 +430,27 @@ mod tests {
         let a = parse_alerts(alerts, URL).unwrap();
         assert_eq!(a[0].state, "firing");
         assert_eq!(a[0].labels["node"], "w-1");
+    }
+
+    #[test]
+    fn a_prometheus_that_accepts_and_never_answers_holds_within_the_limit() {
+        // Accepts connections (the kernel's backlog) and never reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let gates: Gates = serde_json::from_value(serde_json::json!({
+            "prometheusURL": format!("http://127.0.0.1:{port}"),
+            "queries": [{"expr": "up == 0"}, {"expr": "up == 1"}],
+            "alerts": [{"matchers": ["severity=\"critical\""]}],
+        }))
+        .unwrap();
+        let started = Instant::now();
+        let holds = look(&gates, &Auth::None, Duration::from_millis(500));
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        assert_eq!(holds.len(), 1, "{holds:?}");
+        assert_eq!(holds[0].reason, UNAVAILABLE);
+        assert_eq!(holds[0].node, None);
+        drop(silent);
     }
 
     #[test]
