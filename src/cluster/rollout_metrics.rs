@@ -257,6 +257,7 @@ mod tests {
                 generation: 1,
                 term: 1,
                 granted_at: t("2024-03-02T10:00:00Z"),
+                source: None,
             },
         );
         s.nodes.push(NodeSummary {
