@@ -1342,3 +1342,235 @@ fn a_live_kernel_under_lockdown_must_carry_a_signature() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A 64 MiB loop device with a GPT: partition 1 `old-root` (1–47 MiB) and 2 `data`
+/// (`data_at` MiB to 63 MiB, ext4 with a file on it).
+fn disk_with_data(b: &Bench, data_at: u64) -> Loop {
+    let disk = Loop::new(b.path(), "kept", 64 * MIB);
+    let data_start = data_at * MIB / 512;
+    let data_sectors = (63 - data_at) * MIB / 512;
+    let old_root = (data_at - 2) * MIB / 512;
+    let mut sfdisk = Command::new(tool("sfdisk", "fdisk"))
+        .args(["-q", "--no-reread", "--no-tell-kernel", &disk.dev])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    write!(
+        sfdisk.stdin.take().unwrap(),
+        "label: gpt\nstart=2048, size={old_root}, name=old-root\nstart={data_start}, size={data_sectors}, name=data\n"
+    )
+    .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let tree = b.path().join("data-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("keep-me"), "the admin's data\n").unwrap();
+    run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
+        .args(["-q", "-F", "-L", "data", "-d"])
+        .arg(&tree)
+        .args(["-E", &format!("offset={}", data_at * MIB)])
+        .arg(&disk.dev)
+        .arg(format!("{}k", (63 - data_at) * 1024)));
+    disk
+}
+
+/// SHA-256 of `len` bytes of `dev` from `offset`.
+fn range_digest(dev: &str, offset: u64, len: u64) -> String {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; len as usize];
+    std::fs::File::open(dev)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    hex::encode(Sha256::digest(&buf))
+}
+
+/// `sfdisk --json` of `dev`: each partition's (name, start, size), and what sfdisk said on
+/// stderr (it names a corrupt primary or backup table there).
+fn partitions(dev: &str) -> (Vec<(String, u64, u64)>, String) {
+    let out = run(Command::new(tool("sfdisk", "fdisk")).args(["--json", dev]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (parts, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn install_plan(b: &Bench, plan: &serde_json::Value) -> Output {
+    let plan_path = b.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let ignition = b.path().join("config.ign");
+    std::fs::write(&ignition, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+    x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+    ])
+}
+
+#[test]
+fn install_keeps_a_partition_saved_by_label() {
+    let b = Bench::new();
+    let disk = disk_with_data(&b, 48);
+    let data = (48 * MIB, 15 * MIB);
+    let before = range_digest(&disk.dev, data.0, data.1);
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "--save-partlabel",
+        "da*",
+        "--save-partindex",
+        "9",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["kept"],
+        serde_json::json!(["partition 2 \"data\" (15 MiB, ext4)"])
+    );
+    // A filter that names nothing is warned about, not ignored.
+    let name = disk.dev.trim_start_matches("/dev/");
+    assert!(
+        report["findings"].as_array().unwrap().iter().any(|f| f["message"]
+            == format!("--save-partindex 9 matches no partition on /dev/{name}; nothing is kept for it")),
+        "{report}"
+    );
+    let mut plan = report["plan"].clone();
+    assert_eq!(plan["saved"][0]["label"], "data");
+    assert_eq!(plan["saved"][0]["firstLba"], 48 * MIB / 512);
+    plan["image"]["carried"] = b.image.display().to_string().into();
+
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{console}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        console.contains("kept partition 2 is partition 3 of the new table"),
+        "{console}"
+    );
+    // The data partition's bytes are as they were.
+    assert_eq!(range_digest(&disk.dev, data.0, data.1), before);
+    // The table: the image's partitions, then the kept one where it was; both tables valid.
+    let (parts, stderr) = partitions(&disk.dev);
+    assert_eq!(
+        parts,
+        vec![
+            ("boot".to_owned(), 2048, 16 * MIB / 512),
+            ("root".to_owned(), 34816, 22 * MIB / 512),
+            ("data".to_owned(), 48 * MIB / 512, 15 * MIB / 512),
+        ]
+    );
+    assert!(
+        !stderr.to_lowercase().contains("corrupt") && !stderr.contains("GPT"),
+        "sfdisk: {stderr}"
+    );
+    // The image's root partition is on the disk byte for byte.
+    let raw = std::fs::read(b.path().join("metal.raw")).unwrap();
+    assert_eq!(
+        range_digest(&disk.dev, 17 * MIB, 22 * MIB),
+        hex::encode(Sha256::digest(&raw[17 * MIB as usize..39 * MIB as usize]))
+    );
+}
+
+#[test]
+fn a_saved_partition_the_image_would_overwrite_is_refused() {
+    let b = Bench::new();
+    let disk = disk_with_data(&b, 48);
+    // Partition 1 lies where the image goes: refused, the disk unchanged.
+    let line = b.refused(&disk, &["--save-partindex", "1"]);
+    assert_eq!(
+        line,
+        "x2nestos: error: nothing was changed: saved partition 1 \"old-root\" lies in the first 41943040 bytes, which the image writes; it would be overwritten: move the data off it or use a smaller image"
+    );
+    // A disk without a GPT: nothing to keep from.
+    let plain = Loop::new(b.path(), "plain", 64 * MIB);
+    let line = b.refused(&plain, &["--save-partlabel", "data"]);
+    let name = plain.dev.trim_start_matches("/dev/");
+    assert_eq!(
+        line,
+        format!("x2nestos: error: nothing was changed: partitions can only be kept from a GPT disk, and /dev/{name} has no GPT; drop --save-partlabel/--save-partindex")
+    );
+}
+
+#[test]
+fn install_stops_before_a_kept_partition_when_the_image_size_was_unknown() {
+    let b = Bench::new();
+    // Data from 20 MiB: inside the 40 MiB image, which a plan that did not know the image's
+    // size lets through; the installer must stop before it.
+    let disk = disk_with_data(&b, 20);
+    let data = (20 * MIB, 43 * MIB);
+    let before = range_digest(&disk.dev, data.0, data.1);
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "--save-partlabel",
+        "data",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["blocked"], true, "{report}");
+    // As a plan whose image's size was unknown would carry it.
+    let name = disk.dev.trim_start_matches("/dev/");
+    let (parts, _) = partitions(&disk.dev);
+    let plan = serde_json::json!({
+        "apiVersion": "x2nestos.housekeeper.io/v1",
+        "kind": "Plan",
+        "disk": { "named": disk.dev, "name": name, "byId": [], "serial": null,
+                  "sizeBytes": 64 * MIB, "sectorSize": 512 },
+        "image": { "source": b.image, "sha256": b.sha, "compressedBytes": null,
+                   "imageBytes": null, "carry": "inMemory", "carried": b.image },
+        "network": [],
+        "saved": [{ "number": 2, "label": "data", "firstLba": parts[1].1,
+                    "lastLba": parts[1].1 + parts[1].2 - 1,
+                    "uniqueGuid": report["plan"]["saved"][0]["uniqueGuid"],
+                    "sizeBytes": data.1 }]
+    });
+    assert!(plan["saved"][0]["uniqueGuid"].is_string(), "{report}");
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{console}");
+    assert!(
+        console.contains(&format!(
+            "into a kept partition that starts at byte {}; the kept partition was not written",
+            20 * MIB
+        )),
+        "{console}"
+    );
+    assert_eq!(range_digest(&disk.dev, data.0, data.1), before);
+}

@@ -15,6 +15,7 @@ use super::{DocCommand, EXIT_CODES_HELP};
 use crate::convert::identity::IdentityOptions;
 use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
 use crate::convert::prepare::{self, Options};
+use crate::convert::saved::IndexRange;
 use crate::convert::source::{Fingerprint, ImageSource, Source, Timeouts};
 use crate::convert::{install, jump};
 
@@ -115,6 +116,19 @@ pub struct PlanArgs {
     /// Write DHCP-given addresses down as static ones
     #[arg(long)]
     pub pin_addresses: bool,
+    /// Keep the disk's partitions whose GPT name matches GLOB: never written, carried
+    /// into the new partition table (repeatable, or comma-separated)
+    #[arg(long = "save-partlabel", value_name = "GLOB", value_delimiter = ',')]
+    pub save_partlabel: Vec<String>,
+    /// Keep the disk's partitions with this number or range (N, N-, -N, N-M; repeatable,
+    /// or comma-separated)
+    #[arg(
+        long = "save-partindex",
+        value_name = "RANGE",
+        value_delimiter = ',',
+        value_parser = IndexRange::parse
+    )]
+    pub save_partindex: Vec<IndexRange>,
     /// Seconds without data before a download counts as stalled
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub stall_timeout: u64,
@@ -145,6 +159,8 @@ impl PlanArgs {
                 extra_files: self.files.clone(),
             },
             pin_dynamic: self.pin_addresses,
+            save_labels: self.save_partlabel.clone(),
+            save_indexes: self.save_partindex.clone(),
             timeouts: Timeouts::stalling_after(Duration::from_secs(self.stall_timeout)),
             facts_root: self.facts_root.clone(),
         }

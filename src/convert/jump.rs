@@ -51,14 +51,26 @@ pub fn blocked_line(report: &Report) -> String {
 /// The confirmation question, naming the disk.
 pub fn question(plan: &ConversionPlan) -> String {
     format!(
-        "Erase /dev/{} ({} bytes{}) and convert this machine to NestOS? Type yes: ",
+        "Erase /dev/{} ({} bytes{}){} and convert this machine to NestOS? Type yes: ",
         plan.disk.name,
         plan.disk.size_bytes,
         plan.disk
             .serial
             .as_deref()
             .map(|s| format!(", serial {s}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if plan.saved.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " but for {}",
+                plan.saved
+                    .iter()
+                    .map(|p| format!("partition {} {:?}", p.number, p.label))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     )
 }
 
@@ -592,6 +604,7 @@ mod tests {
             },
             network: vec![],
             live: None,
+            saved: vec![],
         };
         assert_eq!(
             question(&plan),

@@ -23,6 +23,8 @@
 //!   arguments, the disk re-check after kexec, the summary) (pure); [`prepare`] gathers it.
 //! - [`source`]: the image from a file or an http(s) URL, sha256 and OpenPGP (`gpgv`) checks;
 //!   [`progress`]: bars on a terminal, plain lines elsewhere.
+//! - [`saved`]: the partitions kept across the conversion (`--save-partlabel`,
+//!   `--save-partindex`): which the filters name, room before them, the merged table (pure).
 //! - [`initramfs`]: the conversion initramfs from the host's dracut and our module;
 //!   [`jump`]: `x2nestos convert` (plan, initramfs, kexec load, jump); [`install`]: what the
 //!   conversion initramfs runs.
@@ -40,6 +42,7 @@ pub mod plan;
 pub mod preflight;
 pub mod prepare;
 pub mod progress;
+pub mod saved;
 pub mod source;
 pub mod sshkeys;
 pub mod workdir;
