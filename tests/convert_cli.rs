@@ -227,10 +227,10 @@ impl Bench {
         if !has("--disk") {
             args.extend(["--disk".into(), disk.dev.clone()]);
         }
-        if !has("--image") && !has("--live") {
+        if !has("--image") && !has("--live") && !has("--stream-name") {
             args.extend(["--image".into(), self.image.display().to_string()]);
         }
-        if !has("--sha256") && !has("--insecure") {
+        if !has("--sha256") && !has("--insecure") && !has("--stream-name") {
             args.extend(["--sha256".into(), self.sha.clone()]);
         }
         if !has("--facts-root") {
@@ -1573,4 +1573,184 @@ fn install_stops_before_a_kept_partition_when_the_image_size_was_unknown() {
         "{console}"
     );
     assert_eq!(range_digest(&disk.dev, data.0, data.1), before);
+}
+
+/// A stream metadata document in Fedora CoreOS's format (as its published sample lays it
+/// out), naming `image` (served at `base`) with `sha` for `arch`.
+fn stream_document(base: &str, arch: &str, release: &str, sha: &str) -> String {
+    serde_json::json!({
+        "stream": "stable",
+        "metadata": { "last-modified": "2026-12-01T00:00:00Z",
+                      "generator": "fedora-coreos-stream-generator v0.1.0" },
+        "architectures": { arch: { "artifacts": {
+            "qemu": { "release": release, "formats": { "qcow2.xz": { "disk": {
+                "location": format!("{base}/qemu.qcow2.xz"), "sha256": sha } } } },
+            "metal": { "release": release, "formats": {
+                "raw.xz": { "disk": {
+                    "location": format!("{base}/builds/{release}/metal.raw.xz"),
+                    "sha256": sha, "uncompressed-sha256": sha } },
+                "4k.raw.xz": { "disk": {
+                    "location": format!("{base}/builds/{release}/metal4k.raw.xz"),
+                    "sha256": sha } },
+                "iso": { "disk": { "location": format!("{base}/live.iso"), "sha256": sha } }
+            } }
+        } } }
+    })
+    .to_string()
+}
+
+#[test]
+fn the_image_is_picked_from_a_stream_and_verified() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let mirror = b.path().join("mirror");
+    std::fs::create_dir_all(mirror.join("streams")).unwrap();
+    std::fs::create_dir_all(mirror.join("builds/41.1")).unwrap();
+    std::fs::copy(&b.image, mirror.join("builds/41.1/metal.raw.xz")).unwrap();
+    let httpd = Httpd::serve(&mirror);
+    let base = httpd.base.clone();
+    let put = |name: &str, text: &str| {
+        std::fs::write(mirror.join("streams").join(name), text).unwrap();
+    };
+    put(
+        "stable.json",
+        &stream_document(&base, "x86_64", "41.1", &b.sha),
+    );
+
+    // The x86_64 raw.xz build, its sha256 from the document; the plan says why.
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "stable",
+        "--stream-base-url",
+        &base,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &report["plan"];
+    assert_eq!(
+        plan["image"]["source"],
+        format!("{base}/builds/41.1/metal.raw.xz")
+    );
+    assert_eq!(plan["image"]["sha256"], b.sha);
+    assert_eq!(
+        report["notes"][0],
+        "stream stable: release 41.1 for x86_64, metal raw.xz (the disk has 512-byte sectors), the stream's latest (no --version given)"
+    );
+    // Asked for by version: the same build.
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "stable",
+        "--stream-base-url",
+        &base,
+        "--version",
+        "41.1",
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stream = |name: &str| -> Vec<String> {
+        vec![
+            "--stream-name".into(),
+            name.into(),
+            "--stream-base-url".into(),
+            base.clone(),
+        ]
+    };
+    let refused = |extra: Vec<String>| {
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        b.refused(&disk, &refs)
+    };
+    // A version the stream does not offer.
+    let mut args = stream("stable");
+    args.extend(["--version".into(), "40.9".into()]);
+    assert_eq!(
+        refused(args),
+        "x2nestos: error: nothing was changed: --version 40.9 is not in stream stable, which offers 41.1 for x86_64; give --version 41.1, or --image with that build's URL"
+    );
+    // A stream without this machine's architecture.
+    put(
+        "arm.json",
+        &stream_document(&base, "aarch64", "41.1", &b.sha),
+    );
+    assert_eq!(
+        refused(stream("arm")),
+        "x2nestos: error: nothing was changed: stream stable has no x86_64 build (it has aarch64); this machine is x86_64"
+    );
+    // A document that does not parse.
+    put(
+        "broken.json",
+        "{\"stream\": \"stable\", \"architectures\": {",
+    );
+    let line = refused(stream("broken"));
+    assert!(
+        line.starts_with(&format!(
+            "x2nestos: error: nothing was changed: the stream document {base}/streams/broken.json does not parse: "
+        )),
+        "{line}"
+    );
+    // A stream that is not there.
+    let line = refused(stream("missing"));
+    assert!(
+        line.contains(&format!(
+            "fetching stream missing: GET {base}/streams/missing.json: the server answered 404"
+        )),
+        "{line}"
+    );
+    // A document whose checksum does not match the image: the plan carries the document's
+    // sha256, and the installer refuses the image before writing a byte.
+    let wrong = "0".repeat(64);
+    put(
+        "wrong.json",
+        &stream_document(&base, "x86_64", "41.1", &wrong),
+    );
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "wrong",
+        "--stream-base-url",
+        &base,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut plan = report["plan"].clone();
+    assert_eq!(plan["image"]["sha256"], wrong);
+    plan["image"]["carried"] = b.image.display().to_string().into();
+    let before = disk.digest();
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{console}");
+    assert!(
+        console.contains(&format!(
+            "image checksum mismatch: expected sha256 {wrong}, got {}",
+            b.sha
+        )) && console.contains("nothing was written: the disk is as it was"),
+        "{console}"
+    );
+    assert_eq!(disk.digest(), before);
 }

@@ -21,6 +21,9 @@
 //!   that writes to a device, and only to the one it is handed).
 //! - [`plan`]: the plan and its decisions (carry or stream, memory, the conversion kernel's
 //!   arguments, the disk re-check after kexec, the summary) (pure); [`prepare`] gathers it.
+//! - [`stream`]: the image chosen by stream: the metal image's URL, sha256 and signature from
+//!   a stream metadata document (Fedora CoreOS's format), for this machine (pure, plus one
+//!   fetch through [`source`]).
 //! - [`source`]: the image from a file or an http(s) URL, sha256 and OpenPGP (`gpgv`) checks;
 //!   [`progress`]: bars on a terminal, plain lines elsewhere.
 //! - [`saved`]: the partitions kept across the conversion (`--save-partlabel`,
@@ -45,4 +48,5 @@ pub mod progress;
 pub mod saved;
 pub mod source;
 pub mod sshkeys;
+pub mod stream;
 pub mod workdir;

@@ -26,6 +26,7 @@ use super::plan::{
 use super::preflight::{self, Facts, Finding, Severity};
 use super::saved::{self, IndexRange};
 use super::source::{self, ImageSource, Probe, Source, Timeouts};
+use super::stream::{self, StreamChoice};
 
 /// The admin's choices, shared by `plan` and `convert`.
 #[derive(Debug, Clone)]
@@ -45,6 +46,9 @@ pub struct Options {
     /// Partitions of the disk to keep, by GPT name glob and by number or range.
     pub save_labels: Vec<String>,
     pub save_indexes: Vec<IndexRange>,
+    /// The image chosen by stream: `image`, `sha256` and `signature` are then taken from
+    /// the stream's document when the plan is made.
+    pub stream_choice: Option<StreamChoice>,
     pub timeouts: Timeouts,
     /// Where /proc and /sys facts are read (`/`; a fixture tree in tests).
     pub facts_root: PathBuf,
@@ -81,9 +85,56 @@ fn warning(code: &'static str, message: impl Into<String>) -> Finding {
     }
 }
 
-/// Gathers everything and decides the plan.
+/// Gathers everything and decides the plan. With a stream chosen, its document is read
+/// first and names the image, its sha256 and (checked when a keyring is given) signature;
+/// a stream that cannot be read or has no image for this machine blocks the plan.
 pub fn prepare(opts: &Options) -> Prepared {
-    decide(opts, gather(opts))
+    let Some(choice) = &opts.stream_choice else {
+        return decide(opts, gather(opts));
+    };
+    let arch = fs::read_to_string(opts.facts_root.join("proc/sys/kernel/arch"))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|_| std::env::consts::ARCH.to_owned());
+    let sector_size = disk::resolve(Path::new("/"), &opts.disk)
+        .map(|d| d.logical_sector_size)
+        .unwrap_or(512);
+    let picked = stream::fetch(choice, opts.timeouts)
+        .and_then(|doc| stream::pick(&doc, &arch, sector_size, choice.version.as_deref()));
+    match picked {
+        Ok(picked) => {
+            let mut resolved = opts.clone();
+            resolved.image = ImageSource::Metal(Source::Url(picked.location.clone()));
+            resolved.sha256 = Some(picked.sha256.clone());
+            if resolved.keyring.is_some() {
+                resolved.signature = picked.signature.clone();
+            }
+            let mut prepared = decide(&resolved, gather(&resolved));
+            let notes = &mut prepared.report.notes;
+            notes.insert(0, picked.why);
+            if let (Some(sig), None) = (&picked.signature, &opts.keyring) {
+                notes.insert(
+                    1,
+                    format!("the stream publishes a signature ({sig}); give --keyring FILE to check it beside the sha256"),
+                );
+            }
+            prepared
+        }
+        Err(e) => Prepared {
+            report: Report::new(
+                vec![blocking("stream", e.to_string())],
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                None,
+            ),
+            facts: preflight::gather(&opts.facts_root),
+            ignition: None,
+            timeouts: opts.timeouts,
+            verified_digest: None,
+            kernel: PathBuf::new(),
+            release: String::new(),
+        },
+    }
 }
 
 /// Everything a plan is made from, as read from the machine and the image.
@@ -730,6 +781,7 @@ mod tests {
             pin_dynamic: false,
             save_labels: vec![],
             save_indexes: vec![],
+            stream_choice: None,
             timeouts: Timeouts::default(),
             facts_root: "/".into(),
         }
