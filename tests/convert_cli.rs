@@ -108,6 +108,9 @@ fn facts(dir: &Path) -> PathBuf {
     root
 }
 
+/// The boot loader entry of the fixture image.
+const BLS_ENTRY: &str = "title NestOS 41.1 (ostree:0)\nversion 1\nlinux /ostree/nestos-1/vmlinuz-6.6.0\ninitrd /ostree/nestos-1/initramfs-6.6.0.img\noptions mitigations=auto,nosmt ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0\n";
+
 /// A GPT disk image of `size` bytes: partition `boot` (ext4, label boot, with the first-boot
 /// stamp) and `root` (ext4, a file in it).
 fn metal_image(dir: &Path, size: u64) -> PathBuf {
@@ -129,6 +132,13 @@ fn metal_image(dir: &Path, size: u64) -> PathBuf {
     let boot_tree = dir.join("boot-tree");
     std::fs::create_dir_all(&boot_tree).unwrap();
     std::fs::write(boot_tree.join("ignition.firstboot"), "").unwrap();
+    // The boot loader entry NestOS's metal image has (ostree's BLS layout).
+    std::fs::create_dir_all(boot_tree.join("loader/entries")).unwrap();
+    std::fs::write(
+        boot_tree.join("loader/entries/ostree-1-nestos.conf"),
+        BLS_ENTRY,
+    )
+    .unwrap();
     run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
         .args(["-q", "-F", "-L", "boot", "-d"])
         .arg(&boot_tree)
@@ -1753,4 +1763,129 @@ fn the_image_is_picked_from_a_stream_and_verified() {
         "{console}"
     );
     assert_eq!(disk.digest(), before);
+}
+
+/// Reads `rel` from the boot partition (1 MiB, 16 MiB long) of `dev`.
+fn boot_file(b: &Bench, dev: &str, rel: &str) -> String {
+    let boot = run(Command::new(tool("losetup", "mount"))
+        .args([
+            "--find",
+            "--show",
+            "--read-only",
+            "--offset",
+            &MIB.to_string(),
+        ])
+        .args(["--sizelimit", &(16 * MIB).to_string()])
+        .arg(dev));
+    let boot = String::from_utf8(boot.stdout).unwrap().trim().to_owned();
+    let mnt = b.path().join("boot-read");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&boot)
+        .arg(&mnt));
+    let text = std::fs::read_to_string(mnt.join(rel));
+    run(Command::new("umount").arg(&mnt));
+    run(Command::new("losetup").args(["--detach", &boot]));
+    text.unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn install_applies_kernel_arguments_and_the_console_to_the_boot_entry() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    // This machine's console, as /proc/cmdline says it.
+    let facts = b.path().join("facts-console");
+    run(Command::new("cp").arg("-a").arg(&b.facts).arg(&facts));
+    std::fs::remove_file(facts.join("proc/cmdline")).unwrap();
+    std::fs::write(
+        facts.join("proc/cmdline"),
+        "BOOT_IMAGE=/vmlinuz root=/dev/sda2 console=tty0 console=ttyS1,57600n8 quiet\n",
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "plan",
+            "-o",
+            "json",
+            "--disk",
+            &disk.dev,
+            "--image",
+            b.image.to_str().unwrap(),
+            "--sha256",
+            &b.sha,
+            "--facts-root",
+            facts.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = x2nestos(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // By default the running machine's consoles are carried.
+    let report = plan(&["--append-karg", "hk.test=1", "--delete-karg", "mitigations"]);
+    assert!(
+        report["notes"].as_array().unwrap().iter().any(|n| n
+            == "kernel arguments of the new system: console tty0, ttyS1,57600n8 (this machine's, carried); appended hk.test=1; deleted mitigations"),
+        "{report}"
+    );
+    let mut p = report["plan"].clone();
+    p["image"]["carried"] = b.image.display().to_string().into();
+    let out = install_plan(&b, &p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let entry = boot_file(&b, &disk.dev, "loader/entries/ostree-1-nestos.conf");
+    assert_eq!(
+        entry,
+        BLS_ENTRY.replace(
+            "options mitigations=auto,nosmt ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0",
+            "options ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0 console=tty0 console=ttyS1,57600n8 hk.test=1",
+        )
+    );
+
+    // --console replaces the carried consoles.
+    let report = plan(&["--console", "ttyS0,115200n8"]);
+    let mut p = report["plan"].clone();
+    assert_eq!(p["kargs"]["console"], serde_json::json!(["ttyS0,115200n8"]));
+    p["image"]["carried"] = b.image.display().to_string().into();
+    let out = install_plan(&b, &p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let entry = boot_file(&b, &disk.dev, "loader/entries/ostree-1-nestos.conf");
+    let options = entry.lines().find(|l| l.starts_with("options ")).unwrap();
+    assert!(options.ends_with(" console=ttyS0,115200n8"), "{options}");
+    assert!(
+        !options.contains("ttyS1") && !options.contains("tty0 "),
+        "{options}"
+    );
+    assert!(options.contains("mitigations=auto,nosmt"), "{options}");
+
+    // A bad argument is refused by the command line, before anything.
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--image",
+        "/x",
+        "--append-karg",
+        "a b",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("kernel argument \"a b\" is empty or holds white space or quotes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,6 +13,7 @@ use clap_verbosity_flag::{InfoLevel, Verbosity};
 
 use super::{DocCommand, EXIT_CODES_HELP};
 use crate::convert::identity::IdentityOptions;
+use crate::convert::kargs;
 use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
 use crate::convert::prepare::{self, Options};
 use crate::convert::saved::IndexRange;
@@ -147,6 +148,17 @@ pub struct PlanArgs {
         value_parser = IndexRange::parse
     )]
     pub save_partindex: Vec<IndexRange>,
+    /// Add a kernel argument to the new system (repeatable)
+    #[arg(long = "append-karg", value_name = "ARG", value_parser = kargs::parse_karg)]
+    pub append_karg: Vec<String>,
+    /// Remove a kernel argument (ARG, or KEY for every KEY=…) from the new system
+    /// (repeatable)
+    #[arg(long = "delete-karg", value_name = "ARG", value_parser = kargs::parse_karg)]
+    pub delete_karg: Vec<String>,
+    /// The new system's console (ttyS0,115200n8, tty0; repeatable); without it, this
+    /// machine's console= arguments are carried
+    #[arg(long = "console", value_name = "SPEC", value_parser = kargs::parse_console)]
+    pub console: Vec<String>,
     /// Seconds without data before a download counts as stalled
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub stall_timeout: u64,
@@ -194,6 +206,9 @@ impl PlanArgs {
             save_labels: self.save_partlabel.clone(),
             save_indexes: self.save_partindex.clone(),
             stream_choice: self.stream_choice(),
+            append_kargs: self.append_karg.clone(),
+            delete_kargs: self.delete_karg.clone(),
+            consoles: self.console.clone(),
             timeouts: Timeouts::stalling_after(Duration::from_secs(self.stall_timeout)),
             facts_root: self.facts_root.clone(),
         }

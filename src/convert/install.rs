@@ -14,7 +14,9 @@
 //!    the disk's end.
 //! 4. The partition table is re-read; the boot partition (GPT name or ext label `boot`) is
 //!    mounted; `ignition/config.ign` (0600) and `x2nestos/install.log` are written there,
-//!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it.
+//!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it; the
+//!    planned kernel arguments and console go on the `options` line of every boot loader
+//!    entry (`loader/entries/*.conf`), as coreos-installer puts them.
 //! 5. Reboot: `systemctl reboot`, so the journal forwards the last lines to the console first
 //!    (the reboot syscall when there is no init system to ask).
 //!
@@ -34,6 +36,7 @@ use super::disk::{self, Disk};
 use super::image::format::{self, GptPartition};
 use super::image::verify::Sha256Sum;
 use super::image::{write_image, WriteOptions, WriteTarget};
+use super::kargs::{self, Kargs};
 use super::plan::{self, Carry, ConversionPlan, InstallLink, PlannedImage};
 use super::progress::Meter;
 use super::saved;
@@ -227,7 +230,14 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     }
     target.reread_partitions().map_err(|e| touched(e.into()))?;
     drop(target);
-    place_ignition(&device, disk.logical_sector_size, &ignition, log).map_err(touched)?;
+    place_ignition(
+        &device,
+        disk.logical_sector_size,
+        &ignition,
+        &plan.kargs,
+        log,
+    )
+    .map_err(touched)?;
     Ok(())
 }
 
@@ -530,6 +540,7 @@ fn place_ignition(
     device: &Path,
     sector_size: u32,
     ignition: &[u8],
+    kargs: &Kargs,
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let mut head = vec![0u8; 1 << 20];
@@ -579,14 +590,19 @@ fn place_ignition(
         loop_dev = Some(dev.clone());
         dev
     };
-    let result = write_boot_files(&dev, ignition, log);
+    let result = write_boot_files(&dev, ignition, kargs, log);
     if let Some(dev) = loop_dev {
         let _ = Cmd::new("losetup").args(["--detach", &dev]).run();
     }
     result
 }
 
-fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result<()> {
+fn write_boot_files(
+    dev: &str,
+    ignition: &[u8],
+    kargs: &Kargs,
+    log: &mut Log,
+) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -608,6 +624,9 @@ fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result
         log.say(format!(
             "Ignition config placed on {dev} (ignition/config.ign, 0600); first-boot stamp present"
         ));
+        if !kargs.is_empty() {
+            edit_entries(boot, kargs, log)?;
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -621,6 +640,41 @@ fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result
     let unmounted = Cmd::new("umount").arg(BOOT_MOUNT).run();
     result?;
     unmounted?;
+    Ok(())
+}
+
+/// Applies the planned kernel arguments to every boot loader entry (`loader/entries/*.conf`)
+/// of the mounted boot partition, each rewritten whole (a new file renamed over the old).
+fn edit_entries(boot: &Path, k: &Kargs, log: &mut Log) -> anyhow::Result<()> {
+    let dir = boot.join("loader/entries");
+    let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("reading the boot loader entries in {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    entries.sort();
+    if entries.is_empty() {
+        bail!(
+            "the written image has no boot loader entry (loader/entries/*.conf) to put the kernel arguments in"
+        );
+    }
+    for path in entries {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let edited = kargs::edit_entry(&text, k);
+        let tmp = path.with_extension("conf.x2nestos");
+        write_file(&tmp, edited.as_bytes(), 0o644)?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        let options = edited
+            .lines()
+            .find_map(|l| l.strip_prefix("options "))
+            .unwrap_or_default();
+        log.say(format!(
+            "boot entry {}: options {options}",
+            path.strip_prefix(boot).unwrap_or(&path).display()
+        ));
+    }
     Ok(())
 }
 

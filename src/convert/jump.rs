@@ -605,6 +605,7 @@ mod tests {
             network: vec![],
             live: None,
             saved: vec![],
+            kargs: Default::default(),
         };
         assert_eq!(
             question(&plan),

@@ -26,6 +26,8 @@
 //!   fetch through [`source`]).
 //! - [`source`]: the image from a file or an http(s) URL, sha256 and OpenPGP (`gpgv`) checks;
 //!   [`progress`]: bars on a terminal, plain lines elsewhere.
+//! - [`kargs`]: the new system's kernel arguments and console, and the edit of a boot
+//!   loader entry (pure).
 //! - [`saved`]: the partitions kept across the conversion (`--save-partlabel`,
 //!   `--save-partindex`): which the filters name, room before them, the merged table (pure).
 //! - [`initramfs`]: the conversion initramfs from the host's dracut and our module;
@@ -39,6 +41,7 @@ pub mod image;
 pub mod initramfs;
 pub mod install;
 pub mod jump;
+pub mod kargs;
 pub mod network;
 pub mod overlay;
 pub mod plan;

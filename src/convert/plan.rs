@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
 use super::image::verify::Sha256Sum;
+use super::kargs::Kargs;
 use super::network::Capture;
 use super::preflight::{Finding, Severity, Signature};
 use super::saved::SavedPartition;
@@ -55,6 +56,9 @@ pub struct ConversionPlan {
     /// wiped or written, their entries carried into the new table after the image's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub saved: Vec<SavedPartition>,
+    /// The new system's kernel arguments, applied to its boot loader entries.
+    #[serde(default, skip_serializing_if = "Kargs::is_empty")]
+    pub kargs: Kargs,
 }
 
 /// What is loaded with kexec on the live path, as read from the live image.
@@ -672,6 +676,7 @@ mod tests {
             network: vec![],
             live: None,
             saved: vec![],
+            kargs: Default::default(),
         };
         let report = Report::new(
             vec![],

@@ -18,6 +18,7 @@ use super::disk::{self, Disk, Use};
 use super::identity::{self, Gathered as IdentityGathered, IdentityOptions};
 use super::ignition;
 use super::image::verify::Sha256Sum;
+use super::kargs::{self, Kargs};
 use super::network::{self, keyfile, CaptureOptions, HostText};
 use super::overlay::media::{self, Media};
 use super::plan::{
@@ -49,6 +50,11 @@ pub struct Options {
     /// The image chosen by stream: `image`, `sha256` and `signature` are then taken from
     /// the stream's document when the plan is made.
     pub stream_choice: Option<StreamChoice>,
+    /// The new system's kernel arguments: appended, deleted, and its consoles (none: this
+    /// machine's are carried).
+    pub append_kargs: Vec<String>,
+    pub delete_kargs: Vec<String>,
+    pub consoles: Vec<String>,
     pub timeouts: Timeouts,
     /// Where /proc and /sys facts are read (`/`; a fixture tree in tests).
     pub facts_root: PathBuf,
@@ -157,6 +163,8 @@ pub struct Gathered {
     /// The disk's partition table and what its partitions hold, read only when partitions
     /// are to be kept.
     pub saved: Option<Result<SavedFacts, String>>,
+    /// The running kernel's command line (`proc/cmdline`): its consoles are carried.
+    pub cmdline: String,
 }
 
 /// The target disk's primary GPT (`None`: it has none) and the file system each partition
@@ -254,6 +262,7 @@ pub fn gather(opts: &Options) -> Gathered {
         release,
         dracut: which("dracut"),
         saved,
+        cmdline: cmdline.clone(),
         carried: CarriedFacts {
             admin_ignition: opts
                 .ignition
@@ -457,6 +466,27 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
         &mut notes,
     );
 
+    let kargs = if live {
+        if !opts.append_kargs.is_empty()
+            || !opts.delete_kargs.is_empty()
+            || !opts.consoles.is_empty()
+        {
+            findings.push(blocking(
+                "kargs",
+                "--append-karg/--delete-karg/--console work with --image only, not yet with --live; convert with --image",
+            ));
+        }
+        Kargs::default()
+    } else {
+        kargs::decide(
+            &opts.append_kargs,
+            &opts.delete_kargs,
+            &opts.consoles,
+            &g.cmdline,
+        )
+    };
+    notes.extend(kargs::describe(&kargs));
+
     findings.extend(preflight::evaluate(&facts));
     findings.sort_by_key(|f| f.severity != Severity::Blocking);
 
@@ -479,6 +509,7 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
             network: if live { Vec::new() } else { links },
             live: planned_live,
             saved: kept,
+            kargs,
         }),
         _ => None,
     };
@@ -782,6 +813,9 @@ mod tests {
             save_labels: vec![],
             save_indexes: vec![],
             stream_choice: None,
+            append_kargs: vec![],
+            delete_kargs: vec![],
+            consoles: vec![],
             timeouts: Timeouts::default(),
             facts_root: "/".into(),
         }
@@ -838,6 +872,7 @@ mod tests {
                 existing_keyfiles: None,
             },
             saved: None,
+            cmdline: "root=/dev/vda1 console=ttyS0,115200n8".into(),
         }
     }
 
