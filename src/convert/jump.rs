@@ -611,6 +611,21 @@ mod tests {
             question(&plan),
             "Erase /dev/vda (1073741824 bytes, serial S1) and convert this machine to NestOS? Type yes: "
         );
+        // Kept partitions are named in the question.
+        let mut plan = plan;
+        plan.saved = vec![crate::convert::saved::SavedPartition {
+            number: 2,
+            label: "data".into(),
+            first_lba: 2048,
+            last_lba: 4095,
+            unique_guid: "00".repeat(16),
+            size_bytes: 1 << 20,
+            file_system: None,
+        }];
+        assert_eq!(
+            question(&plan),
+            "Erase /dev/vda (1073741824 bytes, serial S1) but for partition 2 \"data\" and convert this machine to NestOS? Type yes: "
+        );
     }
 
     #[test]
