@@ -137,6 +137,9 @@ fn facts(dir: &Path) -> PathBuf {
     root
 }
 
+/// The boot loader entry of the fixture image.
+const BLS_ENTRY: &str = "title NestOS 41.1 (ostree:0)\nversion 1\nlinux /ostree/nestos-1/vmlinuz-6.6.0\ninitrd /ostree/nestos-1/initramfs-6.6.0.img\noptions mitigations=auto,nosmt ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0\n";
+
 /// A GPT disk image of `size` bytes: partition `boot` (ext4, label boot, with the first-boot
 /// stamp) and `root` (ext4, a file in it).
 fn metal_image(dir: &Path, size: u64) -> PathBuf {
@@ -158,6 +161,13 @@ fn metal_image(dir: &Path, size: u64) -> PathBuf {
     let boot_tree = dir.join("boot-tree");
     std::fs::create_dir_all(&boot_tree).unwrap();
     std::fs::write(boot_tree.join("ignition.firstboot"), "").unwrap();
+    // The boot loader entry NestOS's metal image has (ostree's BLS layout).
+    std::fs::create_dir_all(boot_tree.join("loader/entries")).unwrap();
+    std::fs::write(
+        boot_tree.join("loader/entries/ostree-1-nestos.conf"),
+        BLS_ENTRY,
+    )
+    .unwrap();
     run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
         .args(["-q", "-F", "-L", "boot", "-d"])
         .arg(&boot_tree)
@@ -256,10 +266,10 @@ impl Bench {
         if !has("--disk") {
             args.extend(["--disk".into(), disk.dev.clone()]);
         }
-        if !has("--image") && !has("--live") {
+        if !has("--image") && !has("--live") && !has("--stream-name") {
             args.extend(["--image".into(), self.image.display().to_string()]);
         }
-        if !has("--sha256") && !has("--insecure") {
+        if !has("--sha256") && !has("--insecure") && !has("--stream-name") {
             args.extend(["--sha256".into(), self.sha.clone()]);
         }
         if !has("--facts-root") {
@@ -1517,5 +1527,542 @@ fn a_live_kernel_under_lockdown_must_carry_a_signature() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A 64 MiB loop device with a GPT: partition 1 `old-root` (1–47 MiB) and 2 `data`
+/// (`data_at` MiB to 63 MiB, ext4 with a file on it).
+fn disk_with_data(b: &Bench, data_at: u64) -> Loop {
+    let disk = Loop::new(b.path(), "kept", 64 * MIB);
+    let data_start = data_at * MIB / 512;
+    let data_sectors = (63 - data_at) * MIB / 512;
+    let old_root = (data_at - 2) * MIB / 512;
+    let mut sfdisk = Command::new(tool("sfdisk", "fdisk"))
+        .args(["-q", "--no-reread", "--no-tell-kernel", &disk.dev])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    write!(
+        sfdisk.stdin.take().unwrap(),
+        "label: gpt\nstart=2048, size={old_root}, name=old-root\nstart={data_start}, size={data_sectors}, name=data\n"
+    )
+    .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let tree = b.path().join("data-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("keep-me"), "the admin's data\n").unwrap();
+    run(Command::new(tool("mkfs.ext4", "e2fsprogs"))
+        .args(["-q", "-F", "-L", "data", "-d"])
+        .arg(&tree)
+        .args(["-E", &format!("offset={}", data_at * MIB)])
+        .arg(&disk.dev)
+        .arg(format!("{}k", (63 - data_at) * 1024)));
+    disk
+}
+
+/// SHA-256 of `len` bytes of `dev` from `offset`.
+fn range_digest(dev: &str, offset: u64, len: u64) -> String {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; len as usize];
+    std::fs::File::open(dev)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    hex::encode(Sha256::digest(&buf))
+}
+
+/// `sfdisk --json` of `dev`: each partition's (name, start, size), and what sfdisk said on
+/// stderr (it names a corrupt primary or backup table there).
+fn partitions(dev: &str) -> (Vec<(String, u64, u64)>, String) {
+    let out = run(Command::new(tool("sfdisk", "fdisk")).args(["--json", dev]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (parts, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn install_plan(b: &Bench, plan: &serde_json::Value) -> Output {
+    let plan_path = b.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let ignition = b.path().join("config.ign");
+    std::fs::write(&ignition, r#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+    x2nestos(&[
+        "install",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--ignition",
+        ignition.to_str().unwrap(),
+        "--no-reboot",
+    ])
+}
+
+#[test]
+fn install_keeps_a_partition_saved_by_label() {
+    let b = Bench::new();
+    let disk = disk_with_data(&b, 48);
+    let data = (48 * MIB, 15 * MIB);
+    let before = range_digest(&disk.dev, data.0, data.1);
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "--save-partlabel",
+        "da*",
+        "--save-partindex",
+        "9",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["kept"],
+        serde_json::json!(["partition 2 \"data\" (15 MiB, ext4)"])
+    );
+    // A filter that names nothing is warned about, not ignored.
+    let name = disk.dev.trim_start_matches("/dev/");
+    assert!(
+        report["findings"].as_array().unwrap().iter().any(|f| f["message"]
+            == format!("--save-partindex 9 matches no partition on /dev/{name}; nothing is kept for it")),
+        "{report}"
+    );
+    let mut plan = report["plan"].clone();
+    assert_eq!(plan["saved"][0]["label"], "data");
+    assert_eq!(plan["saved"][0]["firstLba"], 48 * MIB / 512);
+    plan["image"]["carried"] = b.image.display().to_string().into();
+
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{console}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        console.contains("kept partition 2 is partition 3 of the new table"),
+        "{console}"
+    );
+    // The data partition's bytes are as they were.
+    assert_eq!(range_digest(&disk.dev, data.0, data.1), before);
+    // The table: the image's partitions, then the kept one where it was; both tables valid.
+    let (parts, stderr) = partitions(&disk.dev);
+    assert_eq!(
+        parts,
+        vec![
+            ("boot".to_owned(), 2048, 16 * MIB / 512),
+            ("root".to_owned(), 34816, 22 * MIB / 512),
+            ("data".to_owned(), 48 * MIB / 512, 15 * MIB / 512),
+        ]
+    );
+    assert!(
+        !stderr.to_lowercase().contains("corrupt") && !stderr.contains("GPT"),
+        "sfdisk: {stderr}"
+    );
+    // The image's root partition is on the disk byte for byte.
+    let raw = std::fs::read(b.path().join("metal.raw")).unwrap();
+    assert_eq!(
+        range_digest(&disk.dev, 17 * MIB, 22 * MIB),
+        hex::encode(Sha256::digest(&raw[17 * MIB as usize..39 * MIB as usize]))
+    );
+}
+
+#[test]
+fn a_saved_partition_the_image_would_overwrite_is_refused() {
+    let b = Bench::new();
+    let disk = disk_with_data(&b, 48);
+    // Partition 1 lies where the image goes: refused, the disk unchanged.
+    let line = b.refused(&disk, &["--save-partindex", "1"]);
+    assert_eq!(
+        line,
+        "x2nestos: error: nothing was changed: saved partition 1 \"old-root\" lies in the first 41943040 bytes, which the image writes; it would be overwritten: move the data off it or use a smaller image"
+    );
+    // A disk without a GPT: nothing to keep from.
+    let plain = Loop::new(b.path(), "plain", 64 * MIB);
+    let line = b.refused(&plain, &["--save-partlabel", "data"]);
+    let name = plain.dev.trim_start_matches("/dev/");
+    assert_eq!(
+        line,
+        format!("x2nestos: error: nothing was changed: partitions can only be kept from a GPT disk, and /dev/{name} has no GPT; drop --save-partlabel/--save-partindex")
+    );
+}
+
+#[test]
+fn install_stops_before_a_kept_partition_when_the_image_size_was_unknown() {
+    let b = Bench::new();
+    // Data from 20 MiB: inside the 40 MiB image, which a plan that did not know the image's
+    // size lets through; the installer must stop before it.
+    let disk = disk_with_data(&b, 20);
+    let data = (20 * MIB, 43 * MIB);
+    let before = range_digest(&disk.dev, data.0, data.1);
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--image",
+        b.image.to_str().unwrap(),
+        "--sha256",
+        &b.sha,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+        "--save-partlabel",
+        "data",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["blocked"], true, "{report}");
+    // As a plan whose image's size was unknown would carry it.
+    let name = disk.dev.trim_start_matches("/dev/");
+    let (parts, _) = partitions(&disk.dev);
+    let plan = serde_json::json!({
+        "apiVersion": "x2nestos.housekeeper.io/v1",
+        "kind": "Plan",
+        "disk": { "named": disk.dev, "name": name, "byId": [], "serial": null,
+                  "sizeBytes": 64 * MIB, "sectorSize": 512 },
+        "image": { "source": b.image, "sha256": b.sha, "compressedBytes": null,
+                   "imageBytes": null, "carry": "inMemory", "carried": b.image },
+        "network": [],
+        "saved": [{ "number": 2, "label": "data", "firstLba": parts[1].1,
+                    "lastLba": parts[1].1 + parts[1].2 - 1,
+                    "uniqueGuid": report["plan"]["saved"][0]["uniqueGuid"],
+                    "sizeBytes": data.1 }]
+    });
+    assert!(plan["saved"][0]["uniqueGuid"].is_string(), "{report}");
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{console}");
+    assert!(
+        console.contains(&format!(
+            "into a kept partition that starts at byte {}; the kept partition was not written",
+            20 * MIB
+        )),
+        "{console}"
+    );
+    assert_eq!(range_digest(&disk.dev, data.0, data.1), before);
+}
+
+/// A stream metadata document in Fedora CoreOS's format (as its published sample lays it
+/// out), naming `image` (served at `base`) with `sha` for `arch`.
+fn stream_document(base: &str, arch: &str, release: &str, sha: &str) -> String {
+    serde_json::json!({
+        "stream": "stable",
+        "metadata": { "last-modified": "2026-12-01T00:00:00Z",
+                      "generator": "fedora-coreos-stream-generator v0.1.0" },
+        "architectures": { arch: { "artifacts": {
+            "qemu": { "release": release, "formats": { "qcow2.xz": { "disk": {
+                "location": format!("{base}/qemu.qcow2.xz"), "sha256": sha } } } },
+            "metal": { "release": release, "formats": {
+                "raw.xz": { "disk": {
+                    "location": format!("{base}/builds/{release}/metal.raw.xz"),
+                    "sha256": sha, "uncompressed-sha256": sha } },
+                "4k.raw.xz": { "disk": {
+                    "location": format!("{base}/builds/{release}/metal4k.raw.xz"),
+                    "sha256": sha } },
+                "iso": { "disk": { "location": format!("{base}/live.iso"), "sha256": sha } }
+            } }
+        } } }
+    })
+    .to_string()
+}
+
+#[test]
+fn the_image_is_picked_from_a_stream_and_verified() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    let mirror = b.path().join("mirror");
+    std::fs::create_dir_all(mirror.join("streams")).unwrap();
+    std::fs::create_dir_all(mirror.join("builds/41.1")).unwrap();
+    std::fs::copy(&b.image, mirror.join("builds/41.1/metal.raw.xz")).unwrap();
+    let httpd = Httpd::serve(&mirror);
+    let base = httpd.base.clone();
+    let put = |name: &str, text: &str| {
+        std::fs::write(mirror.join("streams").join(name), text).unwrap();
+    };
+    put(
+        "stable.json",
+        &stream_document(&base, "x86_64", "41.1", &b.sha),
+    );
+
+    // The x86_64 raw.xz build, its sha256 from the document; the plan says why.
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "stable",
+        "--stream-base-url",
+        &base,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &report["plan"];
+    assert_eq!(
+        plan["image"]["source"],
+        format!("{base}/builds/41.1/metal.raw.xz")
+    );
+    assert_eq!(plan["image"]["sha256"], b.sha);
+    assert_eq!(
+        report["notes"][0],
+        "stream stable: release 41.1 for x86_64, metal raw.xz (the disk has 512-byte sectors), the stream's latest (no --version given)"
+    );
+    // Asked for by version: the same build.
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "stable",
+        "--stream-base-url",
+        &base,
+        "--version",
+        "41.1",
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stream = |name: &str| -> Vec<String> {
+        vec![
+            "--stream-name".into(),
+            name.into(),
+            "--stream-base-url".into(),
+            base.clone(),
+        ]
+    };
+    let refused = |extra: Vec<String>| {
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        b.refused(&disk, &refs)
+    };
+    // A version the stream does not offer.
+    let mut args = stream("stable");
+    args.extend(["--version".into(), "40.9".into()]);
+    assert_eq!(
+        refused(args),
+        "x2nestos: error: nothing was changed: --version 40.9 is not in stream stable, which offers 41.1 for x86_64; give --version 41.1, or --image with that build's URL"
+    );
+    // A stream without this machine's architecture.
+    put(
+        "arm.json",
+        &stream_document(&base, "aarch64", "41.1", &b.sha),
+    );
+    assert_eq!(
+        refused(stream("arm")),
+        "x2nestos: error: nothing was changed: stream stable has no x86_64 build (it has aarch64); this machine is x86_64"
+    );
+    // A document that does not parse.
+    put(
+        "broken.json",
+        "{\"stream\": \"stable\", \"architectures\": {",
+    );
+    let line = refused(stream("broken"));
+    assert!(
+        line.starts_with(&format!(
+            "x2nestos: error: nothing was changed: the stream document {base}/streams/broken.json does not parse: "
+        )),
+        "{line}"
+    );
+    // A stream that is not there.
+    let line = refused(stream("missing"));
+    assert!(
+        line.contains(&format!(
+            "fetching stream missing: GET {base}/streams/missing.json: the server answered 404"
+        )),
+        "{line}"
+    );
+    // A document whose checksum does not match the image: the plan carries the document's
+    // sha256, and the installer refuses the image before writing a byte.
+    let wrong = "0".repeat(64);
+    put(
+        "wrong.json",
+        &stream_document(&base, "x86_64", "41.1", &wrong),
+    );
+    let out = x2nestos(&[
+        "plan",
+        "-o",
+        "json",
+        "--disk",
+        &disk.dev,
+        "--stream-name",
+        "wrong",
+        "--stream-base-url",
+        &base,
+        "--facts-root",
+        b.facts.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut plan = report["plan"].clone();
+    assert_eq!(plan["image"]["sha256"], wrong);
+    plan["image"]["carried"] = b.image.display().to_string().into();
+    let before = disk.digest();
+    let out = install_plan(&b, &plan);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{console}");
+    assert!(
+        console.contains(&format!(
+            "image checksum mismatch: expected sha256 {wrong}, got {}",
+            b.sha
+        )) && console.contains("nothing was written: the disk is as it was"),
+        "{console}"
+    );
+    assert_eq!(disk.digest(), before);
+}
+
+/// Reads `rel` from the boot partition (1 MiB, 16 MiB long) of `dev`.
+fn boot_file(b: &Bench, dev: &str, rel: &str) -> String {
+    let boot = run(Command::new(tool("losetup", "mount"))
+        .args([
+            "--find",
+            "--show",
+            "--read-only",
+            "--offset",
+            &MIB.to_string(),
+        ])
+        .args(["--sizelimit", &(16 * MIB).to_string()])
+        .arg(dev));
+    let boot = String::from_utf8(boot.stdout).unwrap().trim().to_owned();
+    let mnt = b.path().join("boot-read");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&boot)
+        .arg(&mnt));
+    let text = std::fs::read_to_string(mnt.join(rel));
+    run(Command::new("umount").arg(&mnt));
+    run(Command::new("losetup").args(["--detach", &boot]));
+    text.unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn install_applies_kernel_arguments_and_the_console_to_the_boot_entry() {
+    let b = Bench::new();
+    let disk = Loop::new(b.path(), "disk", 64 * MIB);
+    // This machine's console, as /proc/cmdline says it.
+    let facts = b.path().join("facts-console");
+    run(Command::new("cp").arg("-a").arg(&b.facts).arg(&facts));
+    std::fs::remove_file(facts.join("proc/cmdline")).unwrap();
+    std::fs::write(
+        facts.join("proc/cmdline"),
+        "BOOT_IMAGE=/vmlinuz root=/dev/sda2 console=tty0 console=ttyS1,57600n8 quiet\n",
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "plan",
+            "-o",
+            "json",
+            "--disk",
+            &disk.dev,
+            "--image",
+            b.image.to_str().unwrap(),
+            "--sha256",
+            &b.sha,
+            "--facts-root",
+            facts.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = x2nestos(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // By default the running machine's consoles are carried.
+    let report = plan(&["--append-karg", "hk.test=1", "--delete-karg", "mitigations"]);
+    assert!(
+        report["notes"].as_array().unwrap().iter().any(|n| n
+            == "kernel arguments of the new system: console tty0, ttyS1,57600n8 (this machine's, carried); appended hk.test=1; deleted mitigations"),
+        "{report}"
+    );
+    let mut p = report["plan"].clone();
+    p["image"]["carried"] = b.image.display().to_string().into();
+    let out = install_plan(&b, &p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let entry = boot_file(&b, &disk.dev, "loader/entries/ostree-1-nestos.conf");
+    assert_eq!(
+        entry,
+        BLS_ENTRY.replace(
+            "options mitigations=auto,nosmt ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0",
+            "options ignition.platform.id=metal $ignition_firstboot ostree=/ostree/boot.1/nestos/1/0 console=tty0 console=ttyS1,57600n8 hk.test=1",
+        )
+    );
+
+    // --console replaces the carried consoles.
+    let report = plan(&["--console", "ttyS0,115200n8"]);
+    let mut p = report["plan"].clone();
+    assert_eq!(p["kargs"]["console"], serde_json::json!(["ttyS0,115200n8"]));
+    p["image"]["carried"] = b.image.display().to_string().into();
+    let out = install_plan(&b, &p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let entry = boot_file(&b, &disk.dev, "loader/entries/ostree-1-nestos.conf");
+    let options = entry.lines().find(|l| l.starts_with("options ")).unwrap();
+    assert!(options.ends_with(" console=ttyS0,115200n8"), "{options}");
+    assert!(
+        !options.contains("ttyS1") && !options.contains("tty0 "),
+        "{options}"
+    );
+    assert!(options.contains("mitigations=auto,nosmt"), "{options}");
+
+    // A bad argument is refused by the command line, before anything.
+    let out = x2nestos(&[
+        "plan",
+        "--disk",
+        &disk.dev,
+        "--image",
+        "/x",
+        "--append-karg",
+        "a b",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("kernel argument \"a b\" is empty or holds white space or quotes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -13,8 +13,12 @@ use clap_verbosity_flag::{InfoLevel, Verbosity};
 
 use super::{DocCommand, EXIT_CODES_HELP};
 use crate::convert::identity::IdentityOptions;
+use crate::convert::kargs;
 use crate::convert::plan::{self, IGNITION_PATH, PLAN_PATH};
 use crate::convert::prepare::{self, Options};
+use crate::convert::saved::IndexRange;
+use crate::convert::stream::StreamChoice;
+
 use crate::convert::source::{Fingerprint, ImageSource, Source, Timeouts};
 use crate::convert::{install, jump};
 
@@ -64,8 +68,8 @@ pub struct PlanArgs {
     #[arg(
         long,
         value_name = "FILE|URL",
-        required_unless_present = "live",
-        conflicts_with = "live",
+        required_unless_present_any = ["live", "stream_name"],
+        conflicts_with_all = ["live", "stream_name"],
         value_parser = Source::parse
     )]
     pub image: Option<Source>,
@@ -79,6 +83,22 @@ pub struct PlanArgs {
         value_parser = Source::parse
     )]
     pub live: Option<Source>,
+    /// Take the metal image, its SHA-256 and signature from this stream's metadata
+    /// (Fedora CoreOS's format), for this machine's architecture
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["live", "sha256"],
+        requires = "stream_base_url"
+    )]
+    pub stream_name: Option<String>,
+    /// Where the stream metadata lives: BASE/streams/NAME.json (NestOS publishes no
+    /// address of its own, so there is no default)
+    #[arg(long, value_name = "URL", requires = "stream_name")]
+    pub stream_base_url: Option<String>,
+    /// The release the stream must offer (refused when it offers another)
+    #[arg(long, value_name = "V", requires = "stream_name")]
+    pub version: Option<String>,
     /// The image file's SHA-256, 64 hex digits
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
@@ -115,6 +135,30 @@ pub struct PlanArgs {
     /// Write DHCP-given addresses down as static ones
     #[arg(long)]
     pub pin_addresses: bool,
+    /// Keep the disk's partitions whose GPT name matches GLOB: never written, carried
+    /// into the new partition table (repeatable, or comma-separated)
+    #[arg(long = "save-partlabel", value_name = "GLOB", value_delimiter = ',')]
+    pub save_partlabel: Vec<String>,
+    /// Keep the disk's partitions with this number or range (N, N-, -N, N-M; repeatable,
+    /// or comma-separated)
+    #[arg(
+        long = "save-partindex",
+        value_name = "RANGE",
+        value_delimiter = ',',
+        value_parser = IndexRange::parse
+    )]
+    pub save_partindex: Vec<IndexRange>,
+    /// Add a kernel argument to the new system (repeatable)
+    #[arg(long = "append-karg", value_name = "ARG", value_parser = kargs::parse_karg)]
+    pub append_karg: Vec<String>,
+    /// Remove a kernel argument (ARG, or KEY for every KEY=…) from the new system
+    /// (repeatable)
+    #[arg(long = "delete-karg", value_name = "ARG", value_parser = kargs::parse_karg)]
+    pub delete_karg: Vec<String>,
+    /// The new system's console (ttyS0,115200n8, tty0; repeatable); without it, this
+    /// machine's console= arguments are carried
+    #[arg(long = "console", value_name = "SPEC", value_parser = kargs::parse_console)]
+    pub console: Vec<String>,
     /// Seconds without data before a download counts as stalled
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub stall_timeout: u64,
@@ -124,13 +168,27 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
+    fn stream_choice(&self) -> Option<StreamChoice> {
+        self.stream_name.as_ref().map(|name| StreamChoice {
+            name: name.clone(),
+            base_url: self.stream_base_url.clone().unwrap_or_default(),
+            version: self.version.clone(),
+        })
+    }
+
     pub fn options(&self) -> Options {
         Options {
             disk: self.disk.clone(),
-            image: match (&self.image, &self.live) {
-                (Some(image), _) => ImageSource::Metal(image.clone()),
-                (None, Some(live)) => ImageSource::Live(live.clone()),
-                (None, None) => unreachable!("clap requires --image or --live"),
+            image: match (&self.image, &self.live, &self.stream_name) {
+                (Some(image), _, _) => ImageSource::Metal(image.clone()),
+                (None, Some(live), _) => ImageSource::Live(live.clone()),
+                // Replaced by the stream's image when the plan is made.
+                (None, None, Some(_)) => ImageSource::Metal(Source::Url(
+                    self.stream_choice().map(|c| c.url()).unwrap_or_default(),
+                )),
+                (None, None, None) => {
+                    unreachable!("clap requires --image, --live or --stream-name")
+                }
             },
             sha256: self.sha256.clone(),
             signature: self.signature.clone(),
@@ -145,6 +203,12 @@ impl PlanArgs {
                 extra_files: self.files.clone(),
             },
             pin_dynamic: self.pin_addresses,
+            save_labels: self.save_partlabel.clone(),
+            save_indexes: self.save_partindex.clone(),
+            stream_choice: self.stream_choice(),
+            append_kargs: self.append_karg.clone(),
+            delete_kargs: self.delete_karg.clone(),
+            consoles: self.console.clone(),
             timeouts: Timeouts::stalling_after(Duration::from_secs(self.stall_timeout)),
             facts_root: self.facts_root.clone(),
         }
@@ -239,4 +303,103 @@ fn run_plan(cmd: &PlanCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         bail!("{}", jump::blocked_line(report));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([&["x2nestos", "plan", "--disk", "/dev/vda"], args].concat())
+    }
+
+    #[test]
+    fn the_image_comes_from_one_place() {
+        let cli = parse(&[
+            "--stream-name",
+            "stable",
+            "--stream-base-url",
+            "http://m",
+            "--version",
+            "41.1",
+        ])
+        .unwrap();
+        let Command::Plan(cmd) = cli.command else {
+            panic!("not plan")
+        };
+        let opts = cmd.plan.options();
+        assert_eq!(
+            opts.stream_choice,
+            Some(StreamChoice {
+                name: "stable".into(),
+                base_url: "http://m".into(),
+                version: Some("41.1".into())
+            })
+        );
+        // No guessed default address; not with --image, --live or --sha256 (the stream's
+        // own sha256 is the one checked); --version only with a stream.
+        for bad in [
+            &["--stream-name", "stable"][..],
+            &[
+                "--stream-name",
+                "s",
+                "--stream-base-url",
+                "u",
+                "--image",
+                "/i",
+            ],
+            &[
+                "--stream-name",
+                "s",
+                "--stream-base-url",
+                "u",
+                "--live",
+                "/i",
+            ],
+            &[
+                "--stream-name",
+                "s",
+                "--stream-base-url",
+                "u",
+                "--sha256",
+                "ab",
+            ],
+            &["--image", "/i", "--version", "41.1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn saved_partitions_take_lists_and_ranges() {
+        let cli = parse(&[
+            "--image",
+            "/i",
+            "--save-partlabel",
+            "data*,home",
+            "--save-partlabel",
+            "x",
+            "--save-partindex",
+            "5-,2",
+        ])
+        .unwrap();
+        let Command::Plan(cmd) = cli.command else {
+            panic!("not plan")
+        };
+        let opts = cmd.plan.options();
+        assert_eq!(opts.save_labels, ["data*", "home", "x"]);
+        assert_eq!(
+            opts.save_indexes,
+            [
+                IndexRange::parse("5-").unwrap(),
+                IndexRange::parse("2").unwrap()
+            ]
+        );
+        let err = parse(&["--image", "/i", "--save-partindex", "0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not a partition number or range"),
+            "{err}"
+        );
+    }
 }

@@ -7,9 +7,16 @@
 //!    fetched over the links the plan names, brought up with the addresses they had.
 //! 3. First write: old signatures wiped (both ends of the old partitions, the backup GPT at
 //!    the disk's end). The writer then streams the image, the first MiB last.
+//!    Kept partitions (`--save-partlabel`, `--save-partindex`) are found again in the disk's
+//!    table before anything is written (same number, place and unique GUID, or nothing is
+//!    written); no byte of them is wiped or written (the writer stops before the first), and
+//!    their entries go into the written table after the image's own, with the backup GPT at
+//!    the disk's end.
 //! 4. The partition table is re-read; the boot partition (GPT name or ext label `boot`) is
 //!    mounted; `ignition/config.ign` (0600) and `x2nestos/install.log` are written there,
-//!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it.
+//!    and the first-boot stamp `ignition.firstboot` is made if the image lacks it; the
+//!    planned kernel arguments and console go on the `options` line of every boot loader
+//!    entry (`loader/entries/*.conf`), as coreos-installer puts them.
 //! 5. Reboot: `systemctl reboot`, so the journal forwards the last lines to the console first
 //!    (the reboot syscall when there is no init system to ask).
 //!
@@ -29,8 +36,10 @@ use super::disk::{self, Disk};
 use super::image::format::{self, GptPartition};
 use super::image::verify::Sha256Sum;
 use super::image::{write_image, WriteOptions, WriteTarget};
+use super::kargs::{self, Kargs};
 use super::plan::{self, Carry, ConversionPlan, InstallLink, PlannedImage};
 use super::progress::Meter;
+use super::saved;
 use super::source::{self, Source, Timeouts};
 use crate::sys::command::Cmd;
 
@@ -163,14 +172,34 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
             )));
         }
     }
+    let kept = find_kept(&device, &plan).map_err(untouched)?;
+    for (k, planned) in kept.iter().zip(&plan.saved) {
+        log.say(format!(
+            "keeping partition {} {:?} ({} bytes at sector {}): never written",
+            k.number,
+            k.name(),
+            planned.size_bytes,
+            k.first_lba()
+        ));
+    }
     let expected = plan.image.sha256.map(Sha256Sum::bytes);
     let reader = open_image(&plan, expected, log).map_err(untouched)?;
     let target = WriteTarget::open(&device).map_err(|e| untouched(e.into()))?;
+    let ss = u64::from(disk.logical_sector_size);
+    let kept_ranges: Vec<(u64, u64)> = kept
+        .iter()
+        .map(|k| (k.first_lba() * ss, (k.last_lba() + 1) * ss))
+        .collect();
     note_chosen(&plan, &disk).map_err(untouched)?;
-    wipe(&disk, &target).map_err(touched)?;
+    wipe(&disk, &target, &kept_ranges).map_err(touched)?;
     log.say(format!(
-        "old signatures wiped ({} partition(s), backup partition table)",
-        disk.partitions.len()
+        "old signatures wiped ({} partition(s), backup partition table{})",
+        disk.partitions.len(),
+        if kept.is_empty() {
+            ""
+        } else {
+            "; kept partitions left alone"
+        }
     ));
     let mut meter = Meter::stdout_lines(
         &format!("writing {}", device.display()),
@@ -178,6 +207,7 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
     );
     let options = WriteOptions {
         sha256: expected,
+        stop_at: saved::image_limit(&plan.saved, disk.logical_sector_size),
         ..WriteOptions::default()
     };
     let report = write_image(reader, &target, &options, &mut |p| meter.update(p.written))
@@ -196,9 +226,19 @@ fn install(choices: &Choices, log: &mut Log) -> Result<(), Failure> {
             ", UNVERIFIED (--insecure)"
         }
     ));
+    if !kept.is_empty() {
+        restore_kept(&device, &target, &disk, &kept, log).map_err(touched)?;
+    }
     target.reread_partitions().map_err(|e| touched(e.into()))?;
     drop(target);
-    place_ignition(&device, disk.logical_sector_size, &ignition, log).map_err(touched)?;
+    place_ignition(
+        &device,
+        disk.logical_sector_size,
+        &ignition,
+        &plan.kargs,
+        log,
+    )
+    .map_err(touched)?;
     Ok(())
 }
 
@@ -405,28 +445,97 @@ fn tolerate_exists(
     }
 }
 
+/// The planned kept partitions' entries as the disk's table holds them now: each must still
+/// be there under its number, with the same place and unique GUID, or nothing is written.
+fn find_kept(device: &Path, plan: &ConversionPlan) -> anyhow::Result<Vec<saved::Entry>> {
+    if plan.saved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut head = vec![0u8; 1 << 20];
+    fs::File::open(device)
+        .and_then(|f| f.read_exact_at(&mut head, 0))
+        .with_context(|| format!("reading the partition table of {}", device.display()))?;
+    let table = saved::read_table(&head, plan.disk.sector_size).ok_or_else(|| {
+        anyhow!(
+            "{} has no GPT any more, but the plan keeps partitions of it",
+            device.display()
+        )
+    })?;
+    plan.saved
+        .iter()
+        .map(|p| {
+            table
+                .entries
+                .iter()
+                .find(|e| {
+                    e.number == p.number
+                        && e.first_lba() == p.first_lba
+                        && e.last_lba() == p.last_lba
+                        && e.unique_guid() == p.unique_guid
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} is not on {} as planned (sectors {}-{}); plan again",
+                        p.what(),
+                        device.display(),
+                        p.first_lba,
+                        p.last_lba
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Puts the kept partitions' entries into the written image's table, and the table's
+/// backup at the disk's end.
+fn restore_kept(
+    device: &Path,
+    target: &WriteTarget,
+    disk: &Disk,
+    kept: &[saved::Entry],
+    log: &mut Log,
+) -> anyhow::Result<()> {
+    let mut head = vec![0u8; 1 << 20];
+    fs::File::open(device)
+        .and_then(|f| f.read_exact_at(&mut head, 0))
+        .with_context(|| format!("reading the written table of {}", device.display()))?;
+    let merged = saved::merge(&head, disk.logical_sector_size, target.size(), kept)?;
+    target
+        .write_at(&merged.tail, merged.tail_at)
+        .with_context(|| format!("writing the backup partition table of {}", device.display()))?;
+    target
+        .write_at(&merged.head, 0)
+        .with_context(|| format!("writing the partition table of {}", device.display()))?;
+    target
+        .file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", device.display()))?;
+    for (old, new) in &merged.numbers {
+        log.say(format!(
+            "kept partition {old} is partition {new} of the new table"
+        ));
+    }
+    Ok(())
+}
+
 /// Zeroes where signatures live: the first and last MiB of each old partition (file system
 /// superblocks, LVM labels, MD superblocks of every version, LUKS headers) and of the disk
-/// (the backup GPT), so that nothing stale is found inside the new layout. Everything is
-/// written through the disk's own exclusive descriptor, and never inside the disk's first
-/// MiB, which the writer writes last.
-fn wipe(disk: &Disk, target: &WriteTarget) -> anyhow::Result<()> {
-    let mut ranges = Vec::new();
+/// (the backup GPT), so that nothing stale is found inside the new layout — but never a byte
+/// of a kept partition (`kept`, byte ranges). Everything is written through the disk's own
+/// exclusive descriptor, and never inside the disk's first MiB, which the writer writes last.
+fn wipe(disk: &Disk, target: &WriteTarget, kept: &[(u64, u64)]) -> anyhow::Result<()> {
+    let mut old = Vec::new();
     for p in &disk.partitions {
         let start = fs::read_to_string(format!("/sys/class/block/{}/start", p.name))
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map(|sectors| sectors * 512);
         if let Some(start) = start {
-            ranges.push((start, start + TAIL_WIPE.min(p.size_bytes)));
-            ranges.push((
-                start + p.size_bytes.saturating_sub(TAIL_WIPE),
-                start + p.size_bytes,
-            ));
+            old.push((start, p.size_bytes));
         }
     }
-    ranges.push((target.size().saturating_sub(TAIL_WIPE), target.size()));
-    for (from, to) in ranges {
+    for (from, to) in saved::wipe_ranges(&old, target.size(), TAIL_WIPE, kept) {
         let (from, to) = (from.max(TAIL_WIPE), to.min(target.size()));
         if from < to {
             let zeros = vec![0u8; (to - from) as usize];
@@ -465,6 +574,7 @@ fn place_ignition(
     device: &Path,
     sector_size: u32,
     ignition: &[u8],
+    kargs: &Kargs,
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let mut head = vec![0u8; 1 << 20];
@@ -514,14 +624,19 @@ fn place_ignition(
         loop_dev = Some(dev.clone());
         dev
     };
-    let result = write_boot_files(&dev, ignition, log);
+    let result = write_boot_files(&dev, ignition, kargs, log);
     if let Some(dev) = loop_dev {
         let _ = Cmd::new("losetup").args(["--detach", &dev]).run();
     }
     result
 }
 
-fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result<()> {
+fn write_boot_files(
+    dev: &str,
+    ignition: &[u8],
+    kargs: &Kargs,
+    log: &mut Log,
+) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -543,6 +658,9 @@ fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result
         log.say(format!(
             "Ignition config placed on {dev} (ignition/config.ign, 0600); first-boot stamp present"
         ));
+        if !kargs.is_empty() {
+            edit_entries(boot, kargs, log)?;
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -556,6 +674,41 @@ fn write_boot_files(dev: &str, ignition: &[u8], log: &mut Log) -> anyhow::Result
     let unmounted = Cmd::new("umount").arg(BOOT_MOUNT).run();
     result?;
     unmounted?;
+    Ok(())
+}
+
+/// Applies the planned kernel arguments to every boot loader entry (`loader/entries/*.conf`)
+/// of the mounted boot partition, each rewritten whole (a new file renamed over the old).
+fn edit_entries(boot: &Path, k: &Kargs, log: &mut Log) -> anyhow::Result<()> {
+    let dir = boot.join("loader/entries");
+    let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("reading the boot loader entries in {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    entries.sort();
+    if entries.is_empty() {
+        bail!(
+            "the written image has no boot loader entry (loader/entries/*.conf) to put the kernel arguments in"
+        );
+    }
+    for path in entries {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let edited = kargs::edit_entry(&text, k);
+        let tmp = path.with_extension("conf.x2nestos");
+        write_file(&tmp, edited.as_bytes(), 0o644)?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        let options = edited
+            .lines()
+            .find_map(|l| l.strip_prefix("options "))
+            .unwrap_or_default();
+        log.say(format!(
+            "boot entry {}: options {options}",
+            path.strip_prefix(boot).unwrap_or(&path).display()
+        ));
+    }
     Ok(())
 }
 

@@ -51,14 +51,26 @@ pub fn blocked_line(report: &Report) -> String {
 /// The confirmation question, naming the disk.
 pub fn question(plan: &ConversionPlan) -> String {
     format!(
-        "Erase /dev/{} ({} bytes{}) and convert this machine to NestOS? Type yes: ",
+        "Erase /dev/{} ({} bytes{}){} and convert this machine to NestOS? Type yes: ",
         plan.disk.name,
         plan.disk.size_bytes,
         plan.disk
             .serial
             .as_deref()
             .map(|s| format!(", serial {s}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if plan.saved.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " but for {}",
+                plan.saved
+                    .iter()
+                    .map(|p| format!("partition {} {:?}", p.number, p.label))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     )
 }
 
@@ -594,10 +606,27 @@ mod tests {
             },
             network: vec![],
             live: None,
+            saved: vec![],
+            kargs: Default::default(),
         };
         assert_eq!(
             question(&plan),
             "Erase /dev/vda (1073741824 bytes, serial S1) and convert this machine to NestOS? Type yes: "
+        );
+        // Kept partitions are named in the question.
+        let mut plan = plan;
+        plan.saved = vec![crate::convert::saved::SavedPartition {
+            number: 2,
+            label: "data".into(),
+            first_lba: 2048,
+            last_lba: 4095,
+            unique_guid: "00".repeat(16),
+            size_bytes: 1 << 20,
+            file_system: None,
+        }];
+        assert_eq!(
+            question(&plan),
+            "Erase /dev/vda (1073741824 bytes, serial S1) but for partition 2 \"data\" and convert this machine to NestOS? Type yes: "
         );
     }
 

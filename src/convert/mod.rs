@@ -21,8 +21,15 @@
 //!   that writes to a device, and only to the one it is handed).
 //! - [`plan`]: the plan and its decisions (carry or stream, memory, the conversion kernel's
 //!   arguments, the disk re-check after kexec, the summary) (pure); [`prepare`] gathers it.
+//! - [`stream`]: the image chosen by stream: the metal image's URL, sha256 and signature from
+//!   a stream metadata document (Fedora CoreOS's format), for this machine (pure, plus one
+//!   fetch through [`source`]).
 //! - [`source`]: the image from a file or an http(s) URL, sha256 and OpenPGP (`gpgv`) checks;
 //!   [`progress`]: bars on a terminal, plain lines elsewhere.
+//! - [`kargs`]: the new system's kernel arguments and console, and the edit of a boot
+//!   loader entry (pure).
+//! - [`saved`]: the partitions kept across the conversion (`--save-partlabel`,
+//!   `--save-partindex`): which the filters name, room before them, the merged table (pure).
 //! - [`initramfs`]: the conversion initramfs from the host's dracut and our module;
 //!   [`jump`]: `x2nestos convert` (plan, initramfs, kexec load, jump); [`install`]: what the
 //!   conversion initramfs runs.
@@ -34,12 +41,15 @@ pub mod image;
 pub mod initramfs;
 pub mod install;
 pub mod jump;
+pub mod kargs;
 pub mod network;
 pub mod overlay;
 pub mod plan;
 pub mod preflight;
 pub mod prepare;
 pub mod progress;
+pub mod saved;
 pub mod source;
 pub mod sshkeys;
+pub mod stream;
 pub mod workdir;

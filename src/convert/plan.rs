@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::{Disk, Mark};
 use super::image::verify::Sha256Sum;
+use super::kargs::Kargs;
 use super::network::Capture;
 use super::preflight::{Finding, Severity, Signature};
+use super::saved::SavedPartition;
 use super::source::Source;
 
 pub const API_VERSION: &str = "x2nestos.housekeeper.io/v1";
@@ -50,6 +52,13 @@ pub struct ConversionPlan {
     /// initramfs, and NestOS's own installer writes the disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<PlannedLive>,
+    /// Partitions of the disk that are kept (`--save-partlabel`, `--save-partindex`): never
+    /// wiped or written, their entries carried into the new table after the image's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saved: Vec<SavedPartition>,
+    /// The new system's kernel arguments, applied to its boot loader entries.
+    #[serde(default, skip_serializing_if = "Kargs::is_empty")]
+    pub kargs: Kargs,
 }
 
 /// What is loaded with kexec on the live path, as read from the live image.
@@ -76,6 +85,36 @@ pub struct PlannedLive {
 /// RAM, beside the base.
 pub fn live_memory_needed(load_bytes: u64) -> u64 {
     BASE_MEMORY + 2 * load_bytes
+}
+
+/// How a kept partition is shown: `partition 2 "data" (15 MiB, ext4), kept`.
+pub fn describe_saved(p: &SavedPartition) -> String {
+    format!(
+        "partition {} {:?} ({}, {})",
+        p.number,
+        p.label,
+        human_size(p.size_bytes),
+        p.file_system
+            .as_deref()
+            .unwrap_or("no file system recognised")
+    )
+}
+
+/// Bytes in binary units with one decimal where it matters: `15 MiB`, `1.5 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = if unit == 0 {
+        value.to_string()
+    } else {
+        format!("{value:.1}")
+    };
+    format!("{} {}", text.trim_end_matches(".0"), units[unit])
 }
 
 /// The console arguments of the running machine, kept across the jump.
@@ -207,6 +246,8 @@ pub struct Report {
     pub destroyed: Vec<String>,
     /// What the new system gets from this one, one item a line.
     pub carried_over: Vec<String>,
+    /// Partitions of the disk that are kept, one a line (number, label, size, file system).
+    pub kept: Vec<String>,
     /// Decisions worth seeing (key options stripped, interfaces left out, …).
     pub notes: Vec<String>,
     pub plan: Option<ConversionPlan>,
@@ -227,6 +268,7 @@ impl Report {
             findings,
             destroyed,
             carried_over,
+            kept: Vec::new(),
             notes,
             plan,
         }
@@ -463,6 +505,9 @@ pub fn summary(report: &Report) -> Vec<String> {
             report.destroyed.join("; ")
         }
     ));
+    if !report.kept.is_empty() {
+        lines.push(format!("Will be kept: {}", report.kept.join("; ")));
+    }
     lines.push(format!(
         "Will be carried over: {}",
         if report.carried_over.is_empty() {
@@ -763,6 +808,15 @@ mod tests {
     }
 
     #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(512), "512 bytes");
+        assert_eq!(human_size(15 * MIB), "15 MiB");
+        assert_eq!(human_size(3 * MIB / 2), "1.5 MiB");
+        assert_eq!(human_size((1 << 30) - 16896), "1024 MiB");
+        assert_eq!(human_size(8 << 30), "8 GiB");
+    }
+
+    #[test]
     fn the_summary_says_what_goes_and_what_stays() {
         let plan = ConversionPlan {
             api_version: API_VERSION.into(),
@@ -786,6 +840,8 @@ mod tests {
             },
             network: vec![],
             live: None,
+            saved: vec![],
+            kargs: Default::default(),
         };
         let report = Report::new(
             vec![],

@@ -18,13 +18,16 @@ use super::disk::{self, Disk, Use};
 use super::identity::{self, Gathered as IdentityGathered, IdentityOptions};
 use super::ignition;
 use super::image::verify::Sha256Sum;
+use super::kargs::{self, Kargs};
 use super::network::{self, keyfile, CaptureOptions, HostText};
 use super::overlay::media::{self, Media};
 use super::plan::{
     self, Carry, ConversionPlan, InstallLink, PlannedDisk, PlannedImage, PlannedLive, Report,
 };
 use super::preflight::{self, Facts, Finding, Severity};
+use super::saved::{self, IndexRange};
 use super::source::{self, ImageSource, Probe, Source, Timeouts};
+use super::stream::{self, StreamChoice};
 
 /// The admin's choices, shared by `plan` and `convert`.
 #[derive(Debug, Clone)]
@@ -41,6 +44,17 @@ pub struct Options {
     pub ignition: Option<PathBuf>,
     pub identity: IdentityOptions,
     pub pin_dynamic: bool,
+    /// Partitions of the disk to keep, by GPT name glob and by number or range.
+    pub save_labels: Vec<String>,
+    pub save_indexes: Vec<IndexRange>,
+    /// The image chosen by stream: `image`, `sha256` and `signature` are then taken from
+    /// the stream's document when the plan is made.
+    pub stream_choice: Option<StreamChoice>,
+    /// The new system's kernel arguments: appended, deleted, and its consoles (none: this
+    /// machine's are carried).
+    pub append_kargs: Vec<String>,
+    pub delete_kargs: Vec<String>,
+    pub consoles: Vec<String>,
     pub timeouts: Timeouts,
     /// Where /proc and /sys facts are read (`/`; a fixture tree in tests).
     pub facts_root: PathBuf,
@@ -77,9 +91,56 @@ fn warning(code: &'static str, message: impl Into<String>) -> Finding {
     }
 }
 
-/// Gathers everything and decides the plan.
+/// Gathers everything and decides the plan. With a stream chosen, its document is read
+/// first and names the image, its sha256 and (checked when a keyring is given) signature;
+/// a stream that cannot be read or has no image for this machine blocks the plan.
 pub fn prepare(opts: &Options) -> Prepared {
-    decide(opts, gather(opts))
+    let Some(choice) = &opts.stream_choice else {
+        return decide(opts, gather(opts));
+    };
+    let arch = fs::read_to_string(opts.facts_root.join("proc/sys/kernel/arch"))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|_| std::env::consts::ARCH.to_owned());
+    let sector_size = disk::resolve(Path::new("/"), &opts.disk)
+        .map(|d| d.logical_sector_size)
+        .unwrap_or(512);
+    let picked = stream::fetch(choice, opts.timeouts)
+        .and_then(|doc| stream::pick(&doc, &arch, sector_size, choice.version.as_deref()));
+    match picked {
+        Ok(picked) => {
+            let mut resolved = opts.clone();
+            resolved.image = ImageSource::Metal(Source::Url(picked.location.clone()));
+            resolved.sha256 = Some(picked.sha256.clone());
+            if resolved.keyring.is_some() {
+                resolved.signature = picked.signature.clone();
+            }
+            let mut prepared = decide(&resolved, gather(&resolved));
+            let notes = &mut prepared.report.notes;
+            notes.insert(0, picked.why);
+            if let (Some(sig), None) = (&picked.signature, &opts.keyring) {
+                notes.insert(
+                    1,
+                    format!("the stream publishes a signature ({sig}); give --keyring FILE to check it beside the sha256"),
+                );
+            }
+            prepared
+        }
+        Err(e) => Prepared {
+            report: Report::new(
+                vec![blocking("stream", e.to_string())],
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                None,
+            ),
+            facts: preflight::gather(&opts.facts_root),
+            ignition: None,
+            timeouts: opts.timeouts,
+            verified_digest: None,
+            kernel: PathBuf::new(),
+            release: String::new(),
+        },
+    }
 }
 
 /// Everything a plan is made from, as read from the machine and the image.
@@ -104,6 +165,48 @@ pub struct Gathered {
     pub dracut: Option<PathBuf>,
     pub image: ImageFacts,
     pub carried: CarriedFacts,
+    /// The disk's partition table and what its partitions hold, read only when partitions
+    /// are to be kept.
+    pub saved: Option<Result<SavedFacts, String>>,
+    /// The running kernel's command line (`proc/cmdline`): its consoles are carried.
+    pub cmdline: String,
+}
+
+/// The target disk's primary GPT (`None`: it has none) and the file system each partition
+/// holds, by number.
+pub struct SavedFacts {
+    pub table: Option<saved::Table>,
+    pub file_systems: std::collections::BTreeMap<u32, String>,
+}
+
+/// Bytes read from each partition's start to tell its file system (btrfs's magic is at
+/// 64 KiB + 64).
+const SUPERBLOCK_BYTES: usize = 68 * 1024;
+
+/// Reads the disk's first MiB and each partition's first bytes (read-only).
+fn read_saved_facts(disk: &Disk) -> Result<SavedFacts, String> {
+    use std::os::unix::fs::FileExt as _;
+    let path = format!("/dev/{}", disk.name);
+    let file = fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    let mut head = vec![0u8; (1 << 20).min(disk.size_bytes as usize)];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("reading the partition table of {path}: {e}"))?;
+    let ss = disk.logical_sector_size;
+    let table = saved::read_table(&head, ss);
+    let mut file_systems = std::collections::BTreeMap::new();
+    for e in table.iter().flat_map(|t| &t.entries) {
+        let mut sb = vec![0u8; SUPERBLOCK_BYTES];
+        let at = e.first_lba() * u64::from(ss);
+        if file.read_exact_at(&mut sb, at).is_ok() {
+            if let Some(fs) = saved::file_system(&sb) {
+                file_systems.insert(e.number, fs.to_owned());
+            }
+        }
+    }
+    Ok(SavedFacts {
+        table,
+        file_systems,
+    })
 }
 
 /// What the new system's Ignition config is made from.
@@ -155,6 +258,12 @@ pub fn gather(opts: &Options) -> Gathered {
     let cmdline = read("proc/cmdline");
     let release = read("proc/sys/kernel/osrelease").trim().to_owned();
     let kernel = root.join(format!("boot/vmlinuz-{release}"));
+    let saved = match &disk {
+        Ok(d) if !opts.save_labels.is_empty() || !opts.save_indexes.is_empty() => {
+            Some(read_saved_facts(d))
+        }
+        _ => None,
+    };
     Gathered {
         facts: preflight::gather(root),
         mountinfo: if disk.is_ok() {
@@ -175,6 +284,8 @@ pub fn gather(opts: &Options) -> Gathered {
         kernel,
         release,
         dracut: which("dracut"),
+        saved,
+        cmdline: cmdline.clone(),
         carried: CarriedFacts {
             admin_ignition: opts
                 .ignition
@@ -388,6 +499,36 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
         ));
     }
 
+    let (kept, kept_lines) = decide_saved(
+        opts,
+        disk.as_ref(),
+        g.saved,
+        probe.and_then(|p| p.image_bytes).filter(|_| !live),
+        &mut findings,
+        &mut notes,
+    );
+
+    let kargs = if live {
+        if !opts.append_kargs.is_empty()
+            || !opts.delete_kargs.is_empty()
+            || !opts.consoles.is_empty()
+        {
+            findings.push(blocking(
+                "kargs",
+                "--append-karg/--delete-karg/--console work with --image only, not yet with --live; convert with --image",
+            ));
+        }
+        Kargs::default()
+    } else {
+        kargs::decide(
+            &opts.append_kargs,
+            &opts.delete_kargs,
+            &opts.consoles,
+            &g.cmdline,
+        )
+    };
+    notes.extend(kargs::describe(&kargs));
+
     findings.extend(preflight::evaluate(&facts));
     findings.sort_by_key(|f| f.severity != Severity::Blocking);
 
@@ -409,11 +550,15 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
             },
             network: if live { Vec::new() } else { links },
             live: planned_live,
+            saved: kept,
+            kargs,
         }),
         _ => None,
     };
+    let mut report = Report::new(findings, destroyed, carried_over, notes, plan);
+    report.kept = kept_lines;
     Prepared {
-        report: Report::new(findings, destroyed, carried_over, notes, plan),
+        report,
         facts,
         ignition,
         timeouts: opts.timeouts,
@@ -421,6 +566,74 @@ pub fn decide(opts: &Options, g: Gathered) -> Prepared {
         kernel: g.kernel,
         release: g.release,
     }
+}
+
+/// Which partitions are kept, from the filters and the disk's table: a filter naming no
+/// partition is warned about, a kept partition inside the image's space refused.
+fn decide_saved(
+    opts: &Options,
+    disk: Option<&Disk>,
+    facts: Option<Result<SavedFacts, String>>,
+    image_bytes: Option<u64>,
+    findings: &mut Vec<Finding>,
+    notes: &mut Vec<String>,
+) -> (Vec<saved::SavedPartition>, Vec<String>) {
+    if opts.save_labels.is_empty() && opts.save_indexes.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    if opts.image.is_live() {
+        findings.push(blocking(
+            "savedPartition",
+            "--save-partlabel/--save-partindex work with --image only, not yet with --live; convert with --image",
+        ));
+        return (Vec::new(), Vec::new());
+    }
+    let (Some(disk), Some(facts)) = (disk, facts) else {
+        return (Vec::new(), Vec::new());
+    };
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            findings.push(blocking("savedPartition", e));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let Some(table) = facts.table else {
+        findings.push(blocking(
+            "savedPartition",
+            saved::SaveError::NoGpt {
+                disk: format!("/dev/{}", disk.name),
+            }
+            .to_string(),
+        ));
+        return (Vec::new(), Vec::new());
+    };
+    let ss = disk.logical_sector_size;
+    let selection = saved::select(&table, ss, &opts.save_labels, &opts.save_indexes, &|n| {
+        facts.file_systems.get(&n).cloned()
+    });
+    for filter in &selection.unmatched {
+        findings.push(warning(
+            "savedUnmatched",
+            format!(
+                "{filter} matches no partition on /dev/{}; nothing is kept for it",
+                disk.name
+            ),
+        ));
+    }
+    match image_bytes {
+        Some(bytes) => {
+            if let Err(e) = saved::check_room(&selection.kept, ss, bytes) {
+                findings.push(blocking("savedPartition", e.to_string()));
+            }
+        }
+        None if !selection.kept.is_empty() => notes.push(
+            "the image's size is not known beforehand: the installer stops writing before the first kept partition, which is never written".into(),
+        ),
+        None => {}
+    }
+    let lines = selection.kept.iter().map(plan::describe_saved).collect();
+    (selection.kept, lines)
 }
 
 /// Reads the live image's default entry and the kernel command line of the jump: the
@@ -639,6 +852,12 @@ mod tests {
             ignition: None,
             identity: IdentityOptions::default(),
             pin_dynamic: false,
+            save_labels: vec![],
+            save_indexes: vec![],
+            stream_choice: None,
+            append_kargs: vec![],
+            delete_kargs: vec![],
+            consoles: vec![],
             timeouts: Timeouts::default(),
             facts_root: "/".into(),
         }
@@ -698,7 +917,98 @@ mod tests {
                 network: Err("`ip -json addr` failed".into()),
                 existing_keyfiles: None,
             },
+            saved: None,
+            cmdline: "root=/dev/vda1 console=ttyS0,115200n8".into(),
         }
+    }
+
+    /// The disk's table: partition 1 "root" over most of it, 2 "data" (ext4) at 7 GiB.
+    fn saved_facts() -> SavedFacts {
+        let entry = |number: u32, name: &str, first: u64, last: u64| {
+            let mut raw = [0u8; 128];
+            raw[..16].fill(0x0f);
+            raw[16..32].fill(number as u8);
+            raw[32..40].copy_from_slice(&first.to_le_bytes());
+            raw[40..48].copy_from_slice(&last.to_le_bytes());
+            for (i, u) in name.encode_utf16().enumerate() {
+                raw[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+            }
+            saved::Entry { number, raw }
+        };
+        let gib = (1u64 << 30) / 512;
+        SavedFacts {
+            table: Some(saved::Table {
+                header: [0; 92],
+                entries: vec![
+                    entry(1, "root", 2048, 7 * gib - 1),
+                    entry(2, "data", 7 * gib, 8 * gib - 34),
+                ],
+                count: 128,
+                entry_size: 128,
+            }),
+            file_systems: [(2, "ext4".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn kept_partitions_are_shown_and_carried_in_the_plan() {
+        let mut opts = options(metal_file());
+        opts.save_labels = vec!["dat*".into(), "home".into()];
+        let mut g = gathered();
+        g.saved = Some(Ok(saved_facts()));
+        let prepared = decide(&opts, g);
+        let report = &prepared.report;
+        assert!(!report.blocked, "{:?}", report.findings);
+        assert_eq!(
+            report.kept,
+            vec!["partition 2 \"data\" (1024 MiB, ext4)".to_owned()]
+        );
+        let plan = report.plan.as_ref().unwrap();
+        assert_eq!(plan.saved.len(), 1);
+        assert_eq!(plan.saved[0].first_lba, 7 << 21);
+        let unmatched: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(|f| f.code == "savedUnmatched")
+            .map(|f| f.message.as_str())
+            .collect();
+        assert_eq!(
+            unmatched,
+            ["--save-partlabel \"home\" matches no partition on /dev/vda; nothing is kept for it"]
+        );
+        assert!(plan::summary(report)
+            .contains(&"Will be kept: partition 2 \"data\" (1024 MiB, ext4)".to_owned()));
+    }
+
+    #[test]
+    fn a_kept_partition_the_image_would_overwrite_is_refused() {
+        let mut opts = options(metal_file());
+        opts.save_indexes = vec![IndexRange::parse("1").unwrap()];
+        let mut g = gathered();
+        g.saved = Some(Ok(saved_facts()));
+        let prepared = decide(&opts, g);
+        assert!(prepared.report.blocked);
+        let f = prepared
+            .report
+            .findings
+            .iter()
+            .find(|f| f.code == "savedPartition")
+            .unwrap();
+        assert_eq!(
+            f.message,
+            "saved partition 1 \"root\" lies in the first 2147483648 bytes, which the image writes; it would be overwritten: move the data off it or use a smaller image"
+        );
+        // No GPT on the disk: refused, naming it.
+        let mut g = gathered();
+        g.saved = Some(Ok(SavedFacts {
+            table: None,
+            file_systems: Default::default(),
+        }));
+        let prepared = decide(&opts, g);
+        assert!(prepared.report.blocked);
+        assert!(prepared.report.findings.iter().any(|f| f
+            .message
+            .starts_with("partitions can only be kept from a GPT disk, and /dev/vda has no GPT")));
     }
 
     fn codes(prepared: &Prepared) -> Vec<&'static str> {

@@ -52,6 +52,9 @@ pub struct WriteOptions {
     /// Zero runs at least this long, aligned to it (rounded to a power of two between 4 KiB
     /// and 1 MiB), are zeroed by the kernel instead of written; 0 writes every byte.
     pub zero_run: usize,
+    /// Where the image must end: the first byte of a partition that is kept. No byte at or
+    /// past it is written; an image that reaches it fails with [`ImageError::IntoKept`].
+    pub stop_at: Option<u64>,
 }
 
 impl Default for WriteOptions {
@@ -76,6 +79,7 @@ impl Default for WriteOptions {
             // ranges this long keep the zeroing requests few and large (the device does each
             // as one command) while still catching almost all free space of a metal image.
             zero_run: 1 << 20,
+            stop_at: None,
         }
     }
 }
@@ -122,6 +126,12 @@ pub enum ImageError {
         path: PathBuf,
         image: u64,
         target: u64,
+    },
+    #[error("the image reaches byte {image} of {path}, into a kept partition that starts at byte {kept}; the kept partition was not written")]
+    IntoKept {
+        path: PathBuf,
+        image: u64,
+        kept: u64,
     },
     #[error("the image is built for {image}-byte sectors but {path} has {target}-byte sectors; use the image made for this disk's sector size")]
     SectorSize {
@@ -336,6 +346,13 @@ fn consume(
         match message {
             Message::Data(buf, read) => {
                 let end = offset + buf.len() as u64;
+                if let Some(kept) = options.stop_at.filter(|&k| end > k) {
+                    return Err(ImageError::IntoKept {
+                        path: path(),
+                        image: end,
+                        kept,
+                    });
+                }
                 if end > target.size() {
                     return Err(ImageError::TooLarge {
                         path: path(),
