@@ -62,7 +62,9 @@ impl Mark {
             Some(t) => t.clone(),
             None => format!(
                 "no partition table, first MiB sha256 {}…",
-                &self.first_mib_sha256[..16]
+                self.first_mib_sha256
+                    .get(..16)
+                    .unwrap_or(&self.first_mib_sha256)
             ),
         }
     }
@@ -757,6 +759,12 @@ Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
         );
         // On a 4Kn disk LBA 1 is at 4096.
         assert_eq!(Mark::of(&head, 4096).table.as_deref(), Some("dos:1234abcd"));
+        // A plan's mark is read back from JSON: a short digest is described, not sliced.
+        let short = Mark {
+            table: None,
+            first_mib_sha256: "ab".into(),
+        };
+        assert_eq!(short.describe(), "no partition table, first MiB sha256 ab…");
         // Short or empty input: no table, no panic.
         assert_eq!(Mark::of(&head[..100], 512).table, None);
         assert_eq!(Mark::of(&[], 512).table, None);
