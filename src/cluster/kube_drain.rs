@@ -247,31 +247,21 @@ impl Drainer {
 
     /// Lift hkd's cordon. Does nothing (and returns false) when the cordon is not hkd's.
     pub async fn uncordon(&self, node: &str) -> anyhow::Result<bool> {
-        self.node_write(node, "uncordoning", |n| {
-            let ours = n
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(CORDONED_BY_HKD));
-            if !ours {
-                return (None, false);
-            }
-            (
-                Some(json!({
-                    "metadata": {"annotations": {CORDONED_BY_HKD: null}},
-                    "spec": {"unschedulable": null},
-                })),
-                true,
-            )
-        })
-        .await
+        self.drop_mark(node, "uncordoning", true).await
     }
 
     /// Keep the cordon but give it up as hkd's: from now on it is the admin's to lift (I2).
     /// Returns whether hkd held it. Used when a lock is reclaimed from a node that never came
     /// back: the node stays out of workloads and counts as cordoned by someone else.
     pub async fn hand_over(&self, node: &str) -> anyhow::Result<bool> {
-        self.node_write(node, "handing over the cordon of", |n| {
+        self.drop_mark(node, "handing over the cordon of", false)
+            .await
+    }
+
+    /// Remove hkd's mark from a cordon hkd holds, lifting the cordon too when `lift`; does
+    /// nothing (and returns false) when the cordon is not hkd's.
+    async fn drop_mark(&self, node: &str, what: &str, lift: bool) -> anyhow::Result<bool> {
+        self.node_write(node, what, |n| {
             let ours = n
                 .metadata
                 .annotations
@@ -280,10 +270,11 @@ impl Drainer {
             if !ours {
                 return (None, false);
             }
-            (
-                Some(json!({"metadata": {"annotations": {CORDONED_BY_HKD: null}}})),
-                true,
-            )
+            let mut patch = json!({"metadata": {"annotations": {CORDONED_BY_HKD: null}}});
+            if lift {
+                patch["spec"] = json!({"unschedulable": null});
+            }
+            (Some(patch), true)
         })
         .await
     }
